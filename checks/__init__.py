@@ -1,0 +1,1 @@
+"""Built-in check families, installed as resumedoctor.checks; one module per family."""

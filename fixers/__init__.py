@@ -1,0 +1,1 @@
+"""Built-in fixers, installed as resumedoctor.fixers; one module per check family."""

@@ -1,0 +1,3 @@
+from resumedoctor.cli import main
+
+main()

@@ -1,0 +1,161 @@
+"""The `resumedoctor` command: parse, call one core function, render.
+
+Exit codes (DESIGN.md): 0 no error-severity finding, 1 at least one, 2 usage error, unreadable
+target or internal error, always as one line on stderr (a traceback only with --debug).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from resumedoctor import __version__
+
+EXIT_USAGE = 2
+
+
+class UserFacingError(click.ClickException):
+    """One line on stderr, exit 2."""
+
+    exit_code = EXIT_USAGE
+
+
+def _codes_option(name: str, help_text: str):
+    return click.option(name, metavar="CODES", default=None, help=help_text)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="resumedoctor", message="%(prog)s %(version)s")
+@click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
+def cli(debug: bool) -> None:
+    """Diagnose and fix a training run before you resume it."""
+
+
+def _load_registry():
+    from resumedoctor.registry import PluginError, load_registry
+
+    try:
+        return load_registry()
+    except PluginError as exc:
+        raise UserFacingError(str(exc)) from None
+
+
+def _settings_for(path: Path, settings_file: Path | None, select: str | None, ignore: str | None):
+    from resumedoctor.settings import SettingsError, find_settings, read_settings_file
+
+    try:
+        if settings_file is not None:
+            if not settings_file.is_file():
+                raise SettingsError(f"{settings_file}: no such settings file")
+            settings = read_settings_file(settings_file)
+            if settings is None:
+                raise SettingsError(f"{settings_file} has no [tool.resumedoctor] table")
+        else:
+            settings = find_settings(path, Path.cwd())
+        return settings.with_cli(select, ignore)
+    except SettingsError as exc:
+        raise UserFacingError(str(exc)) from None
+
+
+def _write_output(text: str, output: Path | None) -> None:
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UserFacingError(f"cannot write {output}: {exc.strerror or exc}") from None
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--config", "recipe", type=click.Path(path_type=Path), help="TRL recipe (YAML) of the run.")
+@click.option("--wandb-dir", type=click.Path(path_type=Path), help="Where the run's wandb/ folder is.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif", "junit", "github"]), default="text",
+              show_default=True, help="Report format.")
+@_codes_option("--select", "Only these codes or prefixes (comma-separated), e.g. CKPT,WANDB001.")
+@_codes_option("--ignore", "Skip these codes or prefixes.")
+@click.option("--deep", is_flag=True, help="Also read tensor data (NaN/Inf) and verify zip CRCs.")
+@click.option("--settings", "settings_file", type=click.Path(path_type=Path),
+              help="Settings file (default: nearest resumedoctor.toml or pyproject.toml).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the report to a file.")
+def diagnose(path: Path, recipe: Path | None, wandb_dir: Path | None, fmt: str, select: str | None,
+             ignore: str | None, deep: bool, settings_file: Path | None, output: Path | None) -> int:
+    """Check a checkpoint-N folder or an output_dir before resuming it."""
+    from resumedoctor.context import Options
+    from resumedoctor.diagnose import diagnose as run_diagnosis
+    from resumedoctor.report import render
+    from resumedoctor.target import TargetError, resolve_target
+
+    try:
+        resolve_target(path)
+    except TargetError as exc:
+        raise UserFacingError(str(exc)) from None
+    if recipe is not None and not recipe.is_file():
+        raise UserFacingError(f"{recipe}: no such recipe file")
+    settings = _settings_for(path, settings_file, select, ignore)
+    report = run_diagnosis(path, settings=settings, options=Options(deep=deep, recipe=recipe, wandb_dir=wandb_dir),
+                           registry=_load_registry())
+    color = fmt == "text" and output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    _write_output(render(report, fmt, color=color), output)
+    return report.exit_code
+
+
+@cli.command()
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def checks(fmt: str) -> int:
+    """List every check family, its codes, and the fixers with their safety."""
+    from resumedoctor.catalog import catalog, render_catalog_text
+
+    entries = catalog(_load_registry())
+    if fmt == "json":
+        click.echo(json.dumps(entries, indent=2))
+    else:
+        click.echo(render_catalog_text(entries, color=sys.stdout.isatty()), nl=False)
+    return 0
+
+
+@cli.command()
+@click.argument("code")
+def explain(code: str) -> int:
+    """Explain one finding code: what it means, why it matters, how it is fixed."""
+    from resumedoctor.catalog import explain_code
+
+    text = explain_code(_load_registry(), code)
+    if text is None:
+        raise UserFacingError(f"unknown code {code!r} (resumedoctor checks lists every code)")
+    click.echo(text, nl=False)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        result = cli.main(args=args, prog_name="resumedoctor", standalone_mode=False)
+    except click.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:
+            click.echo(exc.ctx.get_help())
+            sys.exit(EXIT_USAGE)
+        command = exc.ctx.command_path if exc.ctx else "resumedoctor"
+        click.echo(f"{command}: {exc.format_message()} (see --help)", err=True)
+        sys.exit(EXIT_USAGE)
+    except click.ClickException as exc:
+        click.echo(f"resumedoctor: {exc.format_message()}", err=True)
+        sys.exit(EXIT_USAGE)
+    except click.Abort:
+        click.echo("resumedoctor: aborted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    except Exception as exc:  # the one place an unexpected error becomes one line
+        if debug:
+            raise
+        click.echo(f"resumedoctor: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+                   err=True)
+        sys.exit(EXIT_USAGE)
+    sys.exit(result if isinstance(result, int) else 0)

@@ -1,0 +1,97 @@
+"""The run context: what the user asked for, plus every artifact loaded at most once per run."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from resumedoctor.findings import Finding, Severity
+from resumedoctor.safetensors_header import SafetensorsHeader, read_safetensors_header
+from resumedoctor.settings import Settings
+from resumedoctor.target import Target
+from resumedoctor.torch_archive import ArchiveReport, inspect_torch_archive
+
+T = TypeVar("T")
+
+
+class JsonFileError(Exception):
+    """A JSON file that cannot be read or parsed; `reason` is one line for a person."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def read_json_file(path: Path) -> Any:
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise JsonFileError(f"cannot be read: {exc.strerror or exc}") from None
+    if not text.strip():
+        raise JsonFileError("empty file")
+    try:
+        return json.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise JsonFileError("not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise JsonFileError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+    except RecursionError:
+        raise JsonFileError("not valid JSON: nested too deeply") from None
+
+
+@dataclass(frozen=True)
+class Options:
+    deep: bool = False
+    recipe: Path | None = None
+    wandb_dir: Path | None = None
+
+
+class RunContext:
+    """Shared by every check of one run; checks read artifacts only through it."""
+
+    def __init__(
+        self,
+        target: Target,
+        settings: Settings | None = None,
+        options: Options | None = None,
+        environ: Mapping[str, str] | None = None,
+    ):
+        self.target = target
+        self.settings = settings or Settings()
+        self.options = options or Options()
+        self.environ = dict(os.environ if environ is None else environ)
+        self._cache: dict[tuple, tuple[bool, Any]] = {}
+        self.loads: dict[str, int] = {}  # reader name -> how many files it really read
+
+    def load(self, reader: Callable[..., T], path: Path, **kwargs: Any) -> T:
+        """reader(path, **kwargs), computed once per run; a raised error is cached and re-raised."""
+        key = (reader, Path(path), tuple(sorted(kwargs.items())))
+        if key not in self._cache:
+            self.loads[reader.__name__] = self.loads.get(reader.__name__, 0) + 1
+            try:
+                self._cache[key] = (True, reader(Path(path), **kwargs))
+            except Exception as exc:  # noqa: BLE001 - cached and re-raised to every caller
+                self._cache[key] = (False, exc)
+        ok, value = self._cache[key]
+        if not ok:
+            raise value
+        return value
+
+    def read_json(self, path: Path) -> Any:
+        return self.load(read_json_file, path)
+
+    def safetensors_header(self, path: Path) -> SafetensorsHeader:
+        return self.load(read_safetensors_header, path)
+
+    def torch_archive(self, path: Path) -> ArchiveReport:
+        return self.load(inspect_torch_archive, path, deep=self.options.deep)
+
+    def severity_of(self, finding: Finding) -> Severity:
+        return self.settings.severity_for(finding.code, finding.severity)
+
+    def is_error(self, finding: Finding) -> bool:
+        return self.settings.is_enabled(finding.code) and self.severity_of(finding) is Severity.ERROR

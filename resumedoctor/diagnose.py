@@ -1,0 +1,147 @@
+"""Run every check family over a target and collect one report."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from resumedoctor.context import Options, RunContext
+from resumedoctor.findings import Finding, FixInfo, Severity, summarize
+from resumedoctor.registry import CheckFamily, Registry, load_registry
+from resumedoctor.settings import Settings, find_settings
+from resumedoctor.target import resolve_target
+
+
+class CheckCrashed(Exception):
+    """A check family raised: a bug, reported as an internal error (exit 2), never a pass."""
+
+
+@dataclass(frozen=True)
+class RuleInfo:
+    """What a renderer may know about a rule: plain data, no check logic."""
+
+    code: str
+    name: str
+    check: str
+    severity: Severity
+    summary: str
+    explanation: str
+
+
+@dataclass(frozen=True)
+class FamilyResult:
+    name: str
+    prefix: str
+    title: str
+    status: str  # "ran" or "skipped"
+    reason: str | None = None
+    seconds: float = 0.0
+    findings: tuple[Finding, ...] = ()
+
+
+@dataclass(frozen=True)
+class Report:
+    target: str
+    resume_from: str | None
+    families: tuple[FamilyResult, ...]
+    findings: tuple[Finding, ...]
+    rules: tuple[RuleInfo, ...] = field(default=())
+
+    @property
+    def summary(self) -> dict[str, int]:
+        return summarize(list(self.findings))
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if any(f.severity is Severity.ERROR for f in self.findings) else 0
+
+    def to_dict(self) -> dict:
+        return {
+            "version": 1,
+            "target": self.target,
+            "resume_from": self.resume_from,
+            "findings": [finding.to_dict() for finding in self.findings],
+            "summary": self.summary,
+        }
+
+
+def fix_info_for(registry: Registry, code: str) -> FixInfo | None:
+    fixers = registry.fixers_for(code)
+    if not fixers:
+        return None
+    # Prefer a safe fixer when a code has both kinds.
+    fixer = sorted(fixers, key=lambda f: f.safety.value != "safe")[0]
+    return FixInfo(fixer.safety, fixer.description)
+
+
+def _run_family(family: CheckFamily, ctx: RunContext, registry: Registry) -> FamilyResult:
+    started = time.perf_counter()
+    try:
+        raw = list(family.run(ctx))
+    except Exception as exc:
+        raise CheckCrashed(f"check family {family.name!r} crashed: {type(exc).__name__}: {exc}") from exc
+    findings = []
+    for finding in raw:
+        if not ctx.settings.is_enabled(finding.code):
+            continue
+        findings.append(
+            dataclasses.replace(
+                finding,
+                check=family.name,
+                severity=ctx.severity_of(finding),
+                fix=finding.fix or fix_info_for(registry, finding.code),
+            )
+        )
+    return FamilyResult(family.name, family.prefix, family.title, "ran",
+                        seconds=time.perf_counter() - started, findings=tuple(findings))
+
+
+def run_checks(ctx: RunContext, registry: Registry) -> Report:
+    """Every enabled family over the context's target."""
+    results = []
+    for family in registry.families:
+        if not any(ctx.settings.is_enabled(rule.code) for rule in family.rules):
+            results.append(FamilyResult(family.name, family.prefix, family.title, "skipped", "not selected"))
+            continue
+        missing = family.missing_requirements()
+        if missing:
+            reason = f"{', '.join(missing)} not installed (pip install 'resumedoctor[train]')"
+            results.append(FamilyResult(family.name, family.prefix, family.title, "skipped", reason))
+            continue
+        results.append(_run_family(family, ctx, registry))
+    findings = [f for result in results for f in result.findings]
+    findings.sort(key=lambda f: (-f.severity.rank, f.code, f.path or ""))
+    rules = tuple(
+        RuleInfo(rule.code, rule.name, family.name, ctx.settings.severity_for(rule.code, rule.severity),
+                 rule.summary, rule.explanation)
+        for family, rule in registry.rules()
+        if ctx.settings.is_enabled(rule.code)
+    )
+    checkpoint = ctx.target.checkpoint
+    return Report(
+        target=str(ctx.target.path),
+        resume_from=str(checkpoint) if checkpoint is not None else None,
+        families=tuple(results),
+        findings=tuple(findings),
+        rules=rules,
+    )
+
+
+def diagnose(
+    path: str | os.PathLike,
+    *,
+    settings: Settings | None = None,
+    options: Options | None = None,
+    registry: Registry | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Report:
+    """Diagnose PATH (a checkpoint folder or an output_dir): the one entry point of `diagnose`."""
+    target = resolve_target(path)
+    if settings is None:
+        settings = find_settings(Path(path), Path.cwd())
+    ctx = RunContext(target, settings, options or Options(), environ)
+    return run_checks(ctx, registry or load_registry())

@@ -1,0 +1,127 @@
+"""Plugin registry: check families and fixers, all loaded through entry points.
+
+Built-in families register in our own pyproject.toml under the same groups a third-party package
+uses (`resumedoctor.checks`, `resumedoctor.fixers`), so there is one loading path and the tests
+exercise it on every run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from resumedoctor.findings import Finding, FixSafety, Rule
+
+if TYPE_CHECKING:
+    from resumedoctor.context import RunContext
+
+CHECKS_GROUP = "resumedoctor.checks"
+FIXERS_GROUP = "resumedoctor.fixers"
+
+
+class PluginError(Exception):
+    """A plugin could not be loaded or contradicts another; the doctor refuses to run half-blind."""
+
+
+@dataclass(frozen=True)
+class CheckFamily:
+    """One family of checks: a code prefix, its rules, and the function that runs them."""
+
+    name: str
+    prefix: str
+    title: str
+    rules: tuple[Rule, ...]
+    run: Callable[[RunContext], Iterable[Finding]]
+    # Importable modules the family needs; when one is missing the family is skipped with a reason.
+    requires: tuple[str, ...] = ()
+
+    def missing_requirements(self) -> list[str]:
+        return [name for name in self.requires if importlib.util.find_spec(name) is None]
+
+
+@dataclass(frozen=True)
+class Fixer:
+    """One fix: the codes it repairs, whether it is safe, and how it plans its changes."""
+
+    name: str
+    family: str
+    codes: tuple[str, ...]
+    safety: FixSafety
+    description: str
+    # Called by the fix engine with the run context and one finding; returns the planned changes.
+    plan: Callable[..., Any] | None = None
+
+
+@dataclass
+class Registry:
+    families: list[CheckFamily] = field(default_factory=list)
+    fixers: list[Fixer] = field(default_factory=list)
+
+    def rules(self) -> list[tuple[CheckFamily, Rule]]:
+        return [(family, rule) for family in self.families for rule in family.rules]
+
+    def rule(self, code: str) -> tuple[CheckFamily, Rule] | None:
+        code = code.upper()
+        for family, rule in self.rules():
+            if rule.code == code:
+                return family, rule
+        return None
+
+    def fixers_for(self, code: str) -> list[Fixer]:
+        return [fixer for fixer in self.fixers if code in fixer.codes]
+
+    def add_family(self, family: CheckFamily, source: str) -> None:
+        if not isinstance(family, CheckFamily):
+            raise PluginError(f"{source}: entry point is not a CheckFamily")
+        known = {rule.code for _, rule in self.rules()}
+        for rule in family.rules:
+            if not rule.code.startswith(family.prefix):
+                raise PluginError(f"{source}: rule {rule.code} does not start with {family.prefix}")
+            if rule.code in known:
+                raise PluginError(f"{source}: rule code {rule.code} is already registered")
+        if any(existing.name == family.name for existing in self.families):
+            raise PluginError(f"{source}: check family {family.name!r} is already registered")
+        self.families.append(family)
+
+    def add_fixers(self, fixers: Iterable[Fixer], source: str) -> None:
+        for fixer in fixers:
+            if not isinstance(fixer, Fixer):
+                raise PluginError(f"{source}: {fixer!r} is not a Fixer")
+            self.fixers.append(fixer)
+
+
+def _entry_points(group: str) -> list[Any]:
+    from importlib.metadata import entry_points
+
+    # Installed twice (e.g. an editable and a regular copy) shows the same entry point twice.
+    unique = {(ep.name, ep.value): ep for ep in entry_points(group=group)}
+    return sorted(unique.values(), key=lambda ep: ep.name)
+
+
+def _load(entry_point: Any) -> Any:
+    try:
+        return entry_point.load()
+    except Exception as exc:  # a broken plugin is a clear error, never a traceback
+        raise PluginError(
+            f"plugin {entry_point.name!r} ({entry_point.value}) failed to load: {exc}"
+        ) from exc
+
+
+def load_registry() -> Registry:
+    """Every check family and fixer installed, built-ins included."""
+    registry = Registry()
+    for entry_point in _entry_points(CHECKS_GROUP):
+        registry.add_family(_load(entry_point), f"plugin {entry_point.name!r}")
+    for entry_point in _entry_points(FIXERS_GROUP):
+        loaded = _load(entry_point)
+        fixers = [loaded] if isinstance(loaded, Fixer) else list(loaded)
+        registry.add_fixers(fixers, f"plugin {entry_point.name!r}")
+    known_codes = {rule.code for _, rule in registry.rules()}
+    for fixer in registry.fixers:
+        unknown = [code for code in fixer.codes if code not in known_codes]
+        if unknown:
+            raise PluginError(f"fixer {fixer.name!r} fixes unknown codes: {', '.join(unknown)}")
+    registry.families.sort(key=lambda family: family.prefix)
+    return registry

@@ -1,0 +1,82 @@
+"""`--format sarif`: SARIF 2.1.0 in the subset GitHub code scanning accepts for upload."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from resumedoctor import __version__
+from resumedoctor.report.paths import relative_to_cwd
+
+if TYPE_CHECKING:
+    from resumedoctor.diagnose import Report
+
+SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+LEVELS = {"error": "error", "warning": "warning", "info": "note"}
+INFORMATION_URI = "https://pypi.org/project/resumedoctor/"
+
+
+def _location(path: str | None, target: str) -> dict:
+    path = path or target
+    relative = relative_to_cwd(path)
+    if relative is not None:
+        artifact = {"uri": quote(relative), "uriBaseId": "%SRCROOT%"}
+    else:
+        artifact = {"uri": Path(os.path.abspath(path)).as_uri()}
+    # GitHub needs a region with startLine even for files that have no lines to point at.
+    return {"physicalLocation": {"artifactLocation": artifact, "region": {"startLine": 1}}}
+
+
+def _fingerprint(finding) -> str:
+    key = f"{finding.code}\0{relative_to_cwd(finding.path or '') or finding.path}\0{finding.message}"
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def render(report: Report) -> str:
+    rules = list(report.rules)
+    index = {rule.code: position for position, rule in enumerate(rules)}
+    descriptors = [
+        {
+            "id": rule.code,
+            "name": rule.name,
+            "shortDescription": {"text": rule.summary},
+            "fullDescription": {"text": rule.explanation},
+            "help": {"text": f"{rule.summary}\n\n{rule.explanation}\n\nresumedoctor explain {rule.code}"},
+            "defaultConfiguration": {"level": LEVELS[rule.severity.value]},
+            "properties": {"tags": ["resumedoctor", rule.check]},
+        }
+        for rule in rules
+    ]
+    results = []
+    for finding in report.findings:
+        text = finding.message + (f" Hint: {finding.hint}." if finding.hint else "")
+        result = {
+            "ruleId": finding.code,
+            "level": LEVELS[finding.severity.value],
+            "message": {"text": text},
+            "locations": [_location(finding.path, report.target)],
+            "partialFingerprints": {"resumedoctorFinding/v1": _fingerprint(finding)},
+        }
+        if finding.code in index:
+            result["ruleIndex"] = index[finding.code]
+        if finding.fix:
+            result["properties"] = {"fix": finding.fix.to_dict()}
+        results.append(result)
+    document = {
+        "$schema": SCHEMA,
+        "version": "2.1.0",
+        "runs": [
+            {
+                "tool": {"driver": {"name": "resumedoctor", "version": __version__, "semanticVersion": __version__,
+                                    "informationUri": INFORMATION_URI, "rules": descriptors}},
+                "originalUriBaseIds": {"%SRCROOT%": {"uri": Path(os.getcwd()).as_uri() + "/"}},
+                "invocations": [{"executionSuccessful": True}],
+                "results": results,
+            }
+        ],
+    }
+    return json.dumps(document, indent=2) + "\n"

@@ -1,0 +1,91 @@
+"""`--format text`: a doctor's summary a person reads at a glance.
+
+One line per check family with a mark, then the findings (worst first), then a one-line verdict.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from resumedoctor.diagnose import FamilyResult, Report
+
+STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+MARK = {"error": ("✖", "bold red"), "warning": ("!", "yellow"), "info": ("✔", "green"), "ok": ("✔", "green"), "skipped": ("○", "dim")}
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
+def _counts(findings) -> str:
+    errors = sum(1 for f in findings if f.severity.value == "error")
+    warnings = sum(1 for f in findings if f.severity.value == "warning")
+    infos = sum(1 for f in findings if f.severity.value == "info")
+    parts = [_plural(errors, "error")] if errors else []
+    if warnings:
+        parts.append(_plural(warnings, "warning"))
+    if infos:
+        parts.append(f"{infos} info")
+    return ", ".join(parts)
+
+
+def _family_line(family: FamilyResult) -> tuple[Text, Text, Text]:
+    if family.status == "skipped":
+        mark, style = MARK["skipped"]
+        detail = Text(f"skipped: {family.reason}", style="dim")
+    else:
+        worst = max((f.severity.rank for f in family.findings), default=-1)
+        key = {2: "error", 1: "warning", 0: "info", -1: "ok"}[worst]
+        mark, style = MARK[key]
+        detail = Text(_counts(family.findings) or "no problems", style=style if worst >= 1 else "")
+    return Text(f" {mark} ", style=style), Text(f"{family.prefix:<6}{family.name}"), detail
+
+
+def render(report: Report, *, color: bool = False, width: int | None = None) -> str:
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=color, no_color=not color, width=width or 100,
+                      highlight=False, emoji=False, soft_wrap=False)
+    resume = report.resume_from or "no checkpoint"
+    console.print(Text.assemble(("resumedoctor", "bold"), f" · {report.target} → resumes from ", (resume, "bold")))
+    console.print()
+    table = Table.grid(padding=(0, 1))
+    table.add_column(no_wrap=True)
+    table.add_column(no_wrap=True, min_width=32)
+    table.add_column()
+    for family in report.families:
+        table.add_row(*_family_line(family))
+    console.print(table)
+
+    if report.findings:
+        console.print()
+    for finding in report.findings:
+        severity = finding.severity.value
+        console.print(Text.assemble(
+            (f" {severity:<8}", STYLE[severity]), (f"{finding.code} ", "bold"), (finding.path or "", "dim"),
+        ))
+        console.print(f"          {escape(finding.message)}")
+        if finding.hint:
+            console.print(Text(f"          hint: {finding.hint}", style="dim"))
+        if finding.fix:
+            console.print(Text(f"          fix ({finding.fix.safety.value}): {finding.fix.description}", style="green"))
+        else:
+            console.print(Text("          fix: none available", style="dim"))
+
+    console.print()
+    summary = report.summary
+    if summary["error"]:
+        fixable = sum(1 for f in report.findings if f.fix and f.severity.value == "error")
+        tail = f" ({fixable} fixable: resumedoctor fix {report.target} --auto)" if fixable else ""
+        console.print(Text(f"✖ Do not resume: {_counts(report.findings)}{tail}.", style="bold red"))
+    elif summary["warning"]:
+        console.print(Text(f"! Resume is possible, but read the warnings: {_counts(report.findings)}.", style="yellow"))
+    else:
+        console.print(Text(f"✔ Safe to resume from {resume}.", style="bold green"))
+    return buffer.getvalue()
