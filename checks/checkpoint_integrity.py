@@ -192,6 +192,14 @@ MODEL_CONFIG_INVALID = Rule(
     "running model on resume. Without it the checkpoint can only be loaded into a model built by hand.",
 )
 
+FILE_UNREADABLE = Rule(
+    "CKPT027", "file-unreadable", ERROR,
+    "A file of the checkpoint cannot be read (permissions, dangling link, I/O error).",
+    "The resume has to read every file of the checkpoint. A file that cannot even be opened (a "
+    "dangling symlink into a cleaned-up scratch disk, missing permissions, a failing disk) stops the "
+    "resume after the GPUs are allocated.",
+)
+
 RULES = (
     TRAINER_STATE_MISSING, WEIGHTS_MISSING, SAFETENSORS_SIZE, SAFETENSORS_HEADER, SHARD_MISSING,
     SHARD_INDEX_INCOMPLETE, SHARD_INDEX_MISSING, SHARD_INDEX_INVALID, ARCHIVE_DAMAGED,
@@ -199,7 +207,7 @@ RULES = (
     GLOBAL_STEP_MISMATCH, LOG_HISTORY_ORDER, LOG_HISTORY_AHEAD, BEST_MODEL_MISSING,
     RESUME_TARGET_UNUSABLE, OLDER_CHECKPOINT_UNUSABLE, NO_CHECKPOINT, TMP_CHECKPOINT_DEBRIS,
     NON_FINITE_WEIGHTS, ADAPTER_CONFIG_INVALID, DEEPSPEED_INCOMPLETE, LEGACY_PICKLE,
-    MODEL_CONFIG_INVALID,
+    MODEL_CONFIG_INVALID, FILE_UNREADABLE,
 )
 
 SHARD_NAME = re.compile(r"^(model|adapter_model)-\d+-of-\d+\.safetensors$")
@@ -269,6 +277,10 @@ def detect_layout(folder: Path) -> CheckpointLayout:
     return CheckpointLayout(folder, frozenset(files), tuple(tag_dirs), fsdp)
 
 
+def _json_rule(error: JsonFileError, rule: Rule) -> Rule:
+    return FILE_UNREADABLE if error.unreadable else rule
+
+
 class CheckpointInspector:
     """Every per-checkpoint check for one folder; findings carry the checkpoint they concern."""
 
@@ -321,7 +333,7 @@ class CheckpointInspector:
             try:
                 header = self.ctx.safetensors_header(path)
             except SafetensorsError as exc:
-                rule = SAFETENSORS_SIZE if exc.truncated else SAFETENSORS_HEADER
+                rule = FILE_UNREADABLE if exc.unreadable else SAFETENSORS_SIZE if exc.truncated else SAFETENSORS_HEADER
                 yield self.finding(rule, f"{name}: {exc.reason}", path, hint="this file is damaged; use an earlier checkpoint or a good copy")
                 continue
             self.headers[name] = header
@@ -354,7 +366,7 @@ class CheckpointInspector:
         try:
             index = self.ctx.read_json(index_path)
         except JsonFileError as exc:
-            yield self.finding(SHARD_INDEX_INVALID, f"{SAFETENSORS_INDEX}: {exc.reason}", index_path)
+            yield self.finding(_json_rule(exc, SHARD_INDEX_INVALID), f"{SAFETENSORS_INDEX}: {exc.reason}", index_path)
             return
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
@@ -415,12 +427,14 @@ class CheckpointInspector:
                     if not isinstance(self.ctx.read_json(path), dict):
                         yield self.finding(MODEL_CONFIG_INVALID, "config.json is not a JSON object", path)
                 except JsonFileError as exc:
-                    yield self.finding(MODEL_CONFIG_INVALID, f"config.json: {exc.reason}", path)
+                    yield self.finding(_json_rule(exc, MODEL_CONFIG_INVALID), f"config.json: {exc.reason}", path)
 
     def _archive_findings(self, path: Path, label: str) -> Iterator[Finding]:
         report = self.ctx.torch_archive(path)
         if report.legacy_pickle:
             yield self.finding(LEGACY_PICKLE, f"{label}: legacy pickle format, not verified (never unpickled)", path)
+        elif report.unreadable:
+            yield self.finding(FILE_UNREADABLE, f"{label}: {report.problems[0]}", path)
         elif report.problems:
             rule = TRAINING_ARGS_DAMAGED if path.name == "training_args.bin" else ARCHIVE_DAMAGED
             more = f" (+{len(report.problems) - 1} more)" if len(report.problems) > 1 else ""
@@ -482,7 +496,8 @@ class CheckpointInspector:
         try:
             state = self.ctx.read_json(path)
         except JsonFileError as exc:
-            yield self.finding(TRAINER_STATE_INVALID, f"trainer_state.json: {exc.reason}", path, hint="resume from the previous checkpoint")
+            yield self.finding(_json_rule(exc, TRAINER_STATE_INVALID), f"trainer_state.json: {exc.reason}", path,
+                               hint="resume from the previous checkpoint")
             return
         if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
             yield self.finding(TRAINER_STATE_INVALID, "trainer_state.json is not an object with an integer global_step", path)

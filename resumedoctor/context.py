@@ -21,16 +21,17 @@ T = TypeVar("T")
 class JsonFileError(Exception):
     """A JSON file that cannot be read or parsed; `reason` is one line for a person."""
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, *, unreadable: bool = False):
         super().__init__(reason)
         self.reason = reason
+        self.unreadable = unreadable
 
 
 def read_json_file(path: Path) -> Any:
     try:
         text = path.read_bytes()
     except OSError as exc:
-        raise JsonFileError(f"cannot be read: {exc.strerror or exc}") from None
+        raise JsonFileError(f"cannot be read: {exc.strerror or exc}", unreadable=True) from None
     if not text.strip():
         raise JsonFileError("empty file")
     try:

@@ -29,10 +29,11 @@ DTYPE_BITS = {
 class SafetensorsError(Exception):
     """The file is not a readable safetensors file; `reason` is one line for a person."""
 
-    def __init__(self, reason: str, *, truncated: bool = False):
+    def __init__(self, reason: str, *, truncated: bool = False, unreadable: bool = False):
         super().__init__(reason)
         self.reason = reason
         self.truncated = truncated
+        self.unreadable = unreadable
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ def read_safetensors_header(path: Path) -> SafetensorsHeader:
                 if header_size <= MAX_HEADER_SIZE:
                     head += handle.read(header_size)
     except OSError as exc:
-        raise SafetensorsError(f"cannot be read: {exc.strerror or exc}") from None
+        raise SafetensorsError(f"cannot be read: {exc.strerror or exc}", unreadable=True) from None
     return parse_safetensors_header(head, file_size, path)
 
 

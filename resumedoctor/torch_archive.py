@@ -26,6 +26,7 @@ class ArchiveReport:
     problems: tuple[str, ...] = ()
     # The pre-1.6 torch format: a bare pickle that cannot be verified without unpickling.
     legacy_pickle: bool = False
+    unreadable: bool = False
     pickle_members: tuple[str, ...] = field(default=())
 
     @property
@@ -98,4 +99,4 @@ def inspect_torch_archive(path: Path, *, deep: bool = False) -> ArchiveReport:
                         problems += _crc_problems(archive, info)
                 return ArchiveReport(path, size, names, tuple(problems), pickle_members=pickles)
     except OSError as exc:
-        return ArchiveReport(path, 0, problems=(f"cannot be read: {exc.strerror or exc}",))
+        return ArchiveReport(path, 0, problems=(f"cannot be read: {exc.strerror or exc}",), unreadable=True)

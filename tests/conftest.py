@@ -1,0 +1,81 @@
+"""Shared fixtures: real runs written by TRL/transformers on CPU, built once per session.
+
+Tests never damage the session's runs; they damage copies (`full_run`, `sharded_run`, ...).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Nothing may reach a hub; W&B stays offline.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def built_runs(tmp_path_factory) -> dict[str, Path]:
+    """Every kind of real checkpoint the CKPT checks must accept, built once."""
+    from resumedoctor.demo import reshard_checkpoint, train_demo_run
+
+    root = tmp_path_factory.mktemp("runs")
+    runs = {
+        "full": train_demo_run(root / "full", max_steps=6, save_steps=2),
+        "peft": train_demo_run(root / "peft", peft=True, max_steps=2, save_steps=2),
+        "model_only": train_demo_run(root / "model_only", save_only_model=True, max_steps=2, save_steps=2),
+    }
+    sharded = root / "sharded"
+    shutil.copytree(runs["full"], sharded)
+    for checkpoint in sorted(sharded.glob("checkpoint-*")):
+        reshard_checkpoint(checkpoint)
+    runs["sharded"] = sharded
+    return runs
+
+
+def _copy(source: Path, tmp_path: Path) -> Path:
+    destination = tmp_path / source.name
+    shutil.copytree(source, destination)
+    return destination
+
+
+@pytest.fixture
+def full_run(built_runs, tmp_path) -> Path:
+    """A private copy of a 6-step GRPO run with checkpoint-2, -4 and -6 (full model)."""
+    return _copy(built_runs["full"], tmp_path)
+
+
+@pytest.fixture
+def sharded_run(built_runs, tmp_path) -> Path:
+    return _copy(built_runs["sharded"], tmp_path)
+
+
+@pytest.fixture
+def peft_run(built_runs, tmp_path) -> Path:
+    return _copy(built_runs["peft"], tmp_path)
+
+
+@pytest.fixture
+def model_only_run(built_runs, tmp_path) -> Path:
+    return _copy(built_runs["model_only"], tmp_path)
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The installed console script, as a user runs it."""
+    command = [sys.executable, "-m", "resumedoctor", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env={**os.environ, **(env or {})})
+
+
+def codes(report) -> list[str]:
+    return [finding.code for finding in report.findings]

@@ -1,0 +1,295 @@
+"""The CKPT family against checkpoints that transformers and TRL really wrote, then damaged."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import pytest
+from conftest import codes
+
+from resumedoctor.context import Options, RunContext
+from resumedoctor.diagnose import diagnose, run_checks
+from resumedoctor.registry import load_registry
+from resumedoctor.safetensors_header import read_safetensors_header
+from resumedoctor.settings import Settings
+from resumedoctor.target import resolve_target
+
+
+def by_code(report, code):
+    return [finding for finding in report.findings if finding.code == code]
+
+
+def truncate(path: Path, drop: int) -> None:
+    with open(path, "r+b") as handle:
+        handle.truncate(path.stat().st_size - drop)
+
+
+def edit_state(checkpoint: Path, **changes) -> None:
+    path = checkpoint / "trainer_state.json"
+    state = json.loads(path.read_text())
+    state.update(changes)
+    path.write_text(json.dumps(state))
+
+
+@pytest.mark.parametrize("kind", ["full", "sharded", "peft"])
+def test_clean_checkpoints_have_no_finding(built_runs, kind):
+    report = diagnose(built_runs[kind], settings=Settings())
+    assert report.findings == (), [f.message for f in report.findings]
+    assert report.exit_code == 0
+    assert report.resume_from.endswith(("checkpoint-6", "checkpoint-2"))
+
+
+def test_clean_checkpoint_folder_given_directly(built_runs):
+    report = diagnose(built_runs["full"] / "checkpoint-4", settings=Settings())
+    assert report.findings == ()
+    assert report.resume_from == str(built_runs["full"] / "checkpoint-4")
+
+
+def test_model_only_checkpoint_is_a_warning_not_an_error(built_runs):
+    report = diagnose(built_runs["model_only"], settings=Settings())
+    assert codes(report) == ["CKPT012"]
+    assert report.exit_code == 0
+
+
+def test_truncated_weights_of_newest_checkpoint(full_run):
+    from transformers.trainer_utils import get_last_checkpoint
+
+    truncate(full_run / "checkpoint-6" / "model.safetensors", 1000)
+    report = diagnose(full_run, settings=Settings())
+    assert set(codes(report)) == {"CKPT003", "CKPT018"}
+    assert "1000 bytes missing" in by_code(report, "CKPT003")[0].message
+    unusable = by_code(report, "CKPT018")[0]
+    # transformers itself would still pick the broken one; we name the fallback.
+    assert get_last_checkpoint(str(full_run)).endswith("checkpoint-6")
+    assert "checkpoint-4" in unusable.message
+    assert unusable.extra["fallback"] == str(full_run / "checkpoint-4")
+    assert report.exit_code == 1
+
+
+def test_truncated_optimizer(full_run):
+    truncate(full_run / "checkpoint-6" / "optimizer.pt", 5000)
+    report = diagnose(full_run / "checkpoint-6", settings=Settings())
+    assert codes(report) == ["CKPT009"]
+    assert by_code(report, "CKPT009")[0].path.endswith("optimizer.pt")
+
+
+def test_save_cut_off_before_trainer_state(full_run):
+    # The save order is weights, optimizer, scheduler, RNG, trainer_state.json: cut after the optimizer.
+    checkpoint = full_run / "checkpoint-6"
+    for name in ("trainer_state.json", "rng_state.pth", "scheduler.pt"):
+        (checkpoint / name).unlink()
+    report = diagnose(full_run, settings=Settings())
+    assert {"CKPT001", "CKPT011", "CKPT018"} <= set(codes(report))
+    assert "step 6 was cut off" in by_code(report, "CKPT001")[0].message
+
+
+def test_wrong_global_step(full_run):
+    edit_state(full_run / "checkpoint-6", global_step=5)
+    report = diagnose(full_run, settings=Settings())
+    assert "CKPT014" in codes(report)
+    assert "global_step 5" in by_code(report, "CKPT014")[0].message
+
+
+def test_garbage_trainer_state(full_run):
+    (full_run / "checkpoint-6" / "trainer_state.json").write_bytes(b"\x00\xffgarbage{{")
+    report = diagnose(full_run, settings=Settings())
+    assert {"CKPT013", "CKPT018"} == set(codes(report))
+
+
+def test_header_length_2_pow_62(full_run):
+    path = full_run / "checkpoint-6" / "model.safetensors"
+    raw = bytearray(path.read_bytes())
+    raw[:8] = struct.pack("<Q", 2**62)
+    path.write_bytes(bytes(raw))
+    report = diagnose(full_run / "checkpoint-6", settings=Settings())
+    assert codes(report) == ["CKPT004"]
+
+
+def test_index_names_a_missing_shard(sharded_run):
+    checkpoint = sharded_run / "checkpoint-6"
+    (checkpoint / "model-00002-of-00004.safetensors").unlink()
+    report = diagnose(sharded_run, settings=Settings())
+    assert set(codes(report)) == {"CKPT005", "CKPT018"}
+    assert by_code(report, "CKPT005")[0].path.endswith("model-00002-of-00004.safetensors")
+
+
+def test_missing_shard_index(sharded_run):
+    (sharded_run / "checkpoint-6" / "model.safetensors.index.json").unlink()
+    report = diagnose(sharded_run / "checkpoint-6", settings=Settings())
+    assert codes(report) == ["CKPT007"]
+
+
+def test_index_missing_a_tensor(sharded_run):
+    path = sharded_run / "checkpoint-6" / "model.safetensors.index.json"
+    index = json.loads(path.read_text())
+    dropped = sorted(index["weight_map"])[0]
+    shard = index["weight_map"].pop(dropped)
+    path.write_text(json.dumps(index))
+    report = diagnose(sharded_run / "checkpoint-6", settings=Settings())
+    assert codes(report) == ["CKPT006"]
+    assert shard in report.findings[0].message and dropped in report.findings[0].message
+
+
+def test_truncated_shard(sharded_run):
+    truncate(sharded_run / "checkpoint-6" / "model-00003-of-00004.safetensors", 7)
+    report = diagnose(sharded_run / "checkpoint-6", settings=Settings())
+    assert codes(report) == ["CKPT003"]
+
+
+def test_unparsable_index(sharded_run):
+    (sharded_run / "checkpoint-6" / "model.safetensors.index.json").write_text("{")
+    assert codes(diagnose(sharded_run / "checkpoint-6", settings=Settings())) == ["CKPT008"]
+
+
+class RunsACommand:
+    """A pickle payload that would create a file if anything ever unpickled it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("deep", [False, True])
+def test_malicious_training_args_never_runs(full_run, tmp_path, deep):
+    import torch
+
+    marker = tmp_path / "pwned"
+    torch.save(RunsACommand(marker), full_run / "checkpoint-6" / "training_args.bin")
+    report = diagnose(full_run, settings=Settings(), options=Options(deep=deep))
+    assert not marker.exists(), "a pickle from the checkpoint was loaded"
+    assert report.exit_code == 0  # a whole archive: its content is the CFG family's business
+
+
+def test_damaged_training_args_is_a_warning(full_run):
+    truncate(full_run / "checkpoint-6" / "training_args.bin", 100)
+    report = diagnose(full_run, settings=Settings())
+    assert codes(report) == ["CKPT010"]
+    assert report.exit_code == 0
+
+
+def test_log_history_ahead_and_backwards(full_run):
+    checkpoint = full_run / "checkpoint-4"
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    history = state["log_history"]
+    edit_state(checkpoint, log_history=history + [dict(history[-1], step=6)] + [dict(history[0], step=1)])
+    report = diagnose(checkpoint, settings=Settings())
+    assert set(codes(report)) == {"CKPT015", "CKPT016"}
+
+
+def test_best_model_checkpoint_gone(full_run):
+    edit_state(full_run / "checkpoint-6", best_model_checkpoint=str(full_run / "checkpoint-1"))
+    report = diagnose(full_run, settings=Settings())
+    assert codes(report) == ["CKPT017"]
+
+
+def test_best_model_checkpoint_moved_with_the_run_is_fine(full_run):
+    edit_state(full_run / "checkpoint-6", best_model_checkpoint="/elsewhere/output/checkpoint-4")
+    assert diagnose(full_run, settings=Settings()).findings == ()
+
+
+def test_tmp_checkpoint_debris_and_older_unusable_checkpoint(full_run):
+    (full_run / "tmp-checkpoint-8").mkdir()
+    truncate(full_run / "checkpoint-2" / "scheduler.pt", 50)
+    report = diagnose(full_run, settings=Settings())
+    assert sorted(codes(report)) == ["CKPT019", "CKPT021"]
+    assert report.exit_code == 0
+    assert "checkpoint-2" in by_code(report, "CKPT019")[0].message
+
+
+def test_empty_output_dir_is_info(tmp_path):
+    report = diagnose(tmp_path, settings=Settings())
+    assert codes(report) == ["CKPT020"]
+    assert report.resume_from is None and report.exit_code == 0
+
+
+def test_no_usable_checkpoint_at_all(full_run):
+    for step in (2, 4, 6):
+        (full_run / f"checkpoint-{step}" / "trainer_state.json").unlink()
+    finding = by_code(diagnose(full_run, settings=Settings()), "CKPT018")[0]
+    assert "no checkpoint here is usable" in finding.message
+
+
+def test_nan_weights_found_only_with_deep(full_run):
+    path = full_run / "checkpoint-6" / "model.safetensors"
+    header = read_safetensors_header(path)
+    entry = next(e for e in header.tensors.values() if e.dtype == "F32")
+    raw = bytearray(path.read_bytes())
+    start = header.data_start + entry.begin
+    raw[start : start + 4] = struct.pack("<f", float("nan"))
+    path.write_bytes(bytes(raw))
+    assert diagnose(full_run, settings=Settings()).findings == ()
+    deep = diagnose(full_run, settings=Settings(), options=Options(deep=True))
+    assert set(codes(deep)) == {"CKPT022", "CKPT018"}
+    assert entry.name in by_code(deep, "CKPT022")[0].message
+
+
+def test_peft_adapter_without_config(peft_run):
+    (peft_run / "checkpoint-2" / "adapter_config.json").unlink()
+    assert "CKPT023" in codes(diagnose(peft_run, settings=Settings()))
+
+
+def test_full_weights_without_config_json(full_run):
+    (full_run / "checkpoint-6" / "config.json").unlink()
+    assert codes(diagnose(full_run, settings=Settings())) == ["CKPT026"]
+
+
+def test_empty_checkpoint_folder(full_run):
+    (full_run / "checkpoint-8").mkdir()
+    report = diagnose(full_run, settings=Settings())
+    assert {"CKPT001", "CKPT002", "CKPT018"} <= set(codes(report))
+    assert report.resume_from.endswith("checkpoint-8")
+
+
+def test_dangling_symlink_weights_are_a_finding(full_run):
+    weights = full_run / "checkpoint-6" / "model.safetensors"
+    weights.unlink()
+    weights.symlink_to(full_run / "nowhere.safetensors")
+    report = diagnose(full_run / "checkpoint-6", settings=Settings())
+    assert codes(report) == ["CKPT027"]
+    assert "cannot be read" in report.findings[0].message
+
+
+def make_deepspeed_checkpoint(folder: Path, tag: str = "global_step6") -> Path:
+    """DeepSpeed cannot run on these CPU machines, so its layout is written with real torch.save."""
+    import torch
+
+    (folder / tag).mkdir(parents=True)
+    (folder / "latest").write_text(tag)
+    torch.save({"module": {"w": torch.ones(2)}}, folder / tag / "mp_rank_00_model_states.pt")
+    torch.save({"optimizer_state_dict": {}}, folder / tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 6, "log_history": []}))
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+def test_deepspeed_layout_whole_and_broken(tmp_path):
+    checkpoint = make_deepspeed_checkpoint(tmp_path / "checkpoint-6")
+    assert diagnose(checkpoint, settings=Settings()).findings == ()
+    (checkpoint / "global_step6" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").unlink()
+    truncate(checkpoint / "global_step6" / "mp_rank_00_model_states.pt", 20)
+    report = diagnose(checkpoint, settings=Settings())
+    assert sorted(codes(report)) == ["CKPT009", "CKPT024"]
+    (checkpoint / "latest").write_text("global_step99")
+    assert "global_step99" in by_code(diagnose(checkpoint, settings=Settings()), "CKPT024")[0].message
+
+
+def test_each_artifact_is_loaded_once_per_run(sharded_run):
+    target = resolve_target(sharded_run)
+    ctx = RunContext(target, Settings(), Options())
+    run_checks(ctx, load_registry())
+    safetensors_files = list(sharded_run.glob("checkpoint-*/*.safetensors"))
+    # Shard headers are read by the file check and again by the index check, but loaded once.
+    assert ctx.loads["read_safetensors_header"] == len(safetensors_files)
+    read_json = {"trainer_state.json", "config.json", "model.safetensors.index.json"}
+    assert ctx.loads["read_json_file"] == sum(1 for p in sharded_run.glob("checkpoint-*/*.json") if p.name in read_json)
+
+
+def test_ignored_code_does_not_make_a_checkpoint_unusable(full_run):
+    edit_state(full_run / "checkpoint-6", global_step=5)
+    report = diagnose(full_run, settings=Settings(ignore=("CKPT014",)))
+    assert report.findings == ()
