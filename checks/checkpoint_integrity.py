@@ -533,6 +533,11 @@ class CheckpointInspector:
                 )
 
 
+def _error_summary(errors: list[Finding]) -> str:
+    """`CKPT003 model.safetensors, CKPT009 optimizer.pt`: which rule, which file."""
+    return ", ".join(sorted({f"{e.code} {Path(e.path).name}" if e.path else e.code for e in errors}))
+
+
 def _errors(ctx: RunContext, findings: list[Finding]) -> list[Finding]:
     return [finding for finding in findings if ctx.is_error(finding)]
 
@@ -560,7 +565,7 @@ def check_output_dir(ctx: RunContext) -> Iterator[Finding]:
         instead = f"the newest usable checkpoint is {fallback.name}" if fallback else "no checkpoint here is usable"
         finding = RESUME_TARGET_UNUSABLE.finding(
             f"resume_from_checkpoint=True would pick {newest.name}, which is unusable "
-            f"({newest_errors[0].code}: {newest_errors[0].message}); {instead}",
+            f"({_error_summary(newest_errors)}); {instead}",
             path=str(newest),
             hint=f"resume from {fallback} (fix --unsafe quarantines {newest.name})" if fallback else "start from scratch or restore a good copy",
         )
@@ -569,9 +574,8 @@ def check_output_dir(ctx: RunContext) -> Iterator[Finding]:
     for folder in target.checkpoints[:-1]:
         errors = _errors(ctx, per_checkpoint[folder])
         if errors:
-            codes = ", ".join(sorted({e.code for e in errors}))
             finding = OLDER_CHECKPOINT_UNUSABLE.finding(
-                f"{folder.name} is unusable ({codes}: {errors[0].message})", path=str(folder),
+                f"{folder.name} is unusable ({_error_summary(errors)})", path=str(folder),
                 hint=f"resumedoctor diagnose {folder} for details",
             )
             finding.extra["checkpoint"] = str(folder)

@@ -9,7 +9,6 @@ import io
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -65,18 +64,20 @@ def render(report: Report, *, color: bool = False, width: int | None = None) -> 
 
     if report.findings:
         console.print()
-    for finding in report.findings:
-        severity = finding.severity.value
-        console.print(Text.assemble(
-            (f" {severity:<8}", STYLE[severity]), (f"{finding.code} ", "bold"), (finding.path or "", "dim"),
-        ))
-        console.print(f"          {escape(finding.message)}")
-        if finding.hint:
-            console.print(Text(f"          hint: {finding.hint}", style="dim"))
-        if finding.fix:
-            console.print(Text(f"          fix ({finding.fix.safety.value}): {finding.fix.description}", style="green"))
-        else:
-            console.print(Text("          fix: none available", style="dim"))
+        findings = Table.grid(padding=(0, 1))
+        findings.add_column(no_wrap=True, width=8)
+        findings.add_column(ratio=1)
+        for finding in report.findings:
+            severity = finding.severity.value
+            body = Text.assemble((f"{finding.code} ", "bold"), (finding.path or "", "dim"), "\n", finding.message)
+            if finding.hint:
+                body.append(f"\nhint: {finding.hint}", style="dim")
+            if finding.fix:
+                body.append(f"\nfix ({finding.fix.safety.value}): {finding.fix.description}", style="green")
+            else:
+                body.append("\nfix: none available", style="dim")
+            findings.add_row(Text(f" {severity}", style=STYLE[severity]), body)
+        console.print(findings)
 
     console.print()
     summary = report.summary
@@ -88,4 +89,4 @@ def render(report: Report, *, color: bool = False, width: int | None = None) -> 
         console.print(Text(f"! Resume is possible, but read the warnings: {_counts(report.findings)}.", style="yellow"))
     else:
         console.print(Text(f"✔ Safe to resume from {resume}.", style="bold green"))
-    return buffer.getvalue()
+    return "\n".join(line.rstrip() for line in buffer.getvalue().split("\n"))

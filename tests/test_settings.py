@@ -1,0 +1,76 @@
+"""select / ignore / severity from [tool.resumedoctor] or resumedoctor.toml, and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import run_cli
+
+from resumedoctor.findings import Severity
+from resumedoctor.settings import Settings, SettingsError, find_settings, parse_codes
+
+
+def test_prefix_matching_and_specificity():
+    settings = Settings(select=("CKPT",), ignore=("CKPT021",))
+    assert settings.is_enabled("CKPT001")
+    assert not settings.is_enabled("CKPT021")
+    assert not settings.is_enabled("WANDB001")
+    assert Settings(select=("CKPT021",), ignore=("CKPT",)).is_enabled("CKPT021")
+    assert Settings().is_enabled("ANY001")
+
+
+def test_severity_override_by_code_or_prefix():
+    settings = Settings(severity={"CKPT": Severity.INFO, "CKPT003": Severity.ERROR})
+    assert settings.severity_for("CKPT003", Severity.WARNING) is Severity.ERROR
+    assert settings.severity_for("CKPT019", Severity.WARNING) is Severity.INFO
+    assert settings.severity_for("WANDB001", Severity.WARNING) is Severity.WARNING
+
+
+def test_parse_codes():
+    assert parse_codes("ckpt, WANDB001;CFG") == ("CKPT", "WANDB001", "CFG")
+    with pytest.raises(SettingsError):
+        parse_codes("CKPT-1")
+
+
+def test_pyproject_table_found_above_the_target(tmp_path):
+    (tmp_path / "pyproject.toml").write_text('[tool.resumedoctor]\nignore = ["CKPT021"]\nseverity = { CKPT019 = "error" }\n')
+    nested = tmp_path / "runs" / "out"
+    nested.mkdir(parents=True)
+    settings = find_settings(nested)
+    assert settings.ignore == ("CKPT021",)
+    assert settings.severity == {"CKPT019": Severity.ERROR}
+    assert settings.source == tmp_path / "pyproject.toml"
+
+
+def test_pyproject_without_table_is_skipped(tmp_path):
+    (tmp_path / "resumedoctor.toml").write_text('select = ["CKPT"]\n')
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    (inner / "pyproject.toml").write_text('[project]\nname = "x"\n')
+    assert find_settings(inner).select == ("CKPT",)
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ('selct = ["CKPT"]\n', "unknown key"),
+        ('severity = { CKPT001 = "fatal" }\n', "must be error, warning or info"),
+        ("select = [\n", "not valid TOML"),
+    ],
+)
+def test_bad_settings_are_exit_2(tmp_path, full_run, content, needle):
+    settings_file = tmp_path / "resumedoctor.toml"
+    settings_file.write_text(content)
+    result = run_cli("diagnose", full_run, "--settings", settings_file)
+    assert result.returncode == 2 and needle in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_severity_override_changes_the_exit_code(tmp_path, full_run):
+    (full_run / "checkpoint-2" / "trainer_state.json").unlink()  # older checkpoint: a warning
+    assert run_cli("diagnose", full_run).returncode == 0
+    (tmp_path / "resumedoctor.toml").write_text('[severity]\nCKPT019 = "error"\n')
+    strict = run_cli("diagnose", full_run, "--format", "json", cwd=tmp_path)
+    assert strict.returncode == 1
+    assert json.loads(strict.stdout)["findings"][0]["severity"] == "error"
