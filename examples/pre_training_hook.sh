@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Pre-training hook: diagnose the run before every (re)start, and refuse to start a resume that
+# would go wrong. Use it in front of your training command:
+#
+#   examples/pre_training_hook.sh output/ trl grpo --config recipe.yaml
+#
+# Exit 1: the doctor found an error (nothing was started); exit 2: bad path or option.
+set -euo pipefail
+
+OUT="${1:?usage: pre_training_hook.sh OUTPUT_DIR TRAIN_COMMAND...}"
+shift
+
+if ! resumedoctor diagnose "$OUT"; then
+    echo "pre-training hook: not starting; see the report above (resumedoctor explain CODE)" >&2
+    exit 1
+fi
+
+exec "$@"
