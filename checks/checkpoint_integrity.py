@@ -287,7 +287,12 @@ class CheckpointInspector:
     def __init__(self, ctx: RunContext, folder: Path):
         self.ctx = ctx
         self.folder = folder
-        self.layout = detect_layout(folder)
+        self.unreadable: str | None = None
+        try:
+            self.layout = detect_layout(folder)
+        except OSError as exc:
+            self.unreadable = exc.strerror or str(exc)
+            self.layout = CheckpointLayout(folder, frozenset(), (), False)
         self.headers: dict[str, object] = {}
 
     def finding(self, rule: Rule, message: str, path: Path | None = None, hint: str | None = None) -> Finding:
@@ -296,6 +301,9 @@ class CheckpointInspector:
         return found
 
     def run(self) -> Iterator[Finding]:
+        if self.unreadable:
+            yield self.finding(FILE_UNREADABLE, f"the folder cannot be listed: {self.unreadable}")
+            return
         yield from self.check_save_completed()
         yield from self.check_weights_present()
         yield from self.check_safetensors_files()
@@ -480,7 +488,11 @@ class CheckpointInspector:
         if not tag or not tag_dir.is_dir():
             yield self.finding(DEEPSPEED_INCOMPLETE, f"`latest` names {tag!r}, which is not a folder here", latest_path)
             return
-        names = sorted(entry.name for entry in tag_dir.iterdir() if entry.is_file())
+        try:
+            names = sorted(entry.name for entry in tag_dir.iterdir() if entry.is_file())
+        except OSError as exc:
+            yield self.finding(FILE_UNREADABLE, f"{tag}/ cannot be listed: {exc.strerror or exc}", tag_dir)
+            return
         if not any(name.endswith("model_states.pt") for name in names):
             yield self.finding(DEEPSPEED_INCOMPLETE, f"{tag}/ holds no *model_states.pt", tag_dir)
         if not any(name.endswith("optim_states.pt") for name in names):

@@ -1,7 +1,153 @@
-"""Fixers of the CKPT family (the fix engine and these fixers arrive with `resumedoctor fix`)."""
+"""Fixers of the CKPT family. Each plans operations; the engine backs up, applies and journals them."""
 
 from __future__ import annotations
 
-from resumedoctor.registry import Fixer
+import json
+import re
+from pathlib import Path
 
-FIXERS: tuple[Fixer, ...] = ()
+from resumedoctor.checks.checkpoint_integrity import SAFETENSORS_INDEX, SHARD_NAME
+from resumedoctor.context import JsonFileError, RunContext
+from resumedoctor.findings import Finding, FixSafety
+from resumedoctor.journal import Operation, Quarantine, WriteFile
+from resumedoctor.registry import Fixer
+from resumedoctor.safetensors_header import SafetensorsError
+from resumedoctor.target import checkpoint_step
+
+FAMILY = "checkpoint-integrity"
+
+
+def trainer_state_bytes(state: dict) -> bytes:
+    """Serialised exactly as transformers' TrainerState.save_to_json does."""
+    return (json.dumps(state, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def _checkpoint_of(finding: Finding) -> Path | None:
+    folder = finding.extra.get("checkpoint")
+    return Path(folder) if folder else None
+
+
+def plan_quarantine_newer_than_usable(ctx: RunContext, finding: Finding) -> list[Operation]:
+    fallback = finding.extra.get("fallback")
+    if not fallback:
+        return []  # nothing usable to fall back to: quarantining everything would restart from step 0
+    fallback_step = checkpoint_step(Path(fallback))
+    return [
+        Quarantine(folder, f"unusable; the resume moves back to {Path(fallback).name}")
+        for folder in ctx.target.checkpoints
+        if (checkpoint_step(folder) or 0) > fallback_step
+    ]
+
+
+def plan_quarantine_checkpoint(ctx: RunContext, finding: Finding) -> list[Operation]:
+    folder = _checkpoint_of(finding)
+    return [Quarantine(folder, "its index names a shard that does not exist")] if folder else []
+
+
+def plan_quarantine_tmp_checkpoint(ctx: RunContext, finding: Finding) -> list[Operation]:
+    folder = _checkpoint_of(finding)
+    return [Quarantine(folder, "left over from an interrupted save")] if folder else []
+
+
+def build_shard_index(ctx: RunContext, folder: Path) -> dict | None:
+    """The index transformers would have written, from the shard headers; None if the shards are not whole."""
+    shards = sorted(p.name for p in folder.iterdir() if SHARD_NAME.match(p.name) and p.name.startswith("model-"))
+    if not shards:
+        return None
+    declared = {int(re.search(r"-of-(\d+)\.", name).group(1)) for name in shards}
+    if declared != {len(shards)}:
+        return None  # a shard is missing: an index cannot bring it back
+    weight_map: dict[str, str] = {}
+    total_size = total_parameters = 0
+    for name in shards:
+        try:
+            header = ctx.safetensors_header(folder / name)
+        except SafetensorsError:
+            return None
+        if header.size_problem():
+            return None
+        for tensor, entry in header.tensors.items():
+            if tensor in weight_map:
+                return None  # the same tensor in two shards: which one is right is not ours to guess
+            weight_map[tensor] = name
+            total_size += entry.end - entry.begin
+            count = 1
+            for dimension in entry.shape:
+                count *= dimension
+            total_parameters += count
+    return {"metadata": {"total_parameters": total_parameters, "total_size": total_size},
+            "weight_map": dict(sorted(weight_map.items()))}
+
+
+def plan_rebuild_shard_index(ctx: RunContext, finding: Finding) -> list[Operation]:
+    folder = _checkpoint_of(finding)
+    if folder is None:
+        return []
+    index = build_shard_index(ctx, folder)
+    if index is None:
+        return []
+    path = folder / SAFETENSORS_INDEX
+    try:
+        existing = ctx.read_json(path) if path.exists() else None
+    except JsonFileError:
+        existing = None
+    if isinstance(existing, dict) and isinstance(existing.get("metadata"), dict):
+        index["metadata"] = {**existing["metadata"], **index["metadata"]}
+    content = (json.dumps(index, indent=2, sort_keys=False) + "\n").encode("utf-8")
+    return [WriteFile(path, content, "rebuilt from the shard headers")]
+
+
+def _trainer_state(ctx: RunContext, finding: Finding) -> tuple[Path, dict] | None:
+    folder = _checkpoint_of(finding)
+    if folder is None:
+        return None
+    path = folder / "trainer_state.json"
+    try:
+        state = ctx.read_json(path)
+    except JsonFileError:
+        return None
+    return (path, dict(state)) if isinstance(state, dict) else None
+
+
+def plan_clear_best_model_checkpoint(ctx: RunContext, finding: Finding) -> list[Operation]:
+    loaded = _trainer_state(ctx, finding)
+    if loaded is None:
+        return []
+    path, state = loaded
+    state["best_model_checkpoint"] = None
+    return [WriteFile(path, trainer_state_bytes(state), "best_model_checkpoint set to null")]
+
+
+def plan_restore_global_step(ctx: RunContext, finding: Finding) -> list[Operation]:
+    loaded = _trainer_state(ctx, finding)
+    folder = _checkpoint_of(finding)
+    if loaded is None or folder is None:
+        return []
+    path, state = loaded
+    step = checkpoint_step(folder)
+    logged = [e.get("step") for e in state.get("log_history") or [] if isinstance(e, dict) and isinstance(e.get("step"), int)]
+    if step is None or not logged or max(logged) != step:
+        return []  # only when log_history agrees with the folder name: otherwise who is right is unknown
+    state["global_step"] = step
+    return [WriteFile(path, trainer_state_bytes(state), f"global_step restored to {step} (folder name and log_history agree)")]
+
+
+FIXERS = (
+    Fixer("quarantine-unusable-newest", FAMILY, ("CKPT018",), FixSafety.UNSAFE,
+          "move the checkpoints newer than the newest usable one into .resumedoctor/quarantine/, "
+          "so that resume_from_checkpoint=True picks the newest usable checkpoint",
+          plan_quarantine_newer_than_usable),
+    Fixer("quarantine-missing-shard", FAMILY, ("CKPT005",), FixSafety.UNSAFE,
+          "move the checkpoint whose index names a missing shard into .resumedoctor/quarantine/",
+          plan_quarantine_checkpoint),
+    Fixer("rebuild-shard-index", FAMILY, ("CKPT007", "CKPT006"), FixSafety.SAFE,
+          "rebuild model.safetensors.index.json from the shard headers (only when every shard is whole)",
+          plan_rebuild_shard_index),
+    Fixer("clear-best-model-checkpoint", FAMILY, ("CKPT017",), FixSafety.SAFE,
+          "set best_model_checkpoint to null in trainer_state.json", plan_clear_best_model_checkpoint),
+    Fixer("restore-global-step", FAMILY, ("CKPT014",), FixSafety.SAFE,
+          "set global_step to N of checkpoint-N when log_history agrees with the folder name",
+          plan_restore_global_step),
+    Fixer("quarantine-tmp-checkpoint", FAMILY, ("CKPT021",), FixSafety.SAFE,
+          "move the tmp-checkpoint-N folder into .resumedoctor/quarantine/", plan_quarantine_tmp_checkpoint),
+)

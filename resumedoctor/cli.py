@@ -106,6 +106,66 @@ def diagnose(path: Path, recipe: Path | None, wandb_dir: Path | None, fmt: str, 
 
 
 @cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--auto", is_flag=True, help="Apply the safe fixes (without it, only show the plan).")
+@click.option("--unsafe", is_flag=True, help="Also apply fixes that change what training computes.")
+@click.option("--dry-run", is_flag=True, help="Show the diff and the moves; change nothing.")
+@click.option("--config", "recipe", type=click.Path(path_type=Path), help="TRL recipe (YAML) of the run.")
+@click.option("--wandb-dir", type=click.Path(path_type=Path), help="Where the run's wandb/ folder is.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_codes_option("--select", "Only fix findings with these codes or prefixes.")
+@_codes_option("--ignore", "Leave findings with these codes or prefixes alone.")
+@click.option("--settings", "settings_file", type=click.Path(path_type=Path), help="Settings file.")
+def fix(path: Path, auto: bool, unsafe: bool, dry_run: bool, recipe: Path | None, wandb_dir: Path | None,
+        fmt: str, select: str | None, ignore: str | None, settings_file: Path | None) -> int:
+    """Fix what can be fixed without losing a byte; every change is backed up and undoable."""
+    from resumedoctor.context import Options
+    from resumedoctor.fix_report import render_fix
+    from resumedoctor.fixing import FixError
+    from resumedoctor.fixing import fix as run_fix
+    from resumedoctor.target import TargetError, resolve_target
+
+    try:
+        resolve_target(path)
+    except TargetError as exc:
+        raise UserFacingError(str(exc)) from None
+    if recipe is not None and not recipe.is_file():
+        raise UserFacingError(f"{recipe}: no such recipe file")
+    settings = _settings_for(path, settings_file, select, ignore)
+    preview_only = dry_run or not auto
+    try:
+        result = run_fix(path, unsafe=unsafe, dry_run=preview_only, settings=settings,
+                         options=Options(recipe=recipe, wandb_dir=wandb_dir), registry=_load_registry())
+    except FixError as exc:
+        raise UserFacingError(str(exc)) from None
+    color = fmt == "text" and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    click.echo(render_fix(result, fmt, color=color, asked_to_apply=auto), nl=False)
+    return result.final.exit_code
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--all", "everything", is_flag=True, help="Undo every fix run, newest first.")
+def undo(path: Path, everything: bool) -> int:
+    """Put back exactly what the newest `fix` run changed."""
+    from resumedoctor.fixing import FixError
+    from resumedoctor.fixing import undo as run_undo
+    from resumedoctor.target import TargetError
+
+    try:
+        undone = run_undo(path, everything=everything)
+    except (TargetError, FixError) as exc:
+        raise UserFacingError(str(exc)) from None
+    if not undone:
+        click.echo(f"nothing to undo in {path}")
+    for transaction in undone:
+        changes = len(transaction.journal["operations"])
+        click.echo(f"undid fix {transaction.id} ({changes} change{'s' if changes != 1 else ''}: "
+                   f"{transaction.journal['description']})")
+    return 0
+
+
+@cli.command()
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def checks(fmt: str) -> int:
     """List every check family, its codes, and the fixers with their safety."""

@@ -293,3 +293,19 @@ def test_ignored_code_does_not_make_a_checkpoint_unusable(full_run):
     edit_state(full_run / "checkpoint-6", global_step=5)
     report = diagnose(full_run, settings=Settings(ignore=("CKPT014", "CKPT016")))
     assert report.findings == ()
+
+
+def test_unlistable_checkpoint_folder_is_a_finding(full_run, monkeypatch):
+    # Tests run as root, where chmod cannot deny a read; the OS error is simulated for one folder.
+    broken = full_run / "checkpoint-6"
+    real_iterdir = Path.iterdir
+
+    def iterdir(self):
+        if self == broken:
+            raise PermissionError(13, "Permission denied")
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    report = diagnose(full_run, settings=Settings())
+    assert set(codes(report)) == {"CKPT027", "CKPT018"}
+    assert "Permission denied" in by_code(report, "CKPT027")[0].message

@@ -82,8 +82,9 @@ def render(report: Report, *, color: bool = False, width: int | None = None) -> 
     console.print()
     summary = report.summary
     if summary["error"]:
-        fixable = sum(1 for f in report.findings if f.fix and f.severity.value == "error")
-        tail = f" ({fixable} fixable: resumedoctor fix {report.target} --auto)" if fixable else ""
+        fixable = [f for f in report.findings if f.fix and f.severity.value == "error"]
+        flags = "--auto --unsafe" if any(f.fix.safety.value == "unsafe" for f in fixable) else "--auto"
+        tail = f" ({len(fixable)} fixable: resumedoctor fix {report.target} {flags})" if fixable else ""
         console.print(Text(f"✖ Do not resume: {_counts(report.findings)}{tail}.", style="bold red"))
     elif summary["warning"]:
         console.print(Text(f"! Resume is possible, but read the warnings: {_counts(report.findings)}.", style="yellow"))

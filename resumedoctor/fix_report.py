@@ -1,0 +1,60 @@
+"""How `fix` tells what it did (or would do): one line per change, where the backup is, what is left."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from resumedoctor.fixing import FixResult, describe_operation, preview
+from resumedoctor.report import render
+
+
+def _relative(path, start) -> str:
+    return os.path.relpath(path, start) if os.path.isabs(str(path)) == os.path.isabs(str(start)) else str(path)
+
+
+def render_fix(result: FixResult, fmt: str, *, color: bool = False, asked_to_apply: bool = True) -> str:
+    if fmt == "json":
+        return json.dumps(_as_dict(result), indent=2) + "\n"
+    lines = []
+    for transaction_id in result.recovered:
+        lines.append(f"finished the fix {transaction_id} that was interrupted")
+    if result.dry_run:
+        if result.operations:
+            lines.append(f"would change {len(result.operations)} thing(s) in {result.output_dir}:")
+            lines.append(preview(result.operations, result.output_dir).rstrip("\n"))
+        else:
+            lines.append("nothing to fix automatically")
+        for operation in result.deferred:
+            lines.append(f"# after the safe fixes, if still unusable: {describe_operation(operation, result.output_dir)}")
+        lines.append("nothing was changed" + ("" if asked_to_apply else " (pass --auto to apply the safe fixes)"))
+    elif result.transactions:
+        for operation in result.operations:
+            lines.append(f"fixed: {describe_operation(operation, result.output_dir)}")
+        journal = result.transactions[-1].folder.parent
+        lines.append(f"backup and journal: {journal} (resumedoctor undo {result.output_dir} puts it all back)")
+    else:
+        lines.append("nothing to fix automatically")
+    unsafe = sorted({f"{finding.code} ({fixer.name})" for finding, fixer in result.skipped_unsafe})
+    if unsafe:
+        lines.append(f"not applied, unsafe (pass --unsafe): {', '.join(unsafe)}")
+    lines.append("")
+    text = "\n".join(lines) + "\n"
+    return text + render(result.final, "text", color=color)
+
+
+def _as_dict(result: FixResult) -> dict:
+    return {
+        "output_dir": str(result.output_dir),
+        "dry_run": result.dry_run,
+        "recovered": result.recovered,
+        "changes": [
+            {"kind": "quarantine" if type(op).__name__ == "Quarantine" else "write", "path": str(op.path),
+             "code": op.code, "fixer": op.fixer, "reason": op.reason}
+            for op in result.operations
+        ],
+        "deferred": [str(op.path) for op in result.deferred],
+        "skipped_unsafe": sorted({finding.code for finding, _ in result.skipped_unsafe}),
+        "transactions": [str(t.folder) for t in result.transactions],
+        "report": result.final.to_dict(),
+    }

@@ -1,0 +1,278 @@
+"""The fix engine: plan fixes from findings, preview them, apply them as one journaled transaction.
+
+`fix --auto` applies safe fixes, `--unsafe` adds the unsafe ones, `--dry-run` only previews.
+Every change is backed up and undoable (`resumedoctor.journal`); afterwards the checks run again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from resumedoctor.context import Options, RunContext
+from resumedoctor.diagnose import Report, run_checks
+from resumedoctor.findings import Finding, FixSafety
+from resumedoctor.journal import (
+    JournalError,
+    Operation,
+    Quarantine,
+    Transaction,
+    WriteFile,
+    list_transactions,
+    new_id,
+    remove_empty_state_dir,
+    state_dir,
+)
+from resumedoctor.registry import Fixer, Registry, load_registry
+from resumedoctor.settings import Settings, find_settings
+from resumedoctor.target import resolve_target
+
+
+# Each round applies the safe fixes, or else the unsafe ones, then checks again: a quarantine can
+# uncover findings in the checkpoint that becomes the newest. A few rounds always suffice.
+MAX_ROUNDS = 5
+
+
+class FixError(Exception):
+    """The fix cannot be applied (read-only output_dir, a tree edited behind a journal's back)."""
+
+
+@dataclass(frozen=True)
+class PlannedFix:
+    finding: Finding
+    fixer: Fixer
+    operations: tuple[Operation, ...]
+
+
+@dataclass
+class FixResult:
+    output_dir: Path
+    before: Report
+    planned: list[PlannedFix] = field(default_factory=list)
+    operations: list[Operation] = field(default_factory=list)
+    skipped_unsafe: list[tuple[Finding, Fixer]] = field(default_factory=list)
+    not_applicable: list[tuple[Finding, Fixer]] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)
+    transactions: list[Transaction] = field(default_factory=list)
+    deferred: list[Operation] = field(default_factory=list)
+    after: Report | None = None
+    dry_run: bool = False
+
+    @property
+    def final(self) -> Report:
+        return self.after or self.before
+
+
+def _diagnose(path: Path, settings: Settings, options: Options, registry: Registry,
+              environ: Mapping[str, str] | None) -> tuple[RunContext, Report]:
+    ctx = RunContext(resolve_target(path), settings, options, environ)
+    return ctx, run_checks(ctx, registry)
+
+
+def plan_fixes(ctx: RunContext, report: Report, registry: Registry, *, unsafe: bool) -> FixResult:
+    """Ask the fixers of every finding for their operations."""
+    result = FixResult(ctx.target.output_dir, report)
+    for finding in report.findings:
+        for fixer in registry.fixers_for(finding.code):
+            if fixer.safety is FixSafety.UNSAFE and not unsafe:
+                result.skipped_unsafe.append((finding, fixer))
+                continue
+            operations = tuple(fixer.plan(ctx, finding) or ()) if fixer.plan else ()
+            if operations:
+                stamped = tuple(_stamp(op, finding.code, fixer.name) for op in operations)
+                result.planned.append(PlannedFix(finding, fixer, stamped))
+                break
+            result.not_applicable.append((finding, fixer))
+    result.operations = merge_operations([op for plan in result.planned for op in plan.operations])
+    return result
+
+
+def _stamp(operation: Operation, code: str, fixer: str) -> Operation:
+    return dataclasses.replace(operation, code=operation.code or code, fixer=operation.fixer or fixer)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = Path(os.path.abspath(path)), Path(os.path.abspath(folder))
+    return path == folder or folder in path.parents
+
+
+def merge_operations(operations: list[Operation]) -> list[Operation]:
+    """One operation per path; nothing written inside a folder that is being quarantined.
+
+    Writes come first, then moves, so a write never lands in a folder that has just moved.
+    """
+    moves: dict[str, Quarantine] = {}
+    writes: dict[str, WriteFile] = {}
+    for operation in operations:
+        key = os.path.abspath(operation.path)
+        if isinstance(operation, Quarantine):
+            moves.setdefault(key, operation)
+        else:
+            writes.setdefault(key, operation)
+    kept_writes = [w for w in writes.values() if not any(_inside(w.path, m.path) for m in moves.values())]
+    kept_moves = [m for m in moves.values() if not any(_inside(m.path, o.path) and m is not o for o in moves.values())]
+    return [*kept_writes, *kept_moves]
+
+
+def ensure_writable(output_dir: Path) -> None:
+    """Try the one write every fix needs (the state folder); as root, os.access cannot tell."""
+    state = state_dir(output_dir)
+    probe = state / ".write-probe"
+    try:
+        state.mkdir(exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise FixError(f"{output_dir} is not writable ({exc.strerror or exc}); nothing was changed") from None
+
+
+def recover_interrupted(output_dir: Path) -> list[str]:
+    """Finish every transaction a crash left half-applied; returns their ids."""
+    finished = []
+    for transaction in list_transactions(output_dir):
+        if transaction.status in ("prepared", "applying"):
+            try:
+                transaction.complete()
+            except (JournalError, OSError) as exc:
+                raise FixError(f"cannot finish the interrupted fix {transaction.id}: {exc}") from None
+            finished.append(transaction.id)
+        elif transaction.status == "undoing":
+            try:
+                transaction.roll_back()
+                transaction.discard()
+            except (JournalError, OSError) as exc:
+                raise FixError(f"cannot finish the interrupted undo {transaction.id}: {exc}") from None
+            finished.append(transaction.id)
+    return finished
+
+
+def _apply(output_dir: Path, result: FixResult, planned: FixResult, run_id: str) -> None:
+    """Apply one phase's operations as one transaction; roll it back if any step fails."""
+    description = ", ".join(sorted({plan.fixer.name for plan in planned.planned}))
+    try:
+        transaction = Transaction.prepare(output_dir, planned.operations, description, run_id)
+    except OSError as exc:
+        raise FixError(f"cannot prepare the fix under {state_dir(output_dir)}: {exc.strerror or exc}") from None
+    try:
+        transaction.complete()
+    except (OSError, JournalError) as exc:
+        try:
+            transaction.roll_back()
+        except (OSError, JournalError) as undo_exc:
+            raise FixError(f"fix failed ({exc}) and so did rolling it back ({undo_exc}); "
+                           f"the journal is {transaction.folder}") from None
+        raise FixError(f"fix failed and was rolled back: {exc}") from None
+    result.transactions.append(transaction)
+    result.planned += planned.planned
+    result.operations += planned.operations
+
+
+def fix(
+    path: str | os.PathLike,
+    *,
+    unsafe: bool = False,
+    dry_run: bool = False,
+    settings: Settings | None = None,
+    options: Options | None = None,
+    registry: Registry | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> FixResult:
+    """Diagnose PATH, apply the fixes allowed, diagnose again: the one entry point of `fix`.
+
+    Safe fixes go first; unsafe ones are planned only when no safe fix is left, on the repaired
+    tree, so that a checkpoint a safe fix repairs is never quarantined. All rounds form one run
+    for `undo`.
+    """
+    path = Path(path)
+    target = resolve_target(path)
+    settings = settings if settings is not None else find_settings(path, Path.cwd())
+    options = options or Options()
+    registry = registry or load_registry()
+    recovered = [] if dry_run else recover_interrupted(target.output_dir)
+
+    ctx, before = _diagnose(path, settings, options, registry, environ)
+    safe = plan_fixes(ctx, before, registry, unsafe=False)
+    result = FixResult(target.output_dir, before, recovered=recovered, dry_run=dry_run,
+                       skipped_unsafe=[] if unsafe else safe.skipped_unsafe,
+                       not_applicable=safe.not_applicable)
+    if dry_run:
+        result.planned, result.operations = list(safe.planned), list(safe.operations)
+        if unsafe:
+            both = plan_fixes(ctx, before, registry, unsafe=True)
+            written = [op.path for op in safe.operations if isinstance(op, WriteFile)]
+            for plan in both.planned:
+                if plan.fixer.safety is FixSafety.UNSAFE:
+                    result.planned.append(plan)
+            for op in both.operations:
+                if op in result.operations:
+                    continue
+                if isinstance(op, Quarantine) and any(_inside(w, op.path) for w in written):
+                    result.deferred.append(op)  # decided after the safe fixes are in
+                else:
+                    result.operations.append(op)
+        return result
+
+    run_id = new_id()
+    current, plan = ctx, safe
+    for _ in range(MAX_ROUNDS):
+        if not plan.operations and unsafe:
+            plan = plan_fixes(current, plan.before, registry, unsafe=True)
+        if not plan.operations:
+            result.not_applicable = plan.not_applicable
+            break
+        ensure_writable(target.output_dir)
+        _apply(target.output_dir, result, plan, run_id)
+        again = path if path.exists() else target.output_dir
+        current, report = _diagnose(again, settings, options, registry, environ)
+        result.after = report
+        plan = plan_fixes(current, report, registry, unsafe=False)
+    if result.after is not None and not unsafe:
+        result.skipped_unsafe = plan_fixes(current, result.after, registry, unsafe=False).skipped_unsafe
+    return result
+
+
+def undo(path: str | os.PathLike, *, everything: bool = False) -> list[Transaction]:
+    """Roll back the newest fix run (or every one), newest first; returns what was undone."""
+    target = resolve_target(path)
+    output_dir = target.output_dir
+    transactions = [t for t in list_transactions(output_dir) if t.status != "undone"]
+    if not transactions:
+        return []
+    newest_run = transactions[-1].run_id
+    chosen = list(reversed(transactions if everything else [t for t in transactions if t.run_id == newest_run]))
+    for transaction in chosen:
+        try:
+            transaction.roll_back()
+        except (JournalError, OSError) as exc:
+            raise FixError(f"cannot undo fix {transaction.id}: {exc}") from None
+        transaction.discard()
+    remove_empty_state_dir(output_dir)
+    return chosen
+
+
+def describe_operation(operation: Operation, output_dir: Path) -> str:
+    where = os.path.relpath(operation.path, output_dir)
+    if isinstance(operation, Quarantine):
+        return f"quarantine {where}/ -> .resumedoctor/quarantine/ ({operation.code}: {operation.reason})"
+    verb = "rewrite" if operation.path.exists() else "create"
+    return f"{verb} {where} ({operation.code}: {operation.reason})"
+
+
+def preview(operations: list[Operation], output_dir: Path) -> str:
+    """What a fix would change: a unified diff per file, a line per move."""
+    chunks = []
+    for operation in operations:
+        chunks.append(f"# {describe_operation(operation, output_dir)}")
+        if isinstance(operation, WriteFile):
+            where = os.path.relpath(operation.path, output_dir)
+            old = operation.path.read_text(encoding="utf-8", errors="replace") if operation.path.exists() else ""
+            new = operation.content.decode("utf-8", errors="replace")
+            chunks.append("".join(difflib.unified_diff(
+                old.splitlines(keepends=True), new.splitlines(keepends=True),
+                fromfile=f"a/{where}" if old else "/dev/null", tofile=f"b/{where}", n=2,
+            )).rstrip("\n"))
+    return "\n".join(chunks) + "\n"
