@@ -88,9 +88,15 @@ def atomic_write(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+_transactions_in_this_process = 0
+
+
 def _crash_point(name: str) -> None:
-    """Test hook: RESUMEDOCTOR_TEST_KILL_AT=<name> SIGKILLs this process here (crash-safety tests)."""
-    if os.environ.get("RESUMEDOCTOR_TEST_KILL_AT") == name:
+    """Test hook: RESUMEDOCTOR_TEST_KILL_AT=t<N>-<name> SIGKILLs this process at that step of its
+    N-th transaction (0-based), so the crash-safety tests can stop a real `fix` at every step;
+    undo's steps are `undo-<operation index>`."""
+    wanted = os.environ.get("RESUMEDOCTOR_TEST_KILL_AT")
+    if wanted and wanted in (name, f"t{_transactions_in_this_process - 1}-{name}"):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -109,6 +115,8 @@ class Transaction:
     # ---- creation ------------------------------------------------------------------------------
     @classmethod
     def prepare(cls, output_dir: Path, operations: list[Operation], description: str, run_id: str) -> Transaction:
+        global _transactions_in_this_process
+        _transactions_in_this_process += 1
         transaction_id = new_id()
         root = state_dir(output_dir) / TRANSACTIONS
         root.mkdir(parents=True, exist_ok=True)
@@ -255,6 +263,7 @@ class Transaction:
         """Bring the tree back to the transaction's old state (idempotent; also after a crash)."""
         if self.status != "prepared":
             self.set_status("undoing")
+        _crash_point("undo-started")
         for index, entry in reversed(list(enumerate(self.journal["operations"]))):
             self._clear_temp_file(entry)
             if self._state(entry) == "old":
@@ -273,7 +282,7 @@ class Transaction:
                 source = self.output_dir / entry["src"]
                 os.rename(self.output_dir / entry["dst"], source)
                 fsync_dir(source.parent)
-            _crash_point(f"undone-{index}")
+            _crash_point(f"undo-{index}")
         self.set_status("undone")
 
     def discard(self) -> None:
