@@ -61,6 +61,18 @@ def _settings_for(path: Path, settings_file: Path | None, select: str | None, ig
         raise UserFacingError(str(exc)) from None
 
 
+def _check_inputs(path: Path, recipe: Path | None) -> None:
+    """PATH must be a readable folder and a named recipe must exist: else one line and exit 2."""
+    from resumedoctor.target import TargetError, resolve_target
+
+    try:
+        resolve_target(path)
+    except TargetError as exc:
+        raise UserFacingError(str(exc)) from None
+    if recipe is not None and not recipe.is_file():
+        raise UserFacingError(f"{recipe}: no such recipe file")
+
+
 def _write_output(text: str, output: Path | None) -> None:
     if output is None:
         click.echo(text, nl=False)
@@ -89,14 +101,8 @@ def diagnose(path: Path, recipe: Path | None, wandb_dir: Path | None, fmt: str, 
     from resumedoctor.context import Options
     from resumedoctor.diagnose import diagnose as run_diagnosis
     from resumedoctor.report import render
-    from resumedoctor.target import TargetError, resolve_target
 
-    try:
-        resolve_target(path)
-    except TargetError as exc:
-        raise UserFacingError(str(exc)) from None
-    if recipe is not None and not recipe.is_file():
-        raise UserFacingError(f"{recipe}: no such recipe file")
+    _check_inputs(path, recipe)
     settings = _settings_for(path, settings_file, select, ignore)
     report = run_diagnosis(path, settings=settings, options=Options(deep=deep, recipe=recipe, wandb_dir=wandb_dir),
                            registry=_load_registry())
@@ -123,14 +129,8 @@ def fix(path: Path, auto: bool, unsafe: bool, dry_run: bool, recipe: Path | None
     from resumedoctor.fix_report import render_fix
     from resumedoctor.fixing import FixError
     from resumedoctor.fixing import fix as run_fix
-    from resumedoctor.target import TargetError, resolve_target
 
-    try:
-        resolve_target(path)
-    except TargetError as exc:
-        raise UserFacingError(str(exc)) from None
-    if recipe is not None and not recipe.is_file():
-        raise UserFacingError(f"{recipe}: no such recipe file")
+    _check_inputs(path, recipe)
     settings = _settings_for(path, settings_file, select, ignore)
     preview_only = dry_run or not auto
     try:

@@ -273,3 +273,12 @@ def test_sigkill_during_undo_then_undo_again(damaged_run, point):
     assert killed.returncode == -signal.SIGKILL
     undo(damaged_run, everything=True)
     assert tree(damaged_run) == before
+
+
+def test_select_limits_what_is_fixed(damaged_run):
+    result = run_cli("fix", damaged_run, "--auto", "--unsafe", "--select", "CKPT021", "--format", "json")
+    document = json.loads(result.stdout)
+    assert [change["code"] for change in document["changes"]] == ["CKPT021"]
+    assert (damaged_run / "checkpoint-6").is_dir()
+    assert document["report"]["findings"] == []  # only CKPT021 was selected, and it is fixed
+    assert len(document["transactions"]) == 1
