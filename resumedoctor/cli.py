@@ -166,6 +166,18 @@ def undo(path: Path, everything: bool) -> int:
 
 
 @cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--wandb-dir", type=click.Path(path_type=Path), help="Where the run's wandb/ folder is.")
+def env(path: Path, wandb_dir: Path | None) -> int:
+    """Print shell lines for `eval "$(resumedoctor env OUT)"`: the W&B run to log to, stale variables unset."""
+    from resumedoctor.shell_env import shell_environment
+
+    _check_inputs(path, None)
+    click.echo(shell_environment(path, wandb_dir=wandb_dir).render(), nl=False)
+    return 0
+
+
+@cli.command()
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def checks(fmt: str) -> int:
     """List every check family, its codes, and the fixers with their safety."""

@@ -1,0 +1,161 @@
+"""WANDB: will the resumed run log to the right W&B run, from the right step?"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from resumedoctor.context import JsonFileError, RunContext
+from resumedoctor.findings import Finding, Rule, Severity
+from resumedoctor.registry import CheckFamily
+from resumedoctor.wandb_runs import RESUME_VARIABLES, decide, find_runs, read_decision
+
+ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
+
+RUN_AHEAD = Rule(
+    "WANDB001", "run-ahead-of-checkpoint", WARNING,
+    "The W&B run logged global steps after the checkpoint: a resume logs them twice or splits the run.",
+    "transformers' WandbCallback logs without step=, so W&B's _step counts log calls and every chart "
+    "uses train/global_step. Resuming checkpoint-N of a run that logged past N into the same run id "
+    "logs steps N+1... a second time (charts zig-zag); without the id a new run starts and the history "
+    "is split. Fork the run at the _step that follows checkpoint-N (W&B's recommendation; rewind is "
+    "the alternative): `resumedoctor fix --auto` records that decision, `resumedoctor env` exports "
+    "WANDB_FORK_FROM=<run>?_step=<N>, and `resumedoctor launch` passes it to wandb.init.",
+)
+NEW_RUN = Rule(
+    "WANDB002", "resume-starts-new-run", WARNING,
+    "No run id is configured while this output_dir already has a W&B run: the history splits in two.",
+    "Without WANDB_RUN_ID (and WANDB_RESUME=allow) wandb.init starts a new run on every restart. "
+    "The charts of one training run end up in several W&B runs with separate step axes.",
+)
+RUN_ID_MISMATCH = Rule(
+    "WANDB003", "run-id-mismatch", ERROR,
+    "WANDB_RUN_ID names a run that is not this checkpoint's.",
+    "A stale WANDB_RUN_ID from another job makes this resume append to someone else's run and "
+    "corrupt its history. Export the id of this output_dir's run (resumedoctor env does).",
+)
+RESUME_MUST_WITHOUT_ID = Rule(
+    "WANDB004", "resume-must-without-run-id", ERROR,
+    "WANDB_RESUME=must without WANDB_RUN_ID: wandb.init fails.",
+    "resume=\"must\" requires the id of the run to resume; without it wandb.init raises as the job "
+    "starts, after the GPUs are allocated.",
+)
+RESUME_CONFLICT = Rule(
+    "WANDB005", "resume-options-conflict", ERROR,
+    "More than one of WANDB_RESUME, WANDB_RESUME_FROM, WANDB_FORK_FROM is set: wandb.init fails.",
+    "W&B's resume, resume_from (rewind) and fork_from are mutually exclusive; wandb.init raises when "
+    "more than one is given.",
+)
+OFFLINE_RUN = Rule(
+    "WANDB006", "offline-run", INFO,
+    "The run is an offline run: W&B resumes or forks it only after `wandb sync`.",
+    "An offline run exists only in the local wandb/ folder. Resume and fork are server-side "
+    "operations, so the new segment links to it only once both are synced (`wandb sync <run folder>`).",
+)
+LOG_UNREADABLE = Rule(
+    "WANDB007", "run-log-unreadable", WARNING,
+    "A run's .wandb log cannot be read (empty or damaged); its steps cannot be checked.",
+    "The transaction log run-<id>.wandb holds the run's history. An empty or corrupt one cannot be "
+    "matched to the checkpoint, so a duplicated or split history cannot be ruled out.",
+)
+DECISION_RECORDED = Rule(
+    "WANDB008", "decision-recorded", INFO,
+    "A W&B decision is recorded: `resumedoctor env` and `launch` apply it.",
+    "`resumedoctor fix` recorded how the next start logs (resume the same run, or fork it at a "
+    "_step) in <output_dir>/.resumedoctor/wandb.json. `eval \"$(resumedoctor env OUT)\"` exports it "
+    "for any training command, and `resumedoctor launch` passes it to wandb.init.",
+)
+DECISION_STALE = Rule(
+    "WANDB009", "decision-stale", WARNING,
+    "The recorded W&B decision is for another checkpoint or run.",
+    "The decision in .resumedoctor/wandb.json was made for a different resume point; applying it "
+    "would fork or resume at the wrong _step. `resumedoctor fix --auto` records the current one.",
+)
+
+RULES = (RUN_AHEAD, NEW_RUN, RUN_ID_MISMATCH, RESUME_MUST_WITHOUT_ID, RESUME_CONFLICT, OFFLINE_RUN,
+         LOG_UNREADABLE, DECISION_RECORDED, DECISION_STALE)
+
+
+def _with_decision(finding: Finding, decision) -> Finding:
+    finding.extra["decision"] = decision
+    return finding
+
+
+def run(ctx: RunContext) -> Iterator[Finding]:
+    environ = ctx.environ
+    set_resume_options = [name for name in RESUME_VARIABLES if environ.get(name)]
+    if len(set_resume_options) > 1:
+        yield RESUME_CONFLICT.finding(f"{' and '.join(set_resume_options)} are all set", hint="unset all but one (resumedoctor env prints the lines)")
+    if environ.get("WANDB_RESUME") == "must" and not environ.get("WANDB_RUN_ID"):
+        yield RESUME_MUST_WITHOUT_ID.finding("WANDB_RESUME=must but WANDB_RUN_ID is not set", hint="unset WANDB_RESUME or export the run id")
+
+    checkpoint = ctx.target.checkpoint
+    if checkpoint is None:
+        return
+    matches, unreadable, everything = find_runs(ctx)
+    for path, reason in unreadable:
+        yield LOG_UNREADABLE.finding(f"{path.name}: {reason}", path=str(path))
+    if not matches:
+        return
+    try:
+        state = ctx.read_json(checkpoint / "trainer_state.json")
+        global_step = int(state["global_step"])
+    except (JsonFileError, KeyError, TypeError, ValueError):
+        return  # the CKPT family reports the broken state
+    match = matches[-1]
+    decision = decide(match, checkpoint, global_step)
+    path = str(match.newest.path)
+    wanted = environ.get("WANDB_RUN_ID")
+    if wanted and wanted != match.run_id and not environ.get("WANDB_FORK_FROM"):
+        elsewhere = everything.get(wanted)
+        where = f" (it logged {elsewhere.config.get('output_dir')})" if elsewhere and elsewhere.config.get("output_dir") else ""
+        yield _with_decision(RUN_ID_MISMATCH.finding(
+            f"WANDB_RUN_ID={wanted}{where}, but {ctx.target.output_dir} was logged by run {match.run_id}",
+            path=path, hint="resumedoctor env prints the right run id"), decision)
+
+    recorded = read_decision(ctx.target.output_dir, ctx)
+    if recorded is not None:
+        if recorded == decision:
+            yield DECISION_RECORDED.finding(
+                f"next start: {decision.mode} run {decision.run_id}"
+                + (f" at _step {decision.step}" if decision.step is not None else ""),
+                path=path, hint=f'eval "$(resumedoctor env {ctx.target.path})" before training')
+            if decision.offline and decision.mode == "fork":
+                yield OFFLINE_RUN.finding(f"run {match.run_id} is offline ({match.newest.path.parent.name})", path=path,
+                                          hint=f"wandb sync {match.newest.path.parent}")
+            return
+        yield _with_decision(DECISION_STALE.finding(
+            f"the recorded decision ({recorded.mode} run {recorded.run_id} for {recorded.checkpoint}) does not fit "
+            f"{checkpoint.name}", path=path), decision)
+
+    if decision.mode == "fork":
+        moment = decision.moment
+        if environ.get("WANDB_FORK_FROM") == moment or environ.get("WANDB_RESUME_FROM") == moment:
+            pass  # the environment already forks (or rewinds) at the right step
+        else:
+            duplicated = f"global steps {global_step + 1}-{match.max_global_step}"
+            if wanted == match.run_id:
+                outcome = f"resuming run {match.run_id} logs {duplicated} a second time"
+            else:
+                outcome = f"a new run starts and the history of run {match.run_id} is split"
+            yield _with_decision(RUN_AHEAD.finding(
+                f"run {match.run_id} logged up to global step {match.max_global_step} (_step {match.last_step}); "
+                f"{checkpoint.name} is global step {global_step}, which W&B logged up to _step {decision.step - 1}: "
+                f"{outcome}", path=path,
+                hint=f"fork at _step {decision.step}: export WANDB_FORK_FROM={moment}"), decision)
+    elif wanted != match.run_id:
+        yield _with_decision(NEW_RUN.finding(
+            f"run {match.run_id} logged this output_dir, but WANDB_RUN_ID is not set: the resume starts a new run",
+            path=path, hint=f"export WANDB_RUN_ID={match.run_id} WANDB_RESUME=allow"), decision)
+    if match.newest.offline and decision.mode == "fork":
+        yield OFFLINE_RUN.finding(f"run {match.run_id} is offline ({match.newest.path.parent.name})", path=path,
+                                  hint=f"wandb sync {match.newest.path.parent}")
+
+
+FAMILY = CheckFamily(
+    name="wandb-run-sync",
+    prefix="WANDB",
+    title="W&B: the resumed run logs to the right run, from the right step",
+    rules=RULES,
+    run=run,
+    requires=("wandb",),
+)

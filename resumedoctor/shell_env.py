@@ -1,0 +1,59 @@
+"""`resumedoctor env`: the shell lines that make the next start log to the right place."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from resumedoctor.context import JsonFileError, Options, RunContext
+from resumedoctor.settings import Settings
+from resumedoctor.target import resolve_target
+
+
+@dataclass
+class ShellEnvironment:
+    target: str
+    checkpoint: str | None
+    comments: list[str] = field(default_factory=list)
+    lines: list = field(default_factory=list)  # EnvLine
+
+    def render(self) -> str:
+        out = [f"# resumedoctor env: {self.target} -> {self.checkpoint or 'no checkpoint'}"]
+        out += [f"# {comment}" for comment in self.comments]
+        out += [line.render() for line in self.lines]
+        return "\n".join(out) + "\n"
+
+
+def shell_environment(path: str | os.PathLike, *, wandb_dir: Path | None = None,
+                      environ: Mapping[str, str] | None = None) -> ShellEnvironment:
+    """Decide the W&B identity of the next start (the recorded decision when it still fits)."""
+    import importlib.util
+
+    target = resolve_target(path)
+    ctx = RunContext(target, Settings(), Options(wandb_dir=wandb_dir), environ)
+    result = ShellEnvironment(str(target.path), target.checkpoint.name if target.checkpoint else None)
+    if importlib.util.find_spec("wandb") is None:
+        result.comments.append("wandb is not installed: no W&B run to match")
+        return result
+    from resumedoctor.wandb_runs import decide, env_lines, find_runs, read_decision
+
+    decision = None
+    if target.checkpoint is not None:
+        matches, _, _ = find_runs(ctx)
+        try:
+            global_step = int(ctx.read_json(target.checkpoint / "trainer_state.json")["global_step"])
+        except (JsonFileError, KeyError, TypeError, ValueError):
+            global_step = None
+        if matches and global_step is not None:
+            decision = decide(matches[-1], target.checkpoint, global_step)
+            recorded = read_decision(target.output_dir, ctx)
+            if recorded is not None and recorded != decision:
+                result.comments.append(f"the recorded decision ({recorded.mode} for {recorded.checkpoint}) no longer "
+                                       f"fits; using the current one (resumedoctor fix --auto records it)")
+            result.comments.append(f"W&B: {decision.reason}")
+        elif not matches:
+            result.comments.append("no local W&B run logged this output_dir")
+    result.lines = env_lines(decision, ctx.environ)
+    return result

@@ -1,0 +1,231 @@
+"""Find the local W&B run(s) of a checkpoint and decide how the next start should log.
+
+transformers' WandbCallback logs without `step=`, so W&B's `_step` counts log calls, not trainer
+steps, and `train/global_step` is the step metric of every chart. A resume from checkpoint-N of a
+run that logged past N logs those global steps again (same run id) or splits the history (new id).
+The decision made here, resume the same run or fork it at the `_step` that follows checkpoint-N, is
+what `resumedoctor env` exports and `launch` passes to `wandb.init`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from resumedoctor.context import JsonFileError, RunContext
+from resumedoctor.journal import state_dir
+from resumedoctor.wandb_log import RUN_FOLDER, RunLog, WandbLogError, read_run_log
+
+DECISION_FILE = "wandb.json"
+RESUME_VARIABLES = ("WANDB_RESUME", "WANDB_RESUME_FROM", "WANDB_FORK_FROM")
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    folder: Path
+    log_path: Path
+    run_id: str
+
+
+@dataclass(frozen=True)
+class WandbDecision:
+    """How the next start logs to W&B; recorded as `.resumedoctor/wandb.json`."""
+
+    checkpoint: str
+    global_step: int
+    run_id: str
+    mode: str  # "resume": same run id, resume=allow; "fork": a new run forked at `step`
+    step: int | None
+    project: str | None
+    entity: str | None
+    wandb_dir: str | None
+    offline: bool
+    reason: str
+
+    def to_json(self) -> bytes:
+        return (json.dumps({"version": 1, **asdict(self)}, indent=2) + "\n").encode("utf-8")
+
+    @property
+    def moment(self) -> str | None:
+        return f"{self.run_id}?_step={self.step}" if self.mode == "fork" else None
+
+
+def wandb_dirs(ctx: RunContext) -> list[Path]:
+    """Where the runs of this output_dir may be: --wandb-dir, $WANDB_DIR, ./wandb, <output_dir>/wandb."""
+    candidates = []
+    if ctx.options.wandb_dir is not None:
+        candidates += [ctx.options.wandb_dir, ctx.options.wandb_dir / "wandb"]
+    if ctx.environ.get("WANDB_DIR"):
+        # wandb writes into $WANDB_DIR/wandb; accept the wandb folder itself too.
+        candidates += [Path(ctx.environ["WANDB_DIR"]) / "wandb", Path(ctx.environ["WANDB_DIR"])]
+    candidates += [Path.cwd() / "wandb", ctx.target.output_dir / "wandb"]
+    seen, found = set(), []
+    for candidate in candidates:
+        if candidate.is_dir() and candidate.resolve() not in seen:
+            seen.add(candidate.resolve())
+            found.append(candidate)
+    return found
+
+
+def local_runs(folder: Path) -> list[LocalRun]:
+    runs = []
+    for entry in sorted(folder.iterdir()):
+        match = RUN_FOLDER.match(entry.name)
+        if match and entry.is_dir() and not entry.is_symlink():
+            log = entry / f"run-{match.group(3)}.wandb"
+            if log.is_file():
+                runs.append(LocalRun(entry, log, match.group(3)))
+    return runs
+
+
+def _same_output_dir(logged: object, output_dir: Path) -> bool:
+    if not isinstance(logged, str) or not logged:
+        return False
+    logged_path = Path(logged)
+    if logged_path.is_absolute():
+        return os.path.realpath(logged_path) == os.path.realpath(output_dir)
+    # A relative output_dir was relative to wherever training ran: match on the folder name.
+    return logged_path.name == output_dir.name or os.path.realpath(logged_path) == os.path.realpath(output_dir)
+
+
+@dataclass
+class RunMatch:
+    """The run (possibly several resumed segments with one id) that belongs to the checkpoint."""
+
+    run_id: str
+    segments: list[RunLog]
+    wandb_dir: Path
+    unreadable: list[tuple[Path, str]]
+
+    @property
+    def history(self) -> list[tuple[int, int | None, bool]]:
+        return [row for segment in self.segments for row in segment.history]
+
+    @property
+    def newest(self) -> RunLog:
+        return self.segments[-1]
+
+    @property
+    def max_global_step(self) -> int | None:
+        steps = [g for _, g, _ in self.history if g is not None]
+        return max(steps) if steps else None
+
+    @property
+    def last_step(self) -> int | None:
+        return self.history[-1][0] if self.history else None
+
+    def first_step_after(self, global_step: int) -> int:
+        combined = RunLog(self.newest.path, history=self.history)
+        return combined.first_step_after(global_step)
+
+
+def find_runs(ctx: RunContext) -> tuple[list[RunMatch], list[tuple[Path, str]], dict[str, RunLog]]:
+    """Runs whose logged config names this output_dir (or whose id is $WANDB_RUN_ID).
+
+    Returns the matches (newest last), the logs that could not be read, and every readable log by id.
+    """
+    unreadable: list[tuple[Path, str]] = []
+    by_id: dict[str, list[tuple[LocalRun, RunLog, Path]]] = {}
+    everything: dict[str, RunLog] = {}
+    for folder in wandb_dirs(ctx):
+        for run in local_runs(folder):
+            try:
+                log = ctx.load(read_run_log, run.log_path)
+            except WandbLogError as exc:
+                unreadable.append((run.log_path, exc.reason))
+                continue
+            everything[log.run_id or run.run_id] = log
+            by_id.setdefault(log.run_id or run.run_id, []).append((run, log, folder))
+    matches = []
+    for run_id, entries in by_id.items():
+        entries.sort(key=lambda entry: entry[0].folder.name.split("-")[-2])  # by start date in the name
+        if any(_same_output_dir(log.config.get("output_dir"), ctx.target.output_dir) for _, log, _ in entries):
+            matches.append(RunMatch(run_id, [log for _, log, _ in entries], entries[-1][2], []))
+    matches.sort(key=lambda match: match.newest.path.parent.name.split("-")[-2])
+    return matches, unreadable, everything
+
+
+def read_decision(output_dir: Path, ctx: RunContext | None = None) -> WandbDecision | None:
+    path = state_dir(output_dir) / DECISION_FILE
+    if not path.is_file():
+        return None
+    try:
+        raw = ctx.read_json(path) if ctx else json.loads(path.read_text(encoding="utf-8"))
+        raw = dict(raw)
+        raw.pop("version", None)
+        return WandbDecision(**raw)
+    except (JsonFileError, ValueError, TypeError):
+        return None
+
+
+def decide(match: RunMatch, checkpoint: Path, global_step: int) -> WandbDecision:
+    """Resume the same run when it is not ahead of the checkpoint, else fork it (W&B recommends forking)."""
+    ahead = (match.max_global_step or 0) > global_step
+    newest = match.newest
+    common = dict(
+        checkpoint=checkpoint.name, global_step=global_step, run_id=match.run_id,
+        project=newest.project, entity=newest.entity, wandb_dir=str(match.wandb_dir.parent),
+        offline=newest.offline,
+    )
+    if ahead:
+        step = match.first_step_after(global_step)
+        return WandbDecision(
+            mode="fork", step=step,
+            reason=(f"run {match.run_id} logged up to global step {match.max_global_step} (_step {match.last_step}); "
+                    f"{checkpoint.name} is global step {global_step}: fork at _step {step}"),
+            **common,
+        )
+    return WandbDecision(
+        mode="resume", step=None,
+        reason=f"run {match.run_id} ends at global step {match.max_global_step}, the checkpoint's step: continue it",
+        **common,
+    )
+
+
+@dataclass(frozen=True)
+class EnvLine:
+    text: str  # `export NAME=value` or `unset NAME`
+    why: str
+
+    def render(self) -> str:
+        return f"{self.text}  # {self.why}"
+
+
+def env_lines(decision: WandbDecision | None, environ: dict[str, str]) -> list[EnvLine]:
+    """Shell lines that make the next start log where the decision says (and drop stale variables)."""
+    import shlex
+
+    lines: list[EnvLine] = []
+
+    def export(name: str, value: str, why: str) -> None:
+        lines.append(EnvLine(f"export {name}={shlex.quote(value)}", why))
+
+    def unset(name: str, why: str) -> None:
+        if name in environ:
+            lines.append(EnvLine(f"unset {name}", why))
+
+    if decision is None:
+        if environ.get("WANDB_RESUME") == "must" and not environ.get("WANDB_RUN_ID"):
+            unset("WANDB_RESUME", "stale: resume=must without WANDB_RUN_ID makes wandb.init fail")
+        if sum(1 for name in RESUME_VARIABLES if environ.get(name)) > 1:
+            for name in ("WANDB_RESUME_FROM", "WANDB_FORK_FROM"):
+                unset(name, "stale: resume, resume_from and fork_from are mutually exclusive")
+        return lines
+    if decision.mode == "fork":
+        export("WANDB_FORK_FROM", decision.moment, f"{decision.checkpoint} is global step {decision.global_step}; "
+               f"run {decision.run_id} logged past it, so fork it at _step {decision.step}")
+        unset("WANDB_RUN_ID", "a fork is a new run with a new id")
+        unset("WANDB_RESUME", "resume and fork_from are mutually exclusive")
+        unset("WANDB_RESUME_FROM", "resume_from and fork_from are mutually exclusive")
+    else:
+        export("WANDB_RUN_ID", decision.run_id, f"continue run {decision.run_id}, which ends at {decision.checkpoint}")
+        export("WANDB_RESUME", "allow", "resume that run if it exists")
+        unset("WANDB_FORK_FROM", "resume and fork_from are mutually exclusive")
+        unset("WANDB_RESUME_FROM", "resume and resume_from are mutually exclusive")
+    if decision.project and environ.get("WANDB_PROJECT") != decision.project:
+        export("WANDB_PROJECT", decision.project, "the project the run lives in")
+    if decision.entity and environ.get("WANDB_ENTITY") not in (None, decision.entity):
+        export("WANDB_ENTITY", decision.entity, "the entity the run lives in")
+    return lines
