@@ -25,6 +25,13 @@ class PluginError(Exception):
     """A plugin could not be loaded or contradicts another; the doctor refuses to run half-blind."""
 
 
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 @dataclass(frozen=True)
 class CheckFamily:
     """One family of checks: a code prefix, its rules, and the function that runs them."""
@@ -38,7 +45,7 @@ class CheckFamily:
     requires: tuple[str, ...] = ()
 
     def missing_requirements(self) -> list[str]:
-        return [name for name in self.requires if importlib.util.find_spec(name) is None]
+        return [name for name in self.requires if not _importable(name)]
 
 
 @dataclass(frozen=True)

@@ -80,14 +80,15 @@ def local_runs(folder: Path) -> list[LocalRun]:
     return runs
 
 
-def _same_output_dir(logged: object, output_dir: Path) -> bool:
+def _same_output_dir(logged: object, output_dir: Path, *, by_name: bool = False) -> bool:
+    """Does a run's logged output_dir name this one? `by_name`: the folder name is enough."""
     if not isinstance(logged, str) or not logged:
         return False
     logged_path = Path(logged)
-    if logged_path.is_absolute():
-        return os.path.realpath(logged_path) == os.path.realpath(output_dir)
-    # A relative output_dir was relative to wherever training ran: match on the folder name.
-    return logged_path.name == output_dir.name or os.path.realpath(logged_path) == os.path.realpath(output_dir)
+    if os.path.realpath(logged_path) == os.path.realpath(output_dir):
+        return True
+    # A relative output_dir was relative to wherever training ran; a moved run keeps its name.
+    return (by_name or not logged_path.is_absolute()) and logged_path.name == output_dir.name
 
 
 @dataclass
@@ -138,11 +139,22 @@ def find_runs(ctx: RunContext) -> tuple[list[RunMatch], list[tuple[Path, str]], 
                 continue
             everything[log.run_id or run.run_id] = log
             by_id.setdefault(log.run_id or run.run_id, []).append((run, log, folder))
-    matches = []
-    for run_id, entries in by_id.items():
+    for entries in by_id.values():
         entries.sort(key=lambda entry: entry[0].folder.name.split("-")[-2])  # by start date in the name
-        if any(_same_output_dir(log.config.get("output_dir"), ctx.target.output_dir) for _, log, _ in entries):
-            matches.append(RunMatch(run_id, [log for _, log, _ in entries], entries[-1][2], []))
+
+    def matching(by_name: bool) -> list[RunMatch]:
+        return [
+            RunMatch(run_id, [log for _, log, _ in entries], entries[-1][2], [])
+            for run_id, entries in by_id.items()
+            if any(_same_output_dir(log.config.get("output_dir"), ctx.target.output_dir, by_name=by_name)
+                   for _, log, _ in entries)
+        ]
+
+    matches = matching(by_name=False)
+    if not matches:
+        # The output_dir was moved (another disk, another machine): its name alone decides, if unambiguous.
+        by_name = matching(by_name=True)
+        matches = by_name if len(by_name) == 1 else []
     matches.sort(key=lambda match: match.newest.path.parent.name.split("-")[-2])
     return matches, unreadable, everything
 
