@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Pre-training hook: diagnose the run before every (re)start, and refuse to start a resume that
-# would go wrong. Use it in front of your training command:
+# Pre-training hook: diagnose the run before every (re)start, refuse to start a resume that would go
+# wrong, and make the next start log to the right W&B run. Use it in front of your training command:
 #
 #   examples/pre_training_hook.sh output/ trl grpo --config recipe.yaml
 #
@@ -14,5 +14,8 @@ if ! resumedoctor diagnose "$OUT"; then
     echo "pre-training hook: not starting; see the report above (resumedoctor explain CODE)" >&2
     exit 1
 fi
+
+# W&B: continue the run, or fork it at the _step after the checkpoint; unset stale WANDB_* variables.
+eval "$(resumedoctor env "$OUT")"
 
 exec "$@"

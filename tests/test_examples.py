@@ -49,6 +49,30 @@ def test_pre_training_hook_refuses_a_broken_run(full_run, tmp_path):
     assert "not starting" in result.stderr
 
 
+def test_pre_training_hook_refuses_stale_wandb_variables(full_run, tmp_path):
+    marker = tmp_path / "training-started"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "WANDB_RESUME": "must"}
+    env.pop("WANDB_RUN_ID", None)
+    result = subprocess.run(["bash", EXAMPLES / "pre_training_hook.sh", full_run, "touch", marker],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 1 and not marker.exists()  # WANDB004: wandb.init would fail
+
+
+def test_pre_training_hook_hands_the_fork_to_the_training_command(wandb_world, tmp_path):
+    checkpoint = wandb_world["output_dir"] / "checkpoint-4"
+    marker = tmp_path / "env-seen"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               WANDB_DIR=str(wandb_world["root"]), WANDB_RUN_ID=wandb_world["run_id"], WANDB_RESUME="allow")
+    command = f'echo "$WANDB_FORK_FROM ${{WANDB_RUN_ID-unset}} ${{WANDB_RESUME-unset}}" > {marker}'
+    result = subprocess.run(["bash", EXAMPLES / "pre_training_hook.sh", checkpoint, "bash", "-c", command],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    fork_from, run_id, resume = marker.read_text().split()
+    assert fork_from.startswith(f"{wandb_world['run_id']}?_step=") and run_id == resume == "unset"
+
+
 def test_ci_gate_workflow_uploads_sarif_and_gates():
     workflow = YAML(typ="safe").load((EXAMPLES / "github" / "resumedoctor-gate.yml").read_text())
     steps = workflow["jobs"]["diagnose"]["steps"]

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import PROJECT, run_cli
 
 from resumedoctor.context import Options
 from resumedoctor.diagnose import diagnose
@@ -23,51 +23,6 @@ from resumedoctor.fixing import fix, undo
 from resumedoctor.settings import Settings
 from resumedoctor.shell_env import shell_environment
 from resumedoctor.wandb_log import read_run_log
-
-PROJECT = "resumedoctor-tests"
-
-
-def _offline_env(root: Path) -> dict[str, str]:
-    return {"WANDB_MODE": "offline", "WANDB_DIR": str(root), "WANDB_PROJECT": PROJECT, "WANDB_SILENT": "true",
-            "WANDB_DISABLE_GIT": "true", "WANDB_DISABLE_CODE": "true"}
-
-
-OTHER_RUN = """
-import sys, wandb
-run = wandb.init(config={"output_dir": sys.argv[1]})
-run.define_metric("train/global_step")
-run.define_metric("*", step_metric="train/global_step", step_sync=True)
-for step in range(1, 4):
-    run.log({"train/loss": 1.0 / step, "train/global_step": step})
-run.finish()
-print(run.id)
-"""
-
-
-@pytest.fixture(scope="session")
-def wandb_world(tmp_path_factory) -> dict:
-    """One GRPO run logged to W&B offline (checkpoints 2, 4, 6), and an unrelated run beside it."""
-    from resumedoctor.demo import train_demo_run
-
-    root = tmp_path_factory.mktemp("wandb-world")
-    saved = dict(os.environ)
-    os.environ.update(_offline_env(root))
-    try:
-        output_dir = train_demo_run(root / "grpo-demo-run", report_to="wandb", run_name="grpo-demo")
-        import wandb
-
-        wandb.finish()  # the Trainer leaves its run open; a job's process would end here
-        other = subprocess.run([sys.executable, "-c", OTHER_RUN, str(root / "someone-elses-run")],
-                               capture_output=True, text=True, check=True)
-        other_id = other.stdout.strip().splitlines()[-1]
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    logs = sorted((root / "wandb").glob("offline-run-*/run-*.wandb"))
-    ours = next(log for log in logs if other_id not in log.name)
-    return {"root": root, "output_dir": output_dir, "wandb_dir": root / "wandb", "log": ours,
-            "run_id": ours.stem.removeprefix("run-"), "other_id": other_id}
-
 
 def leet_records(log: Path) -> list[dict]:
     """wandb's own reader, as the reference for ours."""
