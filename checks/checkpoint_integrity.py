@@ -14,6 +14,7 @@ from pathlib import Path
 from resumedoctor.context import JsonFileError, RunContext
 from resumedoctor.findings import Finding, Rule, Severity
 from resumedoctor.registry import CheckFamily
+from resumedoctor.safe_pickle import PickleReadError, UnsafePickleError
 from resumedoctor.safetensors_header import SafetensorsError, count_non_finite
 from resumedoctor.target import TMP_CHECKPOINT_NAME, checkpoint_step
 
@@ -200,6 +201,15 @@ FILE_UNREADABLE = Rule(
     "resume after the GPUs are allocated.",
 )
 
+TRAINING_ARGS_UNSAFE = Rule(
+    "CKPT028", "training-args-unsafe-pickle", ERROR,
+    "training_args.bin holds a pickle that would run code when loaded.",
+    "training_args.bin should pickle nothing but the argument classes of transformers, TRL and "
+    "accelerate. This one names another global (os.system, eval, subprocess, ...): loading it with "
+    "torch.load(weights_only=False), as some tools and notebooks do, runs that code. resumedoctor read "
+    "it with a restricted unpickler that ran nothing. Treat the whole checkpoint as untrusted.",
+)
+
 RULES = (
     TRAINER_STATE_MISSING, WEIGHTS_MISSING, SAFETENSORS_SIZE, SAFETENSORS_HEADER, SHARD_MISSING,
     SHARD_INDEX_INCOMPLETE, SHARD_INDEX_MISSING, SHARD_INDEX_INVALID, ARCHIVE_DAMAGED,
@@ -207,7 +217,7 @@ RULES = (
     GLOBAL_STEP_MISMATCH, LOG_HISTORY_ORDER, LOG_HISTORY_AHEAD, BEST_MODEL_MISSING,
     RESUME_TARGET_UNUSABLE, OLDER_CHECKPOINT_UNUSABLE, NO_CHECKPOINT, TMP_CHECKPOINT_DEBRIS,
     NON_FINITE_WEIGHTS, ADAPTER_CONFIG_INVALID, DEEPSPEED_INCOMPLETE, LEGACY_PICKLE,
-    MODEL_CONFIG_INVALID, FILE_UNREADABLE,
+    MODEL_CONFIG_INVALID, FILE_UNREADABLE, TRAINING_ARGS_UNSAFE,
 )
 
 SHARD_NAME = re.compile(r"^(model|adapter_model)-\d+-of-\d+\.safetensors$")
@@ -453,6 +463,17 @@ class CheckpointInspector:
         for name in sorted(self.layout.files):
             if name.endswith(ARCHIVE_SUFFIXES):
                 yield from self._archive_findings(self.folder / name, name)
+        if "training_args.bin" in self.layout.files and self.ctx.torch_archive(self.folder / "training_args.bin").ok:
+            yield from self.check_training_args_pickle(self.folder / "training_args.bin")
+
+    def check_training_args_pickle(self, path: Path) -> Iterator[Finding]:
+        try:
+            self.ctx.training_args(path)
+        except UnsafePickleError as exc:
+            yield self.finding(TRAINING_ARGS_UNSAFE, f"training_args.bin names {exc.global_name}; it was not run", path,
+                               hint="do not torch.load this checkpoint; find out where it came from")
+        except PickleReadError as exc:
+            yield self.finding(TRAINING_ARGS_DAMAGED, f"training_args.bin: {exc.reason}", path)
 
     def check_resume_state(self) -> Iterator[Finding]:
         if self.layout.is_deepspeed:

@@ -95,17 +95,22 @@ def _write_output(text: str, output: Path | None) -> None:
 @click.option("--settings", "settings_file", type=click.Path(path_type=Path),
               help="Settings file (default: nearest resumedoctor.toml or pyproject.toml).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the report to a file.")
+@click.argument("recipe_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- TRL OVERRIDES]")
 def diagnose(path: Path, recipe: Path | None, wandb_dir: Path | None, fmt: str, select: str | None,
-             ignore: str | None, deep: bool, settings_file: Path | None, output: Path | None) -> int:
-    """Check a checkpoint-N folder or an output_dir before resuming it."""
+             ignore: str | None, deep: bool, settings_file: Path | None, output: Path | None,
+             recipe_args: tuple[str, ...]) -> int:
+    """Check a checkpoint-N folder or an output_dir before resuming it.
+
+    Recipe overrides go after `--`, as `trl grpo` takes them: -- --max_completion_length 256
+    """
     from resumedoctor.context import Options
     from resumedoctor.diagnose import diagnose as run_diagnosis
     from resumedoctor.report import render
 
     _check_inputs(path, recipe)
     settings = _settings_for(path, settings_file, select, ignore)
-    report = run_diagnosis(path, settings=settings, options=Options(deep=deep, recipe=recipe, wandb_dir=wandb_dir),
-                           registry=_load_registry())
+    options = Options(deep=deep, recipe=recipe, wandb_dir=wandb_dir, recipe_args=recipe_args)
+    report = run_diagnosis(path, settings=settings, options=options, registry=_load_registry())
     color = fmt == "text" and output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
     _write_output(render(report, fmt, color=color), output)
     return report.exit_code
@@ -122,8 +127,12 @@ def diagnose(path: Path, recipe: Path | None, wandb_dir: Path | None, fmt: str, 
 @_codes_option("--select", "Only fix findings with these codes or prefixes.")
 @_codes_option("--ignore", "Leave findings with these codes or prefixes alone.")
 @click.option("--settings", "settings_file", type=click.Path(path_type=Path), help="Settings file.")
+@click.option("--strategy", type=click.Choice(["balanced", "completion_heavy", "prompt_heavy", "data"]),
+              help="How an unsafe fix re-allocates the window (default: data when the prompts were measured).")
+@click.argument("recipe_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- TRL OVERRIDES]")
 def fix(path: Path, auto: bool, unsafe: bool, dry_run: bool, recipe: Path | None, wandb_dir: Path | None,
-        fmt: str, select: str | None, ignore: str | None, settings_file: Path | None) -> int:
+        fmt: str, select: str | None, ignore: str | None, settings_file: Path | None, strategy: str | None,
+        recipe_args: tuple[str, ...]) -> int:
     """Fix what can be fixed without losing a byte; every change is backed up and undoable."""
     from resumedoctor.context import Options
     from resumedoctor.fix_report import render_fix
@@ -135,7 +144,8 @@ def fix(path: Path, auto: bool, unsafe: bool, dry_run: bool, recipe: Path | None
     preview_only = dry_run or not auto
     try:
         result = run_fix(path, unsafe=unsafe, dry_run=preview_only, settings=settings,
-                         options=Options(recipe=recipe, wandb_dir=wandb_dir), registry=_load_registry())
+                         options=Options(recipe=recipe, wandb_dir=wandb_dir, recipe_args=recipe_args, strategy=strategy),
+                         registry=_load_registry())
     except FixError as exc:
         raise UserFacingError(str(exc)) from None
     color = fmt == "text" and sys.stdout.isatty() and "NO_COLOR" not in os.environ

@@ -49,6 +49,8 @@ class Options:
     deep: bool = False
     recipe: Path | None = None
     wandb_dir: Path | None = None
+    recipe_args: tuple[str, ...] = ()  # TRL command-line overrides of the recipe (after `--`)
+    strategy: str | None = None  # how `fix` re-allocates a length budget
 
 
 class RunContext:
@@ -68,19 +70,31 @@ class RunContext:
         self._cache: dict[tuple, tuple[bool, Any]] = {}
         self.loads: dict[str, int] = {}  # reader name -> how many files it really read
 
-    def load(self, reader: Callable[..., T], path: Path, **kwargs: Any) -> T:
-        """reader(path, **kwargs), computed once per run; a raised error is cached and re-raised."""
-        key = (reader, Path(path), tuple(sorted(kwargs.items())))
+    def memo(self, key: tuple, compute: Callable[[], T], name: str = "memo") -> T:
+        """compute(), once per run for this key; a raised error is cached and re-raised."""
         if key not in self._cache:
-            self.loads[reader.__name__] = self.loads.get(reader.__name__, 0) + 1
+            self.loads[name] = self.loads.get(name, 0) + 1
             try:
-                self._cache[key] = (True, reader(Path(path), **kwargs))
+                self._cache[key] = (True, compute())
             except Exception as exc:  # noqa: BLE001 - cached and re-raised to every caller
                 self._cache[key] = (False, exc)
         ok, value = self._cache[key]
         if not ok:
             raise value
         return value
+
+    def load(self, reader: Callable[..., T], path: Path, **kwargs: Any) -> T:
+        """reader(path, **kwargs), computed once per run."""
+        key = (reader, Path(path), tuple(sorted(kwargs.items())))
+        return self.memo(key, lambda: reader(Path(path), **kwargs), reader.__name__)
+
+    def recipe(self):
+        """The recipe given with --config, read once (RecipeError when it cannot be)."""
+        from resumedoctor.recipe import load_recipe
+
+        return self.memo(("recipe", self.options.recipe, self.options.recipe_args),
+                         lambda: load_recipe(self.options.recipe, list(self.options.recipe_args), self.environ),
+                         "load_recipe")
 
     def read_json(self, path: Path) -> Any:
         return self.load(read_json_file, path)
@@ -90,6 +104,12 @@ class RunContext:
 
     def torch_archive(self, path: Path) -> ArchiveReport:
         return self.load(inspect_torch_archive, path, deep=self.options.deep)
+
+    def training_args(self, path: Path) -> dict:
+        """The checkpoint's saved arguments, through the restricted unpickler (never runs the pickle)."""
+        from resumedoctor.safe_pickle import read_training_args
+
+        return self.load(read_training_args, path)
 
     def severity_of(self, finding: Finding) -> Severity:
         return self.settings.severity_for(finding.code, finding.severity)

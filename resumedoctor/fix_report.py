@@ -29,8 +29,8 @@ def render_fix(result: FixResult, fmt: str, *, color: bool = False, asked_to_app
             lines.append(f"# after the safe fixes, if still unusable: {describe_operation(operation, result.output_dir)}")
         lines.append("nothing was changed" + ("" if asked_to_apply else " (pass --auto to apply the safe fixes)"))
     elif result.transactions:
-        for operation in result.operations:
-            lines.append(f"fixed: {describe_operation(operation, result.output_dir)}")
+        for description in result.descriptions:
+            lines.append(f"fixed: {description}")
         journal = result.transactions[-1].folder.parent
         lines.append(f"backup and journal: {journal} (resumedoctor undo {result.output_dir} puts it all back)")
     else:

@@ -59,6 +59,7 @@ class FixResult:
     recovered: list[str] = field(default_factory=list)
     transactions: list[Transaction] = field(default_factory=list)
     deferred: list[Operation] = field(default_factory=list)
+    descriptions: list[str] = field(default_factory=list)  # one line per applied change
     after: Report | None = None
     dry_run: bool = False
 
@@ -157,6 +158,7 @@ def _apply(output_dir: Path, result: FixResult, planned: FixResult, run_id: str)
         transaction = Transaction.prepare(output_dir, planned.operations, description, run_id)
     except OSError as exc:
         raise FixError(f"cannot prepare the fix under {state_dir(output_dir)}: {exc.strerror or exc}") from None
+    descriptions = [describe_operation(op, output_dir) for op in planned.operations]  # before the tree changes
     try:
         transaction.complete()
     except (OSError, JournalError) as exc:
@@ -169,6 +171,7 @@ def _apply(output_dir: Path, result: FixResult, planned: FixResult, run_id: str)
     result.transactions.append(transaction)
     result.planned += planned.planned
     result.operations += planned.operations
+    result.descriptions += descriptions
 
 
 def fix(

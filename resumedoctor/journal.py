@@ -248,7 +248,9 @@ class Transaction:
             if self._state(entry) == "new":
                 continue
             if entry["kind"] == "write":
-                atomic_write(self.output_dir / entry["path"], (self.folder / entry["new"]).read_bytes())
+                path = self.output_dir / entry["path"]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(path, (self.folder / entry["new"]).read_bytes())
             else:
                 destination = self.output_dir / entry["dst"]
                 destination.parent.mkdir(parents=True, exist_ok=True)
@@ -321,10 +323,16 @@ def list_transactions(output_dir: Path) -> list[Transaction]:
 
 
 def remove_empty_state_dir(output_dir: Path) -> None:
-    """After the last undo, leave no trace: drop empty quarantine/transactions/.resumedoctor folders."""
+    """After the last undo, leave no trace: drop the empty folders under .resumedoctor, then itself."""
     state = state_dir(output_dir)
-    for folder in (state / QUARANTINE, state / TRANSACTIONS, state):
+    if not state.is_dir():
+        return
+    for folder in sorted((p for p in state.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
         try:
             folder.rmdir()
         except OSError:
             pass
+    try:
+        state.rmdir()
+    except OSError:
+        pass

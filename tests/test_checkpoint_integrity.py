@@ -162,7 +162,9 @@ def test_malicious_training_args_never_runs(full_run, tmp_path, deep):
     torch.save(RunsACommand(marker), full_run / "checkpoint-6" / "training_args.bin")
     report = diagnose(full_run, settings=Settings(), options=Options(deep=deep))
     assert not marker.exists(), "a pickle from the checkpoint was loaded"
-    assert report.exit_code == 0  # a whole archive: its content is the CFG family's business
+    finding = by_code(report, "CKPT028")[0]
+    assert "posix.system" in finding.message or "os.system" in finding.message
+    assert report.exit_code == 1
 
 
 def test_damaged_training_args_is_a_warning(full_run):

@@ -1,0 +1,234 @@
+"""LEN: does every prompt plus its completion fit the model's window, and does TRL accept the recipe?
+
+Runs when a recipe is given (`--config RECIPE`): the recipe is read as TrlParser reads it, the window
+comes from the checkpoint's (or the model's) config.json, and the prompts of a local dataset are
+tokenized the way GRPOTrainer tokenizes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from resumedoctor.context import JsonFileError, RunContext
+from resumedoctor.findings import Finding, Rule, Severity
+from resumedoctor.prompt_lengths import DatasetError, looks_local, measure, tokenizer_files
+from resumedoctor.recipe import REMOVED_KEYS, Recipe, RecipeError
+from resumedoctor.registry import CheckFamily
+from resumedoctor.safe_pickle import PickleReadError, UnsafePickleError
+
+ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
+
+RECIPE_INVALID = Rule(
+    "LEN001", "recipe-invalid", ERROR,
+    "The recipe is not valid YAML or not a mapping.",
+    "`trl grpo --config RECIPE` reads the recipe with yaml.safe_load and needs a mapping of keys; "
+    "a syntax error stops the job before training starts.",
+)
+UNKNOWN_KEY = Rule(
+    "LEN002", "unknown-recipe-key", ERROR,
+    "The recipe has a key that no TRL GRPO argument class knows.",
+    "TrlParser refuses unknown keys (\"Unknown arguments from config file\"); a typo in a key also "
+    "means the value you meant to set is silently the default.",
+)
+REMOVED_KEY = Rule(
+    "LEN003", "removed-recipe-key", ERROR,
+    "The recipe uses a key that TRL removed (max_prompt_length, vllm_max_model_len).",
+    "max_prompt_length was deprecated in TRL 0.26 and removed in 0.28 (TRL no longer truncates "
+    "prompts: filter over-long prompts from the dataset); vllm_max_model_len is now "
+    "vllm_max_model_length. TrlParser refuses the old keys. `fix --auto` migrates them.",
+)
+COMPLETION_EXCEEDS_WINDOW = Rule(
+    "LEN004", "completion-exceeds-window", ERROR,
+    "max_completion_length alone does not fit the model's window.",
+    "A prompt plus its completion must fit the window: vllm_max_model_length when vLLM generates, "
+    "else the model's max_position_embeddings. A completion budget as large as the window leaves no "
+    "room for any prompt. `fix --unsafe` re-allocates the window by a strategy.",
+)
+PROMPTS_EXCEED_WINDOW = Rule(
+    "LEN005", "prompts-exceed-window", ERROR,
+    "Some prompts plus max_completion_length do not fit the window.",
+    "TRL 1.x does not truncate prompts. A prompt whose tokens plus max_completion_length exceed the "
+    "window fails in vLLM or generates past the positions the model was trained on. `fix --unsafe` "
+    "re-allocates the window (strategy balanced, completion_heavy, prompt_heavy or data: the prompt "
+    "budget becomes the p99 of the real prompts) or writes a filtered copy of the dataset.",
+)
+DATASET_UNAVAILABLE = Rule(
+    "LEN006", "dataset-unavailable", ERROR,
+    "The recipe's local dataset is missing or cannot be loaded.",
+    "dataset_name names a local path that does not exist, cannot be loaded as json, jsonl, parquet, "
+    "csv or a save_to_disk folder, or has no prompt column. Training would stop at load time.",
+)
+GENERATION_BATCH_INDIVISIBLE = Rule(
+    "LEN007", "generation-batch-indivisible", ERROR,
+    "generation_batch_size is not divisible by num_generations.",
+    "GRPO generates num_generations completions per prompt in each generation batch; GRPOConfig "
+    "refuses a generation_batch_size that is not a multiple of it.",
+)
+GENERATION_BATCH_AND_STEPS = Rule(
+    "LEN008", "generation-batch-and-steps", ERROR,
+    "generation_batch_size and steps_per_generation are both set.",
+    "They are two ways to say the same thing and GRPOConfig refuses both at once.",
+)
+NOT_MEASURED = Rule(
+    "LEN009", "budget-not-measured", INFO,
+    "The prompts could not be measured here (hub dataset or model, no local copy).",
+    "resumedoctor never downloads: a dataset or tokenizer that exists only on the hub is not "
+    "measured. Point the recipe at local copies to have every prompt checked.",
+)
+BUDGET_CHANGED = Rule(
+    "LEN010", "budget-changed", WARNING,
+    "A length or generation budget differs from the one the checkpoint was trained with.",
+    "max_completion_length, num_generations and the generation batch were saved in the checkpoint's "
+    "training_args.bin (read with a restricted unpickler). Changing them mid-run changes the "
+    "advantage estimates and the token budget per step: the resumed run is not the run you paused.",
+)
+
+RULES = (RECIPE_INVALID, UNKNOWN_KEY, REMOVED_KEY, COMPLETION_EXCEEDS_WINDOW, PROMPTS_EXCEED_WINDOW,
+         DATASET_UNAVAILABLE, GENERATION_BATCH_INDIVISIBLE, GENERATION_BATCH_AND_STEPS, NOT_MEASURED,
+         BUDGET_CHANGED)
+BUDGET_KEYS = ("max_completion_length", "num_generations", "generation_batch_size", "steps_per_generation",
+               "vllm_max_model_length")
+
+
+
+
+def model_folder(ctx: RunContext, recipe: Recipe) -> Path | None:
+    """Where config.json and the tokenizer are: the checkpoint being resumed, else a local model path."""
+    candidates = []
+    if ctx.target.checkpoint is not None:
+        candidates.append(ctx.target.checkpoint)
+    model = recipe.get("model_name_or_path")
+    if isinstance(model, str) and model:
+        candidates.append(Path(model).expanduser())
+    for folder in candidates:
+        if (folder / "config.json").is_file() and tokenizer_files(folder):
+            return folder
+    return None
+
+
+def window_of(ctx: RunContext, recipe: Recipe, folder: Path) -> tuple[int | None, str]:
+    if recipe.get("use_vllm") and recipe.get("vllm_max_model_length"):
+        return int(recipe.get("vllm_max_model_length")), "vllm_max_model_length"
+    try:
+        config = ctx.read_json(folder / "config.json")
+    except JsonFileError:
+        return None, "config.json unreadable"
+    window = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    return (int(window), f"max_position_embeddings of {folder.name}/config.json") if isinstance(window, int) else (None, "")
+
+
+def measure_prompts(ctx: RunContext, recipe: Recipe, folder: Path):
+    """Prompt lengths of the recipe's local dataset (cached per run and across runs)."""
+    location = Path(str(recipe.get("dataset_name"))).expanduser()
+    split = recipe.get("dataset_train_split") or "train"
+    kwargs = recipe.get("chat_template_kwargs") or {}
+    return ctx.memo(("prompt-lengths", location, folder, split),
+                    lambda: measure(location, folder, split=split, chat_template_kwargs=dict(kwargs)), "measure")
+
+
+def summary_of(lengths) -> str:
+    return (f"prompt tokens p50 {lengths.percentile(50)}, p95 {lengths.percentile(95)}, "
+            f"p99 {lengths.percentile(99)}, max {max(lengths.lengths, default=0)}")
+
+
+def run(ctx: RunContext) -> Iterator[Finding]:
+    if ctx.options.recipe is None:
+        return
+    recipe_path = str(ctx.options.recipe)
+    try:
+        recipe = ctx.recipe()
+    except RecipeError as exc:
+        yield RECIPE_INVALID.finding(exc.reason, path=recipe_path)
+        return
+    for key in recipe.removed_keys():
+        replacement, why = REMOVED_KEYS[key]
+        yield REMOVED_KEY.finding(f"{key}: {why}", path=recipe_path,
+                                  hint=f"rename it to {replacement}" if replacement else "fix --auto removes it")
+    for key in recipe.unknown_keys():
+        yield UNKNOWN_KEY.finding(f"{key!r} is not a TRL GRPO argument: TrlParser refuses the recipe", path=recipe_path)
+
+    generations = recipe.get("num_generations")
+    batch, steps = recipe.resolve("generation_batch_size"), recipe.resolve("steps_per_generation")
+    if batch.value is not None and steps.value is not None:
+        yield GENERATION_BATCH_AND_STEPS.finding(
+            f"generation_batch_size={batch.value} ({batch.source}) and steps_per_generation={steps.value} ({steps.source})",
+            path=recipe_path, hint="keep one of them")
+    if isinstance(batch.value, int) and isinstance(generations, int) and generations and batch.value % generations:
+        yield GENERATION_BATCH_INDIVISIBLE.finding(
+            f"generation_batch_size={batch.value} is not a multiple of num_generations={generations}", path=recipe_path)
+
+    yield from check_against_checkpoint(ctx, recipe, recipe_path)
+
+    folder = model_folder(ctx, recipe)
+    if folder is None:
+        yield NOT_MEASURED.finding("no local config.json and tokenizer (checkpoint or model_name_or_path)", path=recipe_path)
+        return
+    window, window_source = window_of(ctx, recipe, folder)
+    completion = recipe.resolve("max_completion_length")
+    if window is None or not isinstance(completion.value, int):
+        return
+    if completion.value >= window:
+        yield _budget(COMPLETION_EXCEEDS_WINDOW.finding(
+            f"max_completion_length={completion.value} ({completion.source}) leaves no room in the window of {window} "
+            f"tokens ({window_source})", path=recipe_path,
+            hint="fix --unsafe re-allocates the window (--strategy balanced|completion_heavy|prompt_heavy|data)"),
+            window, folder, None)
+        return
+    dataset = recipe.get("dataset_name")
+    if not isinstance(dataset, str) or not dataset:
+        return
+    if not looks_local(dataset):
+        yield NOT_MEASURED.finding(f"dataset {dataset!r} is on the hub; not measured (no downloads)", path=recipe_path)
+        return
+    if not Path(dataset).expanduser().exists():
+        yield DATASET_UNAVAILABLE.finding(f"dataset_name {dataset!r} does not exist", path=recipe_path)
+        return
+    try:
+        lengths = measure_prompts(ctx, recipe, folder)
+    except DatasetError as exc:
+        yield DATASET_UNAVAILABLE.finding(exc.reason, path=recipe_path)
+        return
+    room = window - completion.value
+    over = [(row, length) for row, length in enumerate(lengths.lengths) if length > room]
+    if over:
+        shown = ", ".join(str(lengths.ids[row]) for row, _ in over[:10]) + (" ..." if len(over) > 10 else "")
+        yield _budget(PROMPTS_EXCEED_WINDOW.finding(
+            f"{len(over)} of {len(lengths.lengths)} prompts do not fit: prompt + max_completion_length "
+            f"({completion.value}) > {window} ({window_source}); ids {shown}; {summary_of(lengths)}",
+            path=recipe_path,
+            hint="fix --unsafe: re-allocate the window (--strategy data uses the p99 prompt) or filter the dataset"),
+            window, folder, lengths)
+
+
+def _budget(finding: Finding, window: int, folder: Path, lengths) -> Finding:
+    finding.extra.update(window=window, model_folder=str(folder), lengths=lengths)
+    return finding
+
+
+def check_against_checkpoint(ctx: RunContext, recipe: Recipe, recipe_path: str) -> Iterator[Finding]:
+    checkpoint = ctx.target.checkpoint
+    if checkpoint is None or not (checkpoint / "training_args.bin").is_file():
+        return
+    try:
+        saved = ctx.training_args(checkpoint / "training_args.bin")
+    except (UnsafePickleError, PickleReadError):
+        return  # the CKPT family reports it
+    for key in BUDGET_KEYS:
+        resolved = recipe.resolve(key)
+        if resolved.source == "default" and key in ("generation_batch_size", "steps_per_generation"):
+            continue  # GRPOConfig derives these when unset; the saved value is the derived one
+        if key in saved and saved[key] != resolved.value:
+            yield BUDGET_CHANGED.finding(
+                f"{key}: {checkpoint.name} was trained with {saved[key]!r}, the recipe now says {resolved.value!r} "
+                f"({resolved.source})", path=recipe_path)
+
+
+FAMILY = CheckFamily(
+    name="length-budgets",
+    prefix="LEN",
+    title="Length budgets: prompt + completion fits the window; TRL accepts the recipe",
+    rules=RULES,
+    run=run,
+    requires=("transformers", "trl"),
+)

@@ -1,0 +1,143 @@
+"""Token lengths of a dataset's prompts, tokenized the way GRPOTrainer does, cached by fingerprint.
+
+GRPOTrainer renders a conversational prompt with the chat template and `add_generation_prompt=True`
+and tokenizes it without special tokens; a plain-text prompt goes through the tokenizer as is. Here the
+same happens in large batches with the fast (Rust) tokenizer. The lengths are cached under the cache
+folder, keyed by the dataset's and the tokenizer's file hashes, so a second diagnosis of an unchanged
+dataset imports neither `datasets` nor `transformers`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+
+from resumedoctor.recipe import cache_dir
+
+DATA_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
+                   "tokenizer.model", "vocab.json", "merges.txt")
+BATCH = 2048
+
+
+class DatasetError(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class PromptLengths:
+    lengths: array  # one token count per row, in dataset order
+    ids: list  # the dataset's `id` column when it has one, else row numbers
+    conversational: bool
+    from_cache: bool
+
+    def percentile(self, q: float) -> int:
+        ordered = sorted(self.lengths)
+        if not ordered:
+            return 0
+        return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or Path(name).suffix in DATA_SUFFIXES or os.path.exists(name)
+
+
+def _hash_files(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(str(path.name).encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def dataset_files(location: Path) -> list[Path]:
+    if location.is_file():
+        return [location]
+    return sorted(p for p in location.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def tokenizer_files(folder: Path) -> list[Path]:
+    return [folder / name for name in TOKENIZER_FILES if (folder / name).is_file()]
+
+
+def load_local_dataset(location: Path, split: str):
+    """json/jsonl/parquet/csv file, a folder of such files, or a `save_to_disk` folder."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        if location.is_file():
+            kind = DATA_SUFFIXES.get(location.suffix)
+            if kind is None:
+                raise DatasetError(f"{location.name}: unknown data file type (json, jsonl, parquet, csv)")
+            return datasets.load_dataset(kind, data_files=str(location), split="train")
+        if (location / "dataset_info.json").is_file() or (location / "dataset_dict.json").is_file():
+            loaded = datasets.load_from_disk(str(location))
+            return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+        return datasets.load_dataset(str(location), split=split)
+    except DatasetError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - datasets raises many kinds; each is one line for the user
+        raise DatasetError(f"cannot load {location}: {type(exc).__name__}: {exc}") from None
+
+
+def _render(tokenizer, prompts: list, conversational: bool, chat_template_kwargs: dict) -> list[str]:
+    if not conversational:
+        return [str(p) for p in prompts]
+    return tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=False, **chat_template_kwargs)
+
+
+def measure(location: Path, tokenizer_folder: Path, *, split: str = "train", column: str = "prompt",
+            chat_template_kwargs: dict | None = None, use_cache: bool = True) -> PromptLengths:
+    """Prompt token lengths for every row of a local dataset."""
+    chat_template_kwargs = chat_template_kwargs or {}
+    data_paths, tokenizer_paths = dataset_files(location), tokenizer_files(tokenizer_folder)
+    if not data_paths:
+        raise DatasetError(f"{location}: no data files")
+    if not tokenizer_paths:
+        raise DatasetError(f"{tokenizer_folder}: no tokenizer files")
+    key_source = json.dumps([_hash_files(data_paths), _hash_files(tokenizer_paths), split, column,
+                             sorted(chat_template_kwargs.items())], default=str)
+    key = hashlib.sha256(key_source.encode()).hexdigest()[:32]
+    cached = cache_dir() / "prompt-lengths" / f"{key}.json"
+    if use_cache:
+        try:
+            record = json.loads(cached.read_text(encoding="utf-8"))
+            return PromptLengths(array("I", record["lengths"]), record["ids"], record["conversational"], True)
+        except (OSError, ValueError, KeyError):
+            pass
+
+    from transformers import AutoTokenizer
+
+    dataset = load_local_dataset(location, split)
+    if column not in dataset.column_names:
+        raise DatasetError(f"{location}: no {column!r} column (columns: {', '.join(dataset.column_names)})")
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder))
+    ids = list(dataset["id"]) if "id" in dataset.column_names else list(range(len(dataset)))
+    lengths = array("I")
+    conversational = False
+    for start in range(0, len(dataset), BATCH):
+        prompts = dataset[start : start + BATCH][column]
+        conversational = bool(prompts) and isinstance(prompts[0], list)
+        texts = _render(tokenizer, prompts, conversational, chat_template_kwargs)
+        encoded = tokenizer(texts, add_special_tokens=not conversational, return_attention_mask=False)
+        lengths.extend(len(row) for row in encoded["input_ids"])
+    result = PromptLengths(lengths, ids, conversational, False)
+    if use_cache:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            temporary = cached.with_suffix(f".{os.getpid()}.tmp")
+            temporary.write_text(json.dumps({"lengths": list(lengths), "ids": ids, "conversational": conversational}),
+                                 encoding="utf-8")
+            os.replace(temporary, cached)
+        except (OSError, TypeError):
+            pass
+    return result
