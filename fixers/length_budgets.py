@@ -31,9 +31,10 @@ def completion_budget(strategy: str, window: int, lengths=None) -> int:
 
 
 def _set_key(data, key: str, value, *, comment: str | None = None) -> None:
-    """Set a key in a round-trip mapping, in place if present, else at the end."""
+    """Set a key in a round-trip mapping, in place if present, else at the end; the user's comment stays."""
+    has_comment = key in data and data.ca.items.get(key)
     data[key] = value
-    if comment:
+    if comment and not has_comment:
         data.yaml_add_eol_comment(comment, key)
 
 

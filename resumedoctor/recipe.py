@@ -220,6 +220,7 @@ def dump_yaml(data: Any) -> bytes:
 
     yaml = YAML(typ="rt")
     yaml.preserve_quotes = True
+    yaml.width = 1 << 16  # never fold a long value (a path) onto a new line
     buffer = io.StringIO()
     yaml.dump(data, buffer)
     return buffer.getvalue().encode("utf-8")
