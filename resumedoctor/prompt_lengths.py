@@ -95,6 +95,24 @@ def _render(tokenizer, prompts: list, conversational: bool, chat_template_kwargs
     return tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=False, **chat_template_kwargs)
 
 
+def _batch_encoder(tokenizer):
+    """Token counts for a batch of texts, as `tokenizer(texts)` would give them.
+
+    A fast tokenizer is called on its Rust backend (a copy with truncation and padding off, as
+    transformers sets them per call), which skips converting every encoding to Python lists.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return lambda texts, special: [len(ids) for ids in tokenizer(texts, add_special_tokens=special)["input_ids"]]
+    from tokenizers import Tokenizer
+
+    plain = Tokenizer.from_str(backend.to_str())
+    plain.no_truncation()
+    plain.no_padding()
+    encode_batch = getattr(plain, "encode_batch_fast", plain.encode_batch)
+    return lambda texts, special: [len(e.ids) for e in encode_batch(texts, add_special_tokens=special)]
+
+
 def measure(location: Path, tokenizer_folder: Path, *, split: str = "train", column: str = "prompt",
             chat_template_kwargs: dict | None = None, use_cache: bool = True) -> PromptLengths:
     """Prompt token lengths for every row of a local dataset."""
@@ -121,15 +139,16 @@ def measure(location: Path, tokenizer_folder: Path, *, split: str = "train", col
     if column not in dataset.column_names:
         raise DatasetError(f"{location}: no {column!r} column (columns: {', '.join(dataset.column_names)})")
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder))
-    ids = list(dataset["id"]) if "id" in dataset.column_names else list(range(len(dataset)))
+    # Columns straight from Arrow: iterating a datasets column goes row by row through its formatter.
+    ids = dataset.data.column("id").to_pylist() if "id" in dataset.column_names else list(range(len(dataset)))
+    encode = _batch_encoder(tokenizer)
     lengths = array("I")
     conversational = False
     for start in range(0, len(dataset), BATCH):
-        prompts = dataset[start : start + BATCH][column]
+        prompts = dataset.data.column(column).slice(start, BATCH).to_pylist()
         conversational = bool(prompts) and isinstance(prompts[0], list)
         texts = _render(tokenizer, prompts, conversational, chat_template_kwargs)
-        encoded = tokenizer(texts, add_special_tokens=not conversational, return_attention_mask=False)
-        lengths.extend(len(row) for row in encoded["input_ids"])
+        lengths.extend(encode(texts, not conversational))
     result = PromptLengths(lengths, ids, conversational, False)
     if use_cache:
         try:
