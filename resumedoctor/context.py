@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from resumedoctor.errors import ReasonError
 from resumedoctor.findings import Finding, Severity
 from resumedoctor.safetensors_header import SafetensorsHeader, read_safetensors_header
 from resumedoctor.settings import Settings
@@ -18,12 +19,11 @@ from resumedoctor.torch_archive import ArchiveReport, inspect_torch_archive
 T = TypeVar("T")
 
 
-class JsonFileError(Exception):
-    """A JSON file that cannot be read or parsed; `reason` is one line for a person."""
+class JsonFileError(ReasonError):
+    """A JSON file that cannot be read or parsed."""
 
     def __init__(self, reason: str, *, unreadable: bool = False):
         super().__init__(reason)
-        self.reason = reason
         self.unreadable = unreadable
 
 

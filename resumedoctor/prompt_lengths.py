@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resumedoctor.recipe import cache_dir
+from resumedoctor.errors import ReasonError
 
 DATA_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
@@ -24,10 +25,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
 BATCH = 2048
 
 
-class DatasetError(Exception):
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
+class DatasetError(ReasonError):
+    """One line for a person."""
 
 
 @dataclass

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from resumedoctor.errors import ReasonError
 
 # Keys TRL removed, with what to do instead (TRL 0.26 deprecated max_prompt_length, 0.28 removed it).
 REMOVED_KEYS = {
@@ -26,12 +27,8 @@ RECIPE_ONLY_KEYS = {"env"}  # handled by TrlParser itself, not a dataclass field
 ENV_FIELDS = {"use_cpu": "ACCELERATE_USE_CPU"}
 
 
-class RecipeError(Exception):
+class RecipeError(ReasonError):
     """The recipe cannot be read: a one-line reason with the line and column when known."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 def cache_dir() -> Path:

@@ -15,6 +15,7 @@ import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
+from resumedoctor.errors import ReasonError
 
 ALLOWED_ROOTS = ("transformers", "trl", "accelerate", "peft", "torch")
 MAX_PICKLE_BYTES = 16 * 1024 * 1024  # arguments are a few KiB; anything huge is not what we expect
@@ -28,12 +29,8 @@ class UnsafePickleError(Exception):
         self.global_name = global_name
 
 
-class PickleReadError(Exception):
+class PickleReadError(ReasonError):
     """The archive or its pickle cannot be read as arguments; `reason` is one line."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 class _Stub:

@@ -13,6 +13,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from resumedoctor.errors import ReasonError
+
 # safetensors' own reader refuses headers larger than this.
 MAX_HEADER_SIZE = 100_000_000
 
@@ -26,12 +28,11 @@ DTYPE_BITS = {
 }
 
 
-class SafetensorsError(Exception):
-    """The file is not a readable safetensors file; `reason` is one line for a person."""
+class SafetensorsError(ReasonError):
+    """The file is not a readable safetensors file."""
 
     def __init__(self, reason: str, *, truncated: bool = False, unreadable: bool = False):
         super().__init__(reason)
-        self.reason = reason
         self.truncated = truncated
         self.unreadable = unreadable
 

@@ -21,6 +21,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from resumedoctor.errors import ReasonError
 
 HEADER = struct.Struct("<4sHB")  # ident ":W&B", magic 0xBEE1, version 0
 HEADER_IDENT, HEADER_MAGIC, HEADER_VERSION = b":W&B", 0xBEE1, 0
@@ -31,12 +32,8 @@ _TYPE_CRC = {kind: zlib.crc32(bytes([kind])) for kind in (FULL, FIRST, MIDDLE, L
 RUN_FOLDER = re.compile(r"^(offline-)?run-(\d{8}_\d{6})-([a-z0-9]+)$")
 
 
-class WandbLogError(Exception):
+class WandbLogError(ReasonError):
     """The log cannot be read at all; `reason` is one line for a person."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass
