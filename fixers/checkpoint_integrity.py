@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from resumedoctor.checks.checkpoint_integrity import SAFETENSORS_INDEX, SHARD_NAME
+
 from resumedoctor.context import JsonFileError, RunContext
 from resumedoctor.findings import Finding, FixSafety
 from resumedoctor.journal import Operation, Quarantine, WriteFile

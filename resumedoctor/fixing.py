@@ -31,7 +31,6 @@ from resumedoctor.registry import Fixer, Registry, load_registry
 from resumedoctor.settings import Settings, find_settings
 from resumedoctor.target import resolve_target
 
-
 # Each round applies the safe fixes, or else the unsafe ones, then checks again: a quarantine can
 # uncover findings in the checkpoint that becomes the newest. A few rounds always suffice.
 MAX_ROUNDS = 5

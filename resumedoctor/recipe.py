@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
 from resumedoctor.errors import ReasonError
 
 # Keys TRL removed, with what to do instead (TRL 0.26 deprecated max_prompt_length, 0.28 removed it).

@@ -15,6 +15,7 @@ import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
+
 from resumedoctor.errors import ReasonError
 
 ALLOWED_ROOTS = ("transformers", "trl", "accelerate", "peft", "torch")

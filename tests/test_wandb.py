@@ -24,6 +24,7 @@ from resumedoctor.settings import Settings
 from resumedoctor.shell_env import shell_environment
 from resumedoctor.wandb_log import read_run_log
 
+
 def leet_records(log: Path) -> list[dict]:
     """wandb's own reader, as the reference for ours."""
     result = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", str(log), "--json"],
