@@ -231,4 +231,5 @@ FAMILY = CheckFamily(
     rules=RULES,
     run=run,
     requires=("transformers", "trl"),
+    not_applicable=lambda ctx: None if ctx.options.recipe else "no recipe (--config RECIPE)",
 )

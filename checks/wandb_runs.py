@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from resumedoctor.context import JsonFileError, RunContext
 from resumedoctor.findings import Finding, Rule, Severity
 from resumedoctor.registry import CheckFamily
-from resumedoctor.wandb_runs import RESUME_VARIABLES, decide, find_runs, read_decision
+from resumedoctor.wandb_runs import RESUME_VARIABLES, decide, find_runs, read_decision, wandb_dirs
 
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 
@@ -158,4 +158,9 @@ FAMILY = CheckFamily(
     rules=RULES,
     run=run,
     requires=("wandb",),
+    not_applicable=lambda ctx: None if wandb_dirs(ctx) or _env_set(ctx) else "no wandb folder (--wandb-dir, $WANDB_DIR, ./wandb)",
 )
+
+
+def _env_set(ctx: RunContext) -> bool:
+    return any(ctx.environ.get(name) for name in ("WANDB_RUN_ID", *RESUME_VARIABLES))

@@ -129,10 +129,12 @@ def diagnose(path: Path, recipe: Path | None, wandb_dir: Path | None, fmt: str, 
 @click.option("--settings", "settings_file", type=click.Path(path_type=Path), help="Settings file.")
 @click.option("--strategy", type=click.Choice(["balanced", "completion_heavy", "prompt_heavy", "data"]),
               help="How an unsafe fix re-allocates the window (default: data when the prompts were measured).")
+@click.option("--create-fresh", is_flag=True,
+              help="With --unsafe: rebuild curriculum state by replaying its rule over log_history.")
 @click.argument("recipe_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- TRL OVERRIDES]")
 def fix(path: Path, auto: bool, unsafe: bool, dry_run: bool, recipe: Path | None, wandb_dir: Path | None,
         fmt: str, select: str | None, ignore: str | None, settings_file: Path | None, strategy: str | None,
-        recipe_args: tuple[str, ...]) -> int:
+        create_fresh: bool, recipe_args: tuple[str, ...]) -> int:
     """Fix what can be fixed without losing a byte; every change is backed up and undoable."""
     from resumedoctor.context import Options
     from resumedoctor.fix_report import render_fix
@@ -144,7 +146,8 @@ def fix(path: Path, auto: bool, unsafe: bool, dry_run: bool, recipe: Path | None
     preview_only = dry_run or not auto
     try:
         result = run_fix(path, unsafe=unsafe, dry_run=preview_only, settings=settings,
-                         options=Options(recipe=recipe, wandb_dir=wandb_dir, recipe_args=recipe_args, strategy=strategy),
+                         options=Options(recipe=recipe, wandb_dir=wandb_dir, recipe_args=recipe_args,
+                                         strategy=strategy, create_fresh=create_fresh),
                          registry=_load_registry())
     except FixError as exc:
         raise UserFacingError(str(exc)) from None

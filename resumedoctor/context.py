@@ -51,6 +51,7 @@ class Options:
     wandb_dir: Path | None = None
     recipe_args: tuple[str, ...] = ()  # TRL command-line overrides of the recipe (after `--`)
     strategy: str | None = None  # how `fix` re-allocates a length budget
+    create_fresh: bool = False  # `fix --create-fresh`: rebuild curriculum state by replaying log_history
 
 
 class RunContext:

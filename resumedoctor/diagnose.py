@@ -112,6 +112,10 @@ def run_checks(ctx: RunContext, registry: Registry) -> Report:
             reason = f"{', '.join(missing)} not installed (pip install 'resumedoctor[train]')"
             results.append(FamilyResult(family.name, family.prefix, family.title, "skipped", reason))
             continue
+        reason = family.not_applicable(ctx) if family.not_applicable else None
+        if reason:
+            results.append(FamilyResult(family.name, family.prefix, family.title, "skipped", reason))
+            continue
         results.append(_run_family(family, ctx, registry))
     findings = [f for result in results for f in result.findings]
     findings.sort(key=lambda f: (-f.severity.rank, f.code, f.path or ""))

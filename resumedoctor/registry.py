@@ -43,6 +43,8 @@ class CheckFamily:
     run: Callable[[RunContext], Iterable[Finding]]
     # Importable modules the family needs; when one is missing the family is skipped with a reason.
     requires: tuple[str, ...] = ()
+    # Why the family has nothing to check for this target (no recipe, no W&B run...), or None.
+    not_applicable: Callable[[RunContext], str | None] | None = None
 
     def missing_requirements(self) -> list[str]:
         return [name for name in self.requires if not _importable(name)]

@@ -1,0 +1,212 @@
+"""The curriculum callback and the CURR family on real TRL GRPO runs, one of them SIGKILLed mid-run.
+
+The promotion metric is the logged learning rate (mode "min"): it is the same in every run of the
+same schedule, so an interrupted-and-resumed run can be compared with an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import codes
+
+from resumedoctor.context import Options
+from resumedoctor.diagnose import diagnose
+from resumedoctor.fixing import fix
+from resumedoctor.settings import Settings
+
+RULE = dict(thresholds=[8e-4, 5e-4, 2e-4], metric="learning_rate", window=2, mode="min")
+KILLED_RUN = """
+import os, signal, sys
+from pathlib import Path
+from transformers import TrainerCallback
+from resumedoctor.curriculum import CurriculumCallback
+from resumedoctor.demo import train_demo_run
+
+class KillAfterLogging(TrainerCallback):
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.global_step == int(sys.argv[2]):
+            os.kill(os.getpid(), signal.SIGKILL)  # a preemption right after step 5 was logged
+
+rule = dict(thresholds=[8e-4, 5e-4, 2e-4], metric="learning_rate", window=2, mode="min")
+train_demo_run(Path(sys.argv[1]), max_steps=8, save_steps=2,
+               callbacks=[CurriculumCallback(**rule), KillAfterLogging()])
+"""
+
+
+def live(run: Path) -> dict:
+    return json.loads((run / "curriculum_state.json").read_text())
+
+
+def core(state: dict) -> tuple:
+    return state["global_step"], state["stage"], state["history"]
+
+
+@pytest.fixture(scope="session")
+def curriculum_runs(tmp_path_factory) -> dict[str, Path]:
+    from resumedoctor.curriculum import CurriculumCallback
+    from resumedoctor.demo import train_demo_run
+
+    root = tmp_path_factory.mktemp("curriculum")
+    whole = train_demo_run(root / "whole", max_steps=8, save_steps=2, callbacks=[CurriculumCallback(**RULE)])
+    killed = root / "killed"
+    result = subprocess.run([sys.executable, "-c", KILLED_RUN, str(killed), "5"], capture_output=True, text=True)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    return {"whole": whole, "killed": killed}
+
+
+@pytest.fixture
+def killed_run(curriculum_runs, tmp_path) -> Path:
+    return Path(shutil.copytree(curriculum_runs["killed"], tmp_path / "killed"))
+
+
+def curr(path: Path, **options):
+    return diagnose(path, settings=Settings(select=("CURR",)), options=Options(**options), environ={})
+
+
+def resume(run: Path, *, restore: bool) -> None:
+    from resumedoctor.curriculum import CurriculumCallback
+    from resumedoctor.demo import train_demo_run
+
+    train_demo_run(run, max_steps=8, save_steps=2, resume_from_checkpoint=True,
+                   callbacks=[CurriculumCallback(**RULE)], restore_callback_states_from_checkpoint=restore)
+
+
+def test_uninterrupted_run_promotes_and_snapshots_every_checkpoint(curriculum_runs):
+    whole = curriculum_runs["whole"]
+    state = live(whole)
+    assert state["global_step"] == 8 and state["stage"] == 3
+    for step in (2, 4, 6, 8):
+        snapshot = json.loads((whole / f"checkpoint-{step}" / "curriculum_state.json").read_text())
+        stored = json.loads((whole / f"checkpoint-{step}" / "trainer_state.json").read_text())
+        attributes = stored["stateful_callbacks"]["CurriculumCallback"]["attributes"]
+        assert snapshot["global_step"] == step == attributes["global_step"]
+        assert (snapshot["stage"], snapshot["history"]) == (attributes["stage"], attributes["history"])
+    assert curr(whole).findings == ()
+
+
+def test_killed_run_leaves_live_state_ahead(killed_run):
+    assert sorted(p.name for p in killed_run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert live(killed_run)["global_step"] == 5
+    report = curr(killed_run)
+    assert sorted(codes(report)) == ["CURR003", "CURR005"]
+    assert report.exit_code == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("restore", [True, False])
+def test_fixed_and_resumed_run_equals_the_uninterrupted_one(curriculum_runs, killed_run, restore):
+    result = fix(killed_run, settings=Settings(select=("CURR",)), environ={})
+    assert result.after.findings == ()
+    assert core(live(killed_run)) == core(json.loads((killed_run / "checkpoint-4" / "curriculum_state.json").read_text()))
+    resume(killed_run, restore=restore)  # with or without the Trainer's callback restore
+    whole = curriculum_runs["whole"]
+    assert core(live(killed_run)) == core(live(whole))
+    for step in (6, 8):
+        ours = json.loads((killed_run / f"checkpoint-{step}" / "curriculum_state.json").read_text())
+        theirs = json.loads((whole / f"checkpoint-{step}" / "curriculum_state.json").read_text())
+        assert core(ours) == core(theirs)
+
+
+def test_missing_live_state(killed_run):
+    (killed_run / "curriculum_state.json").unlink()
+    assert codes(curr(killed_run)) == ["CURR001"]
+    fix(killed_run, settings=Settings(select=("CURR",)), environ={})
+    assert live(killed_run)["global_step"] == 4
+
+
+def test_damaged_live_state(killed_run):
+    (killed_run / "curriculum_state.json").write_text('{"global_step": 5, "stage"')
+    assert codes(curr(killed_run)) == ["CURR002"]
+    assert fix(killed_run, settings=Settings(select=("CURR",)), environ={}).after.findings == ()
+
+
+def test_live_state_behind(killed_run):
+    shutil.copy(killed_run / "checkpoint-2" / "curriculum_state.json", killed_run / "curriculum_state.json")
+    assert codes(curr(killed_run)) == ["CURR004"]
+    fix(killed_run, settings=Settings(select=("CURR",)), environ={})
+    assert live(killed_run)["global_step"] == 4
+
+
+def test_no_snapshot_and_no_callback_state_cuts_the_live_history(curriculum_runs, killed_run):
+    (killed_run / "checkpoint-4" / "curriculum_state.json").unlink()
+    trainer_state_path = killed_run / "checkpoint-4" / "trainer_state.json"
+    trainer_state = json.loads(trainer_state_path.read_text())
+    del trainer_state["stateful_callbacks"]["CurriculumCallback"]
+    trainer_state_path.write_text(json.dumps(trainer_state))
+    fix(killed_run, settings=Settings(select=("CURR",)), environ={})
+    expected = json.loads((curriculum_runs["whole"] / "checkpoint-4" / "curriculum_state.json").read_text())
+    # The promotion right after step 4 is kept: step 5's entry was logged in the promoted stage.
+    assert core(live(killed_run)) == core(expected)  # the state the checkpoint had
+
+
+def test_cut_without_later_entries_replays_the_rule_for_the_stage(curriculum_runs, killed_run):
+    (killed_run / "checkpoint-4" / "curriculum_state.json").unlink()
+    trainer_state_path = killed_run / "checkpoint-4" / "trainer_state.json"
+    trainer_state = json.loads(trainer_state_path.read_text())
+    del trainer_state["stateful_callbacks"]["CurriculumCallback"]
+    trainer_state_path.write_text(json.dumps(trainer_state))
+    state = live(killed_run)
+    state["history"] = [e for e in state["history"] if e["step"] <= 4]  # nothing after the cut to read
+    state["global_step"] = 5
+    (killed_run / "curriculum_state.json").write_text(json.dumps(state))
+    fix(killed_run, settings=Settings(select=("CURR",)), environ={})
+    expected = json.loads((curriculum_runs["whole"] / "checkpoint-4" / "curriculum_state.json").read_text())
+    assert core(live(killed_run)) == core(expected)
+
+
+def test_snapshot_written_from_stateful_callbacks(killed_run):
+    (killed_run / "checkpoint-4" / "curriculum_state.json").unlink()
+    assert "CURR009" in codes(curr(killed_run))
+    fix(killed_run, settings=Settings(select=("CURR",)), environ={})
+    assert (killed_run / "checkpoint-4" / "curriculum_state.json").is_file()
+    assert curr(killed_run).findings == ()
+
+
+def test_create_fresh_replays_the_rule_over_log_history(curriculum_runs, killed_run):
+    (killed_run / "checkpoint-4" / "curriculum_state.json").unlink()
+    trainer_state_path = killed_run / "checkpoint-4" / "trainer_state.json"
+    trainer_state = json.loads(trainer_state_path.read_text())
+    trainer_state["stateful_callbacks"]["CurriculumCallback"]["attributes"] = {}  # only the rule is left
+    trainer_state_path.write_text(json.dumps(trainer_state))
+    (killed_run / "curriculum_state.json").write_text("garbage")
+    safe = fix(killed_run, settings=Settings(select=("CURR",)), environ={})
+    assert "CURR002" in codes(safe.final)  # nothing safe to restore from
+    fix(killed_run, unsafe=True, settings=Settings(select=("CURR",)), options=Options(create_fresh=True), environ={})
+    expected = json.loads((curriculum_runs["whole"] / "checkpoint-4" / "curriculum_state.json").read_text())
+    assert core(live(killed_run)) == core(expected)
+
+
+def test_snapshot_disagrees_with_trainer_state(killed_run):
+    path = killed_run / "checkpoint-4" / "curriculum_state.json"
+    snapshot = json.loads(path.read_text())
+    snapshot["stage"] += 1
+    path.write_text(json.dumps(snapshot))
+    assert "CURR007" in codes(curr(killed_run))
+
+
+def test_stage_inconsistent_with_history(killed_run):
+    state = live(killed_run)
+    state.update(global_step=4, stage=3, history=[e for e in state["history"] if e["step"] <= 4])
+    (killed_run / "curriculum_state.json").write_text(json.dumps(state))
+    assert codes(curr(killed_run)) == ["CURR006"]
+
+
+def test_restore_flag_off_in_the_recipe_is_fixed(killed_run, tmp_path):
+    from trl import GRPOConfig, TrlParser
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("# recipe\noutput_dir: out  # where checkpoints go\nuse_cpu: true\nbf16: false\n")
+    report = curr(killed_run, recipe=recipe)
+    assert "CURR008" in codes(report)
+    assert "CurriculumCallback" in next(f for f in report.findings if f.code == "CURR008").message
+    fix(killed_run, settings=Settings(select=("CURR008",)), options=Options(recipe=recipe), environ={})
+    (config,) = TrlParser((GRPOConfig,)).parse_args_and_config(["--config", str(recipe)])
+    assert config.restore_callback_states_from_checkpoint is True
+    assert "# where checkpoints go" in recipe.read_text()
