@@ -16,7 +16,7 @@ from resumedoctor.findings import Finding, Rule, Severity
 from resumedoctor.registry import CheckFamily
 from resumedoctor.safe_pickle import PickleReadError, UnsafePickleError
 from resumedoctor.safetensors_header import SafetensorsError, count_non_finite
-from resumedoctor.target import TMP_CHECKPOINT_NAME, checkpoint_step
+from resumedoctor.target import TMP_CHECKPOINT_NAME, checkpoint_step, list_checkpoints
 
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 
@@ -566,6 +566,19 @@ class CheckpointInspector:
                 )
 
 
+def inspect_checkpoint(ctx: RunContext, folder: Path) -> list[Finding]:
+    """Every CKPT finding of one checkpoint folder, computed once per run."""
+    return ctx.memo(("checkpoint-integrity", folder), lambda: list(CheckpointInspector(ctx, folder).run()))
+
+
+def newest_usable_checkpoint(ctx: RunContext) -> Path | None:
+    """The newest checkpoint-N of the output_dir without an error finding (what a fixed resume uses)."""
+    for folder in reversed(list_checkpoints(ctx.target.output_dir)):
+        if not _errors(ctx, inspect_checkpoint(ctx, folder)):
+            return folder
+    return None
+
+
 def _error_summary(errors: list[Finding]) -> str:
     """`CKPT003 model.safetensors, CKPT009 optimizer.pt`: which rule, which file."""
     return ", ".join(sorted({f"{e.code} {Path(e.path).name}" if e.path else e.code for e in errors}))
@@ -588,7 +601,7 @@ def check_output_dir(ctx: RunContext) -> Iterator[Finding]:
     if not target.checkpoints:
         yield NO_CHECKPOINT.finding(f"{target.output_dir} holds no checkpoint-N folder", path=str(target.output_dir))
         return
-    per_checkpoint = {folder: list(CheckpointInspector(ctx, folder).run()) for folder in target.checkpoints}
+    per_checkpoint = {folder: inspect_checkpoint(ctx, folder) for folder in target.checkpoints}
     newest = target.checkpoint
     yield from per_checkpoint[newest]
     usable = [folder for folder in target.checkpoints if not _errors(ctx, per_checkpoint[folder])]
@@ -619,7 +632,7 @@ def run(ctx: RunContext) -> Iterator[Finding]:
     if ctx.target.is_output_dir:
         yield from check_output_dir(ctx)
     elif ctx.target.checkpoint is not None:
-        yield from CheckpointInspector(ctx, ctx.target.checkpoint).run()
+        yield from inspect_checkpoint(ctx, ctx.target.checkpoint)
 
 
 FAMILY = CheckFamily(
