@@ -585,7 +585,8 @@ def _error_summary(errors: list[Finding]) -> str:
 
 
 def _errors(ctx: RunContext, findings: list[Finding]) -> list[Finding]:
-    return [finding for finding in findings if ctx.is_error(finding)]
+    """The findings that make a checkpoint unusable: errors the user did not ignore (select does not count)."""
+    return [f for f in findings if not ctx.settings.is_ignored(f.code) and ctx.severity_of(f) is Severity.ERROR]
 
 
 def check_output_dir(ctx: RunContext) -> Iterator[Finding]:

@@ -190,6 +190,31 @@ def env(path: Path, wandb_dir: Path | None) -> int:
     return 0
 
 
+@cli.command("config")
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.argument("recipe_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- TRL OVERRIDES]")
+def config_command(recipe: Path, path: Path | None, fmt: str, recipe_args: tuple[str, ...]) -> int:
+    """Print the recipe as TRL resolves it, the source of each value, and the checkpoint's saved values."""
+    from resumedoctor.config_report import config_rows, render_config
+    from resumedoctor.recipe import RecipeError
+
+    if not recipe.is_file():
+        raise UserFacingError(f"{recipe}: no such recipe file")
+    if path is not None:
+        _check_inputs(path, None)
+    try:
+        rows = config_rows(recipe, path, recipe_args)
+    except RecipeError as exc:
+        raise UserFacingError(exc.reason) from None
+    from resumedoctor.target import resolve_target
+
+    checkpoint = resolve_target(path).checkpoint if path is not None else None
+    click.echo(render_config(rows, fmt, checkpoint=checkpoint.name if checkpoint else None), nl=False)
+    return 0
+
+
 @cli.command()
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def checks(fmt: str) -> int:

@@ -115,5 +115,3 @@ class RunContext:
     def severity_of(self, finding: Finding) -> Severity:
         return self.settings.severity_for(finding.code, finding.severity)
 
-    def is_error(self, finding: Finding) -> bool:
-        return self.settings.is_enabled(finding.code) and self.severity_of(finding) is Severity.ERROR

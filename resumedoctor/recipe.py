@@ -57,10 +57,31 @@ def _jsonable(value: Any) -> Any:
     return getattr(value, "value", str(value))  # enums: their value
 
 
+def field_kind(annotation: Any) -> str:
+    """How argparse converts a command-line string for a field of this type (HfArgumentParser's rules)."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    text = str(text).replace("typing.", "").replace("Optional[", "").replace("NoneType", "None")
+    parts = {part.strip(" []") for part in text.replace("|", ",").replace("Union[", "").split(",")} - {"None", ""}
+    if parts == {"bool"}:
+        return "bool"
+    if any(part.startswith(("list", "List", "tuple")) for part in parts):
+        return "list"
+    if "str" in parts or any(part.startswith("Literal") for part in parts):
+        return "str"  # argparse keeps the string: `--resume_from_checkpoint true` is the path "true"
+    if parts == {"int"}:
+        return "int"
+    if parts <= {"float", "int"}:
+        return "float"
+    return "other"
+
+
 def trl_fields() -> dict[str, Any]:
-    """Every key `trl grpo --config` accepts, with its default (cached per TRL/transformers version)."""
+    """Every key `trl grpo --config` accepts: {"defaults": {key: default}, "kinds": {key: kind}}.
+
+    Cached per TRL/transformers version: importing TRL takes seconds.
+    """
     versions = f"trl-{_installed_version('trl')}-transformers-{_installed_version('transformers')}"
-    path = cache_dir() / f"grpo-fields-{versions}.json"
+    path = cache_dir() / f"grpo-fields-v2-{versions}.json"
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -71,7 +92,8 @@ def trl_fields() -> dict[str, Any]:
     from trl.scripts.grpo import GRPOScriptArguments
     from trl.scripts.utils import DatasetMixtureConfig
 
-    fields: dict[str, Any] = {}
+    defaults: dict[str, Any] = {}
+    kinds: dict[str, str] = {}
     for cls in (GRPOScriptArguments, GRPOConfig, ModelConfig, DatasetMixtureConfig):
         for item in dataclasses.fields(cls):
             if item.default is not dataclasses.MISSING:
@@ -80,7 +102,9 @@ def trl_fields() -> dict[str, Any]:
                 default = item.default_factory()  # type: ignore[misc]
             else:
                 default = None
-            fields.setdefault(item.name, _jsonable(default))
+            defaults.setdefault(item.name, _jsonable(default))
+            kinds.setdefault(item.name, field_kind(item.type))
+    fields = {"defaults": defaults, "kinds": kinds}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(f".{os.getpid()}.tmp")
@@ -135,28 +159,27 @@ def parse_cli_overrides(args: list[str]) -> dict[str, str]:
     return overrides
 
 
-def _coerce(text: str, default: Any) -> Any:
-    """A command-line string as the type of the field's default (as argparse would)."""
+def _coerce(text: str, kind: str) -> Any:
+    """A command-line string converted as argparse converts it for a field of this kind."""
     from ruamel.yaml import YAML
 
-    if isinstance(default, bool):
-        return text.lower() in ("1", "true", "yes")
-    if isinstance(default, int) and not isinstance(default, bool):
-        try:
+    try:
+        if kind == "bool":
+            return text.lower() in ("1", "true", "yes", "y", "t")
+        if kind == "int":
             return int(text)
-        except ValueError:
-            return text
-    if isinstance(default, float):
-        try:
+        if kind == "float":
             return float(text)
-        except ValueError:
-            return text
-    if default is None:
-        try:
-            return YAML(typ="safe").load(text)
-        except Exception:  # noqa: BLE001 - a plain string then
-            return text
-    return text
+    except ValueError:
+        return text
+    if kind == "list":
+        return [text]
+    if kind == "str":
+        return text
+    try:
+        return YAML(typ="safe").load(text)
+    except Exception:  # noqa: BLE001 - a plain string then
+        return text
 
 
 @dataclass
@@ -175,9 +198,14 @@ class Recipe:
 
     @property
     def fields(self) -> dict[str, Any]:
+        """Every accepted key with its default."""
         if self._fields is None:
             self._fields = trl_fields()
-        return self._fields
+        return self._fields["defaults"]
+
+    def kind(self, key: str) -> str:
+        self.fields  # noqa: B018 - loads the table
+        return self._fields["kinds"].get(key, "other")
 
     def unknown_keys(self) -> list[str]:
         known = set(self.fields) | RECIPE_ONLY_KEYS
@@ -190,13 +218,13 @@ class Recipe:
         """CLI > environment (the recipe's `env:` block, then the shell) > file > default."""
         default = self.fields.get(key)
         if key in self.overrides:
-            return ResolvedValue(_coerce(self.overrides[key], default), "cli")
+            return ResolvedValue(_coerce(self.overrides[key], self.kind(key)), "cli")
         env_name = ENV_FIELDS.get(key)
         recipe_env = self.data.get("env") if isinstance(self.data.get("env"), dict) else {}
         if env_name and env_name in recipe_env:
-            return ResolvedValue(_coerce(str(recipe_env[env_name]), default), "env")
+            return ResolvedValue(_coerce(str(recipe_env[env_name]), "bool"), "env")
         if env_name and env_name in self.environ:
-            return ResolvedValue(_coerce(self.environ[env_name], default), "env")
+            return ResolvedValue(_coerce(self.environ[env_name], "bool"), "env")
         if key in self.data:
             return ResolvedValue(self.data[key], "file")
         return ResolvedValue(default, "default")

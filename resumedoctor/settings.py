@@ -61,6 +61,10 @@ class Settings:
         # The more specific of select and ignore wins (select CKPT, ignore CKPT021: CKPT021 is off).
         return ignored is None or len(selected) > len(ignored)
 
+    def is_ignored(self, code: str) -> bool:
+        """Ignored by the user (unlike not selected: --select chooses what is reported, not what matters)."""
+        return _longest_prefix(code, self.ignore) is not None
+
     def severity_for(self, code: str, default: Severity) -> Severity:
         prefix = _longest_prefix(code, self.severity)
         return self.severity[prefix] if prefix is not None else default

@@ -1,0 +1,275 @@
+"""CFG (config drift against the checkpoint) and ENV (the machine) on real runs and recipes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from conftest import codes, run_cli
+
+from resumedoctor.context import Options
+from resumedoctor.diagnose import diagnose
+from resumedoctor.fixing import fix
+from resumedoctor.settings import Settings
+
+# The demo run's own arguments: a recipe with exactly these resumes it without drift.
+BASE = """\
+# recipe of the demo run
+output_dir: {output_dir}
+use_cpu: true
+bf16: false
+seed: 0
+max_steps: 6
+save_steps: 2
+logging_steps: 1
+per_device_train_batch_size: 4
+num_generations: 4
+max_completion_length: 8
+learning_rate: 1.0e-3
+disable_tqdm: true
+resume_from_checkpoint: true
+{extra}"""
+
+
+@pytest.fixture
+def recipe_for(full_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("RESUMEDOCTOR_CACHE_DIR", str(tmp_path / "cache"))
+
+    def write(extra: str = "", **replace) -> Path:
+        text = BASE.format(output_dir=full_run, extra=extra)
+        for key, value in replace.items():
+            text = "\n".join(f"{key}: {value}" if line.startswith(f"{key}:") else line for line in text.splitlines()) + "\n"
+        path = tmp_path / "recipe.yaml"
+        path.write_text(text)
+        return path
+
+    return write
+
+
+def report_of(run: Path, recipe: Path, select=("CFG",), recipe_args=(), environ=None, checkpoint="checkpoint-4"):
+    """Resume checkpoint-4 of the 6-step run (checkpoint-6 is the end: resuming it trains nothing)."""
+    target = run / checkpoint if checkpoint else run
+    return diagnose(target, settings=Settings(select=select), options=Options(recipe=recipe, recipe_args=tuple(recipe_args)),
+                    environ=environ or {})
+
+
+def by_code(report, code):
+    return [f for f in report.findings if f.code == code]
+
+
+def test_the_runs_own_arguments_give_no_drift(full_run, recipe_for):
+    assert report_of(full_run, recipe_for()).findings == ()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "code"),
+    [
+        ("per_device_train_batch_size", 8, "CFG001"),
+        ("seed", 1, "CFG001"),
+        ("num_generations", 2, "CFG001"),
+        ("learning_rate", "2.0e-3", "CFG005"),
+        ("logging_steps", 5, "CFG004"),
+    ],
+)
+def test_each_drift_is_classified(full_run, recipe_for, key, value, code):
+    report = report_of(full_run, recipe_for(**{key: value}))
+    finding = next(f for f in report.findings if f.message.startswith(f"{key}:"))
+    assert finding.code == code
+    assert "checkpoint-4 was trained with" in finding.message and "(file)" in finding.message
+
+
+def test_scheduler_type_and_max_steps(full_run, recipe_for):
+    report = report_of(full_run, recipe_for(extra="lr_scheduler_type: cosine\n"))
+    assert by_code(report, "CFG002")[0].message.startswith("lr_scheduler_type:")
+    report = report_of(full_run, recipe_for(max_steps=4))
+    assert any("not beyond global_step 4" in f.message for f in by_code(report, "CFG002"))
+
+
+def test_unset_key_falls_back_to_trl_default_and_that_is_drift(full_run, recipe_for):
+    recipe = recipe_for()
+    recipe.write_text(recipe.read_text().replace("seed: 0\n", ""))
+    finding = by_code(report_of(full_run, recipe), "CFG001")[0]
+    assert finding.message == "seed: checkpoint-4 was trained with 0, the recipe says 42 (default)"
+
+
+def test_cli_override_is_the_source(full_run, recipe_for):
+    report = report_of(full_run, recipe_for(), recipe_args=["--per_device_train_batch_size", "2"])
+    assert "(cli)" in by_code(report, "CFG001")[0].message
+
+
+def test_world_size_change(full_run, recipe_for):
+    report = report_of(full_run, recipe_for(), environ={"WORLD_SIZE": "8"})
+    assert "trained on 1 process(es), WORLD_SIZE is 8" in by_code(report, "CFG001")[0].message
+
+
+def test_different_model_architecture(full_run, recipe_for, tmp_path):
+    from resumedoctor.demo import build_model, build_tokenizer
+
+    other = tmp_path / "bigger-model"
+    tokenizer = build_tokenizer()
+    build_model(tokenizer, hidden_size=64).save_pretrained(other)
+    tokenizer.save_pretrained(other)
+    report = report_of(full_run, recipe_for(extra=f"model_name_or_path: {other}\n"))
+    assert "hidden_size 32 vs 64" in by_code(report, "CFG003")[0].message
+
+
+def test_no_resume_from_checkpoint_is_fixed_with_the_newest_usable_path(full_run, recipe_for):
+    from trl import GRPOConfig, TrlParser
+
+    with open(full_run / "checkpoint-6" / "model.safetensors", "r+b") as handle:
+        handle.truncate(10)  # the newest is broken: the path must be checkpoint-4
+    recipe = recipe_for(resume_from_checkpoint="null")
+    finding = by_code(report_of(full_run, recipe, checkpoint=None), "CFG006")[0]
+    assert "restarts at step 0 and overwrites them" in finding.message
+    fix(full_run, settings=Settings(select=("CFG006",)), options=Options(recipe=recipe), environ={})
+    (config,) = TrlParser((GRPOConfig,)).parse_args_and_config(["--config", str(recipe)])
+    assert config.resume_from_checkpoint == str((full_run / "checkpoint-4").resolve())
+    assert recipe.read_text().startswith("# recipe of the demo run")
+
+
+def test_resume_target_missing_older_or_the_string_true(full_run, recipe_for):
+    report = report_of(full_run, recipe_for(resume_from_checkpoint=str(full_run / "checkpoint-99")), checkpoint=None)
+    assert "does not exist" in by_code(report, "CFG007")[0].message
+    report = report_of(full_run, recipe_for(resume_from_checkpoint=str(full_run / "checkpoint-2")), checkpoint=None)
+    assert "newest usable checkpoint is checkpoint-6" in by_code(report, "CFG007")[0].message
+    # `--resume_from_checkpoint true` on the command line is the string "true": a path that is not there.
+    report = report_of(full_run, recipe_for(), recipe_args=["--resume_from_checkpoint", "true"], checkpoint=None)
+    assert "use the YAML boolean true" in by_code(report, "CFG007")[0].message
+
+
+def test_yaml_boolean_true_resumes_the_newest(full_run, recipe_for):
+    report = report_of(full_run, recipe_for(resume_from_checkpoint="true", max_steps=8), checkpoint=None)
+    assert codes(report) == ["CFG002"]  # only the longer schedule: no complaint about the resume target
+
+
+def test_restoring_the_checkpoint_value_is_unsafe_and_undoes_the_drift(full_run, recipe_for):
+    recipe = recipe_for(per_device_train_batch_size=8)
+    checkpoint = full_run / "checkpoint-4"
+    safe = fix(checkpoint, settings=Settings(select=("CFG",)), options=Options(recipe=recipe), environ={})
+    assert {f.code for f, _ in safe.skipped_unsafe} == {"CFG001"}
+    fix(checkpoint, unsafe=True, settings=Settings(select=("CFG",)), options=Options(recipe=recipe), environ={})
+    assert "per_device_train_batch_size: 4" in recipe.read_text()
+    assert report_of(full_run, recipe).findings == ()
+
+
+def test_malicious_training_args_does_not_run_in_the_drift_check(full_run, recipe_for, tmp_path):
+    import torch
+
+    marker = tmp_path / "pwned"
+
+    class RunsACommand:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save(RunsACommand(), full_run / "checkpoint-6" / "training_args.bin")
+    report = diagnose(full_run, settings=Settings(select=("CFG", "CKPT")), options=Options(recipe=recipe_for()), environ={})
+    assert not marker.exists()
+    assert "CKPT028" in codes(report) and not by_code(report, "CFG001")
+
+
+def test_config_command_shows_sources_and_the_checkpoint(full_run, recipe_for):
+    result = run_cli("config", recipe_for(per_device_train_batch_size=8), full_run, "--format", "json",
+                     "--", "--seed", "3")
+    rows = {row["key"]: row for row in json.loads(result.stdout)}
+    assert rows["per_device_train_batch_size"] == {**rows["per_device_train_batch_size"], "value": 8,
+                                                   "source": "file", "checkpoint": 4, "drift": "data-skip"}
+    assert rows["seed"]["source"] == "cli" and rows["seed"]["value"] == 3
+    assert rows["logging_strategy"]["source"] == "default"
+    assert "resolved recipe" in run_cli("config", recipe_for(), full_run).stdout
+
+
+# ---- ENV ----------------------------------------------------------------------------------------
+
+
+def env_report(run: Path, recipe: Path | None = None):
+    return diagnose(run, settings=Settings(select=("ENV",)), options=Options(recipe=recipe), environ={})
+
+
+def test_clean_environment_has_no_finding(full_run):
+    assert env_report(full_run).findings == ()
+
+
+def test_checkpoint_written_by_a_newer_transformers(full_run):
+    path = full_run / "checkpoint-6" / "config.json"
+    config = json.loads(path.read_text())
+    config["transformers_version"] = "99.1.0"
+    path.write_text(json.dumps(config))
+    finding = by_code(env_report(full_run), "ENV001")[0]
+    assert "the run was written with 99.1.0" in finding.message
+
+
+def test_torch_older_than_2_6(full_run, monkeypatch):
+    # torch < 2.6 cannot be installed beside this project's pins; the installed version is simulated.
+    from resumedoctor.checks import environment
+
+    real = environment._installed_version
+    monkeypatch.setattr(environment, "_installed_version", lambda name: "2.5.1" if name == "torch" else real(name))
+    report = env_report(full_run)
+    assert by_code(report, "ENV002") and report.exit_code == 1
+
+
+def test_disk_space_below_the_remaining_saves(full_run, monkeypatch):
+    from resumedoctor.checks import environment
+
+    monkeypatch.setattr(environment, "disk_free", lambda path: 1024)
+    finding = by_code(env_report(full_run), "ENV004")[0]
+    assert "1.0 KiB free" in finding.message and "checkpoint(s)" in finding.message
+
+
+def test_nearly_full_disk_on_a_real_small_file_system(built_runs, tmp_path):
+    """A real 4 MiB tmpfs in a private mount namespace holding a copy of the run."""
+    from resumedoctor.checks.environment import folder_size
+
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    # Room for the checkpoint and half of another: the next save does not fit.
+    size_kib = folder_size(built_runs["full"] / "checkpoint-6") * 3 // 2 // 1024
+    script = (f'mount -t tmpfs -o size={size_kib}k tmpfs "{mount}" && cp -r "{built_runs["full"]}/checkpoint-6" "{mount}/" && '
+              f'"{sys.executable}" -m resumedoctor diagnose "{mount}" --select ENV --format json')
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True)
+    document = json.loads(result.stdout)
+    assert [f["code"] for f in document["findings"]] == ["ENV004"], result.stderr
+    assert result.returncode == 1
+
+
+def test_read_only_output_dir(full_run):
+    script = (f'mount --bind -o ro "{full_run}" "{full_run}" && '
+              f'"{sys.executable}" -m resumedoctor diagnose "{full_run}" --select ENV --format json')
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True)
+    finding = json.loads(result.stdout)["findings"][0]
+    assert finding["code"] == "ENV005" and "read-only file system" in finding["message"]
+
+
+def test_gpus_are_checked_only_when_the_recipe_trains_on_gpu(full_run, recipe_for, monkeypatch):
+    recipe = recipe_for(use_cpu="false")
+    assert by_code(env_report(full_run, recipe), "ENV006")  # no NVML on this machine: an info line
+    assert not by_code(env_report(full_run, recipe_for()), "ENV006")  # use_cpu: true
+
+
+def test_gpu_with_too_little_free_memory(full_run, recipe_for, monkeypatch):
+    # No GPU exists here: NVML is simulated with one GPU of 1 KiB free.
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None, nvmlShutdown=lambda: None, nvmlDeviceGetCount=lambda: 1,
+        nvmlDeviceGetHandleByIndex=lambda index: index,
+        nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(free=1 << 10),
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    finding = by_code(env_report(full_run, recipe_for(use_cpu="false")), "ENV007")[0]
+    assert finding.message.startswith("GPU 0 has 1.0 KiB free")
+
+
+def test_stale_wandb_variables_are_unset_by_env(full_run):
+    result = run_cli("env", full_run, env={"WANDB_RESUME": "must", "WANDB_RUN_ID": ""})
+    assert "unset WANDB_RESUME" in result.stdout
+
+
+def test_output_dir_copy_keeps_checks_independent(full_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(full_run, copy)
+    assert env_report(copy).findings == ()
