@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,8 +114,13 @@ def _batch_encoder(tokenizer):
 
 
 def measure(location: Path, tokenizer_folder: Path, *, split: str = "train", column: str = "prompt",
-            chat_template_kwargs: dict | None = None, use_cache: bool = True) -> PromptLengths:
-    """Prompt token lengths for every row of a local dataset."""
+            chat_template_kwargs: dict | None = None, use_cache: bool = True,
+            in_process: bool | None = None) -> PromptLengths:
+    """Prompt token lengths for every row of a local dataset.
+
+    On a cache miss the tokenizing runs in a helper process (transformers imports torch), unless
+    `in_process` or torch is already imported here.
+    """
     chat_template_kwargs = chat_template_kwargs or {}
     data_paths, tokenizer_paths = dataset_files(location), tokenizer_files(tokenizer_folder)
     if not data_paths:
@@ -132,6 +138,37 @@ def measure(location: Path, tokenizer_folder: Path, *, split: str = "train", col
         except (OSError, ValueError, KeyError):
             pass
 
+    if in_process is None:
+        in_process = "torch" in sys.modules
+    if in_process:
+        result = measure_here(location, tokenizer_folder, split, column, chat_template_kwargs)
+    else:
+        from resumedoctor.helper_process import HelperError, run_json
+
+        try:
+            raw = run_json("resumedoctor.prompt_lengths", {
+                "location": str(location), "tokenizer": str(tokenizer_folder), "split": split, "column": column,
+                "chat_template_kwargs": chat_template_kwargs})
+        except HelperError as exc:
+            raise DatasetError(exc.reason) from None
+        if "error" in raw:
+            raise DatasetError(raw["error"])
+        result = PromptLengths(array("I", raw["lengths"]), raw["ids"], raw["conversational"], False)
+    if use_cache:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            temporary = cached.with_suffix(f".{os.getpid()}.tmp")
+            temporary.write_text(json.dumps({"lengths": list(result.lengths), "ids": result.ids,
+                                             "conversational": result.conversational}), encoding="utf-8")
+            os.replace(temporary, cached)
+        except (OSError, TypeError):
+            pass
+    return result
+
+
+def measure_here(location: Path, tokenizer_folder: Path, split: str, column: str,
+                 chat_template_kwargs: dict) -> PromptLengths:
+    """Load, render and tokenize in this process."""
     from transformers import AutoTokenizer
 
     dataset = load_local_dataset(location, split)
@@ -148,14 +185,15 @@ def measure(location: Path, tokenizer_folder: Path, *, split: str = "train", col
         conversational = bool(prompts) and isinstance(prompts[0], list)
         texts = _render(tokenizer, prompts, conversational, chat_template_kwargs)
         lengths.extend(encode(texts, not conversational))
-    result = PromptLengths(lengths, ids, conversational, False)
-    if use_cache:
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            temporary = cached.with_suffix(f".{os.getpid()}.tmp")
-            temporary.write_text(json.dumps({"lengths": list(lengths), "ids": ids, "conversational": conversational}),
-                                 encoding="utf-8")
-            os.replace(temporary, cached)
-        except (OSError, TypeError):
-            pass
-    return result
+    return PromptLengths(lengths, ids, conversational, False)
+
+
+if __name__ == "__main__":  # the helper process of measure()
+    request = json.loads(sys.argv[1])
+    try:
+        measured = measure_here(Path(request["location"]), Path(request["tokenizer"]), request["split"],
+                                request["column"], request["chat_template_kwargs"])
+        print(json.dumps({"lengths": list(measured.lengths), "ids": measured.ids,
+                          "conversational": measured.conversational}, default=str))
+    except DatasetError as exc:
+        print(json.dumps({"error": exc.reason}))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,24 @@ def trl_fields() -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         pass
+    if "torch" in sys.modules:
+        fields = compute_trl_fields()  # torch is here already: nothing to keep out
+    else:
+        from resumedoctor.helper_process import run_json
+
+        fields = run_json("resumedoctor.recipe", {})  # importing TRL imports torch: not in this process
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(fields, sort_keys=True), encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError:
+        pass  # a read-only home is no reason to fail a diagnosis
+    return fields
+
+
+def compute_trl_fields() -> dict[str, Any]:
+    """The field table from TRL's dataclasses (imports TRL: run in a helper process)."""
     import dataclasses
 
     from trl import GRPOConfig, ModelConfig
@@ -104,15 +123,7 @@ def trl_fields() -> dict[str, Any]:
                 default = None
             defaults.setdefault(item.name, _jsonable(default))
             kinds.setdefault(item.name, field_kind(item.type))
-    fields = {"defaults": defaults, "kinds": kinds}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(fields, sort_keys=True), encoding="utf-8")
-        os.replace(temporary, path)
-    except OSError:
-        pass  # a read-only home is no reason to fail a diagnosis
-    return fields
+    return {"defaults": defaults, "kinds": kinds}
 
 
 def load_yaml(path: Path):
@@ -250,3 +261,7 @@ def dump_yaml(data: Any) -> bytes:
     buffer = io.StringIO()
     yaml.dump(data, buffer)
     return buffer.getvalue().encode("utf-8")
+
+
+if __name__ == "__main__":  # the helper process of trl_fields()
+    print(json.dumps(compute_trl_fields(), sort_keys=True))

@@ -257,3 +257,20 @@ def test_second_measure_comes_from_the_cache_without_heavy_imports(budget_run):
     with open(budget_run["tmp"] / "copy.jsonl", "a") as handle:
         handle.write(json.dumps({"id": "extra", "prompt": [{"role": "user", "content": "a"}]}) + "\n")
     assert not measure(budget_run["tmp"] / "copy.jsonl", budget_run["run"] / "checkpoint-6").from_cache
+
+
+def test_diagnosing_with_a_recipe_never_imports_torch(budget_run):
+    """The gate of `launch` must refuse a broken run before torch is imported: helpers do the heavy work."""
+    recipe = budget_run["recipe"](completion=64)
+    script = (
+        "import sys\n"
+        "from resumedoctor.cli import main\n"
+        "try:\n    main(['diagnose', sys.argv[1], '--config', sys.argv[2], '--format', 'json'])\n"
+        "except SystemExit as exc:\n    code = exc.code\n"
+        "print('EXIT', code, 'TORCH', 'torch' in sys.modules, 'TRL', 'trl' in sys.modules, file=sys.stderr)\n"
+    )
+    env = {**__import__("os").environ, "RESUMEDOCTOR_CACHE_DIR": str(budget_run["tmp"] / "fresh-cache")}
+    result = subprocess.run([sys.executable, "-c", script, str(budget_run["run"]), str(recipe)],
+                            capture_output=True, text=True, env=env)
+    assert "EXIT 1 TORCH False TRL False" in result.stderr, result.stderr[-2000:]
+    assert "LEN005" in result.stdout  # measured in a helper process, with a cold cache
