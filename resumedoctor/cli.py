@@ -190,6 +190,49 @@ def env(path: Path, wandb_dir: Path | None) -> int:
     return 0
 
 
+@cli.command()
+@click.option("--config", "recipe", required=True, type=click.Path(path_type=Path), help="TRL recipe (YAML).")
+@click.option("--fix", "apply_fixes", is_flag=True, help="Apply the safe fixes first, then check again.")
+@click.option("--unsafe", is_flag=True, help="With --fix: also the unsafe fixes (e.g. resume from an older checkpoint).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and stop: change nothing, train nothing.")
+@click.option("--wandb-dir", type=click.Path(path_type=Path), help="Where the run's wandb/ folder is.")
+@click.argument("recipe_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- TRL OVERRIDES]")
+def launch(recipe: Path, apply_fixes: bool, unsafe: bool, dry_run: bool, wandb_dir: Path | None,
+           recipe_args: tuple[str, ...]) -> int:
+    """Run every check, then GRPO training through TRL from the right checkpoint and W&B step."""
+    from resumedoctor.launcher import LaunchError, apply_environment, prepare, run_training
+    from resumedoctor.report import render
+
+    if not recipe.is_file():
+        raise UserFacingError(f"{recipe}: no such recipe file")
+    try:
+        plan, report = prepare(recipe, recipe_args, fix=apply_fixes, unsafe=unsafe, dry_run=dry_run, wandb_dir=wandb_dir)
+    except LaunchError as exc:
+        raise UserFacingError(exc.reason) from None
+    color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    click.echo(render(report, "text", color=color), nl=False)
+    click.echo(plan.render(), nl=False)
+    if report.exit_code:
+        click.echo("resumedoctor launch: not starting: fix the errors above "
+                   "(resumedoctor fix, or launch --fix [--unsafe])", err=True)
+        return 1
+    if dry_run:
+        return 0
+    apply_environment(plan)
+    try:
+        summary = run_training(plan)
+    except LaunchError as exc:
+        raise UserFacingError(exc.reason) from None
+    except Exception as exc:  # the training's own failure: its traceback is what the user needs
+        raise TrainingFailed(exc) from exc
+    click.echo(summary.line(plan))
+    return 0
+
+
+class TrainingFailed(Exception):
+    """Training itself raised (OOM, NaN, a bug in a reward function): shown with its traceback, exit 1."""
+
+
 @cli.command("config")
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.argument("path", required=False, type=click.Path(path_type=Path))
@@ -262,6 +305,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except TrainingFailed as exc:
+        import traceback
+
+        cause = exc.__cause__ or exc
+        traceback.print_exception(type(cause), cause, cause.__traceback__)
+        click.echo(f"resumedoctor launch: training failed: {type(cause).__name__}: {cause}", err=True)
+        sys.exit(1)
     except Exception as exc:  # the one place an unexpected error becomes one line
         if debug:
             raise

@@ -23,7 +23,8 @@ REMOVED_KEYS = {
                                 "prompts from the dataset instead (resumedoctor fix --unsafe can write a filtered copy)"),
     "vllm_max_model_len": ("vllm_max_model_length", "renamed to vllm_max_model_length"),
 }
-RECIPE_ONLY_KEYS = {"env"}  # handled by TrlParser itself, not a dataclass field
+# `env` is TrlParser's own; `resumedoctor` is the launcher's section, removed before TrlParser reads the recipe.
+RECIPE_ONLY_KEYS = {"env", "resumedoctor"}
 # Fields the HF stack also takes from the environment (TrainingArguments reads these variables);
 # the recipe's `env:` block counts, since TrlParser exports it before the arguments are built.
 ENV_FIELDS = {"use_cpu": "ACCELERATE_USE_CPU"}

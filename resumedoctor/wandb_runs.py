@@ -189,11 +189,17 @@ def decide(match: RunMatch, checkpoint: Path, global_step: int) -> WandbDecision
                     f"{checkpoint.name} is global step {global_step}: fork at _step {step}"),
             **common,
         )
-    return WandbDecision(
-        mode="resume", step=None,
-        reason=f"run {match.run_id} ends at global step {match.max_global_step}, the checkpoint's step: continue it",
-        **common,
-    )
+    logged = match.max_global_step
+    if logged is not None and logged < global_step:
+        reason = (f"run {match.run_id} logged up to global step {logged}, before {checkpoint.name} (global step "
+                  f"{global_step}): the crash lost the rest of its buffered logs; continue it")
+    else:
+        reason = f"run {match.run_id} ends at global step {logged}, {checkpoint.name}'s step: continue it"
+    if newest.offline:
+        reason += (". It is an offline run: a resumed offline segment restarts _step at 0, and W&B drops rows "
+                   "whose _step does not increase when both are synced; `wandb sync` the earlier segment before "
+                   "resuming online")
+    return WandbDecision(mode="resume", step=None, reason=reason, **common)
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,8 @@ def render(report: Report, *, color: bool = False, width: int | None = None) -> 
         console.print(Text(f"✖ Do not resume: {_counts(report.findings)}{tail}.", style="bold red"))
     elif summary["warning"]:
         console.print(Text(f"! Resume is possible, but read the warnings: {_counts(report.findings)}.", style="yellow"))
+    elif report.resume_from is None:
+        console.print(Text("✔ Nothing to resume: training starts at step 0.", style="bold green"))
     else:
         console.print(Text(f"✔ Safe to resume from {resume}.", style="bold green"))
     return "\n".join(line.rstrip() for line in buffer.getvalue().split("\n"))

@@ -1,0 +1,302 @@
+"""`resumedoctor launch`: every check, then GRPO training through TRL, as `trl grpo --config RECIPE` would.
+
+Order: (1) `--fix` applies fixes; (2) the checkpoint to resume is resolved: the one transformers would
+pick, and it must be usable; (3) every check family runs. Any error stops here with exit 1, and torch
+has not been imported yet: the checks that need TRL or transformers run in helper processes.
+(4) The W&B decision is exported (continue the run, or fork it at the right `_step`). (5) The trainer
+is built like TRL's own `trl grpo` script builds it, with our callbacks added, and trains.
+
+The recipe is TRL's own YAML. An optional `resumedoctor:` section, which the launcher removes before
+TrlParser reads the recipe, configures what TRL has no key for:
+
+    resumedoctor:
+      curriculum: {thresholds: [0.2, 0.5], metric: reward, window: 3, mode: max}
+      callbacks: [my_package.callbacks.MyCallback]   # TrainerCallback classes, built without arguments
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from resumedoctor.context import Options
+from resumedoctor.diagnose import Report, diagnose
+from resumedoctor.errors import ReasonError
+from resumedoctor.recipe import dump_yaml, load_recipe
+from resumedoctor.settings import find_settings
+from resumedoctor.target import resolve_target
+
+LAUNCHER_SECTION = "resumedoctor"
+
+
+class LaunchError(ReasonError):
+    """The launch cannot start (a usage problem, not a finding)."""
+
+
+@dataclass
+class LaunchPlan:
+    recipe: Path
+    recipe_args: tuple[str, ...]
+    output_dir: Path
+    checkpoint: Path | None
+    env_lines: list = field(default_factory=list)
+    wandb: str = "not reporting to W&B"
+    curriculum: dict | None = None
+    callbacks: list[str] = field(default_factory=list)
+    changed_arguments: dict[str, tuple] = field(default_factory=dict)  # key -> (recipe value, launch value)
+    fixes: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        lines = [f"recipe:      {self.recipe}", f"output_dir:  {self.output_dir}",
+                 f"resume from: {self.checkpoint or 'nothing: training starts at step 0'}"]
+        lines.append("fixes:       " + ("; ".join(self.fixes) if self.fixes else "none"))
+        lines.append(f"W&B:         {self.wandb}")
+        lines += [f"             {line.render()}" for line in self.env_lines]
+        extras = ([f"CurriculumCallback({self.curriculum})"] if self.curriculum else []) + self.callbacks
+        lines.append("callbacks:   " + (", ".join(extras) if extras else "none added"))
+        if self.changed_arguments:
+            lines.append("arguments that differ from the recipe:")
+            lines += [f"  {key}: {before!r} -> {after!r}" for key, (before, after) in sorted(self.changed_arguments.items())]
+        else:
+            lines.append("arguments that differ from the recipe: none")
+        return "\n".join(lines) + "\n"
+
+
+def _launcher_section(recipe) -> dict:
+    section = recipe.data.get(LAUNCHER_SECTION) or {}
+    if not isinstance(section, dict):
+        raise LaunchError(f"the recipe's `{LAUNCHER_SECTION}:` section must be a mapping")
+    unknown = set(section) - {"curriculum", "callbacks"}
+    if unknown:
+        raise LaunchError(f"unknown key(s) in `{LAUNCHER_SECTION}:`: {', '.join(sorted(unknown))}")
+    return {key: _plain(value) for key, value in section.items()}
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def prepare(recipe_path: Path, recipe_args: tuple[str, ...] = (), *, fix: bool = False, unsafe: bool = False,
+            dry_run: bool = False, wandb_dir: Path | None = None,
+            environ: Mapping[str, str] | None = None) -> tuple[LaunchPlan, Report]:
+    """Steps 1-4: fixes, the checkpoint to resume, every check, the W&B decision. Imports no torch."""
+    from resumedoctor.fixing import fix as run_fix
+    from resumedoctor.shell_env import shell_environment
+
+    environ = dict(os.environ if environ is None else environ)
+    try:
+        recipe = load_recipe(recipe_path, list(recipe_args), environ)
+    except ReasonError as exc:
+        raise LaunchError(exc.reason) from None
+    section = _launcher_section(recipe)
+    output = recipe.data.get("output_dir")
+    if "output_dir" in recipe.overrides:
+        output = recipe.overrides["output_dir"]
+    if not output:
+        raise LaunchError("the recipe has no output_dir")
+    output_dir = Path(str(output)).expanduser()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    settings = find_settings(output_dir, Path.cwd())
+    options = Options(recipe=recipe_path, recipe_args=recipe_args, wandb_dir=wandb_dir)
+    plan = LaunchPlan(recipe_path, recipe_args, output_dir, None, curriculum=section.get("curriculum"),
+                      callbacks=list(section.get("callbacks") or []))
+
+    if fix:
+        if int(environ.get("WORLD_SIZE", "1")) > 1:
+            raise LaunchError("--fix under a multi-process launch: run `resumedoctor fix` once before `accelerate launch`")
+        result = run_fix(output_dir, unsafe=unsafe, dry_run=dry_run, settings=settings, options=options, environ=environ)
+        plan.fixes = result.descriptions or [f"(planned) {line}" for line in _planned(result)]
+
+    for key in recipe.overrides:
+        plan.changed_arguments[key] = (recipe.data.get(key), recipe.resolve(key).value)
+    target = resolve_target(output_dir)
+    checkpoint = target.checkpoint
+    explicit = recipe.resolve("resume_from_checkpoint").value
+    if checkpoint is not None and (explicit is None or explicit is False or explicit is True):
+        # The launcher resumes explicitly from the checkpoint transformers would pick (checked below).
+        recipe_args = (*recipe_args, "--resume_from_checkpoint", str(checkpoint.resolve()))
+        plan.changed_arguments["resume_from_checkpoint"] = (explicit, str(checkpoint.resolve()))
+    elif isinstance(explicit, str):
+        checkpoint = Path(explicit)
+    plan.recipe_args, plan.checkpoint = recipe_args, checkpoint
+    options = Options(recipe=recipe_path, recipe_args=recipe_args, wandb_dir=wandb_dir)
+    report = diagnose(output_dir, settings=settings, options=options, environ=environ)
+
+    report_to = recipe.get("report_to")
+    reports_wandb = report_to in ("wandb", "all") or (isinstance(report_to, list) and {"wandb", "all"} & set(report_to))
+    if reports_wandb:
+        environment = shell_environment(output_dir, wandb_dir=wandb_dir, environ=environ)
+        plan.env_lines = environment.lines
+        plan.wandb = "; ".join(environment.comments) or "a new run"
+    return plan, report
+
+
+def _planned(result) -> list[str]:
+    from resumedoctor.fixing import describe_operation
+
+    return [describe_operation(op, result.output_dir) for op in result.operations]
+
+
+def apply_environment(plan: LaunchPlan) -> None:
+    """Export the W&B decision into this process, as `eval "$(resumedoctor env OUT)"` would."""
+    import shlex
+
+    for line in plan.env_lines:
+        words = shlex.split(line.text)
+        if words[0] == "export":
+            name, _, value = words[1].partition("=")
+            os.environ[name] = value
+        elif words[0] == "unset":
+            os.environ.pop(words[1], None)
+
+
+@dataclass
+class TrainingSummary:
+    first_step: int
+    last_step: int
+    seconds: float
+    tokens: float | None
+    wandb_run: str | None
+
+    def line(self, plan: LaunchPlan) -> str:
+        steps = max(0, self.last_step - self.first_step)
+        rate = f"{self.seconds / steps:.2f} s/step" if steps else "no step trained"
+        tokens = f", {self.tokens / self.seconds:.0f} tokens/s" if self.tokens and self.seconds else ""
+        start = plan.checkpoint.name if plan.checkpoint else "step 0"
+        wandb = f"; W&B run {self.wandb_run}" if self.wandb_run else ""
+        return (f"resumedoctor launch: {start} -> step {self.last_step} in {self.seconds:.1f} s "
+                f"({rate}{tokens}){wandb}")
+
+
+def _import_object(dotted: str):
+    module_name, _, name = dotted.rpartition(".")
+    if not module_name:
+        raise LaunchError(f"{dotted!r} is not a dotted import path")
+    sys.path.insert(0, os.getcwd())  # as TRL does for reward functions
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise LaunchError(f"cannot import {dotted}: {exc}") from None
+
+
+def _trl_recipe_copy(plan: LaunchPlan, folder: Path) -> Path:
+    """The recipe without the launcher's own section: TrlParser refuses keys it does not know."""
+    recipe = load_recipe(plan.recipe, [], {})
+    data = recipe.data
+    if LAUNCHER_SECTION in data:
+        del data[LAUNCHER_SECTION]
+    copy = folder / plan.recipe.name
+    copy.write_bytes(dump_yaml(data))
+    return copy
+
+
+def run_training(plan: LaunchPlan, *, progress: bool | None = None) -> TrainingSummary:
+    """Step 5: build GRPOTrainer as `trl grpo` does (trl/scripts/grpo.py), add our callbacks, train."""
+    from datasets import load_dataset
+    from trl import GRPOTrainer, get_dataset, get_peft_config, get_quantization_config
+    from trl.rewards import accuracy_reward, get_soft_overlong_punishment, reasoning_accuracy_reward, think_format_reward
+    from trl.scripts.grpo import make_parser
+
+    from resumedoctor.prompt_lengths import load_local_dataset, looks_local
+
+    with tempfile.TemporaryDirectory(prefix="resumedoctor-launch-") as folder:
+        recipe_copy = _trl_recipe_copy(plan, Path(folder))
+        script_args, training_args, model_args, dataset_args = make_parser().parse_args_and_config(
+            ["--config", str(recipe_copy), *plan.recipe_args])
+
+    registry = {
+        "accuracy_reward": accuracy_reward,
+        "reasoning_accuracy_reward": reasoning_accuracy_reward,
+        "think_format_reward": think_format_reward,
+        "get_soft_overlong_punishment": get_soft_overlong_punishment(max_completion_len=1280, soft_punish_cache=256),
+    }
+    reward_funcs = [script_args.reward_model_name_or_path] if script_args.reward_model_name_or_path else []
+    for name in script_args.reward_funcs or []:
+        reward_funcs.append(registry[name] if name in registry else _import_object(name))
+
+    model_init_kwargs = dict(revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code,
+                             attn_implementation=model_args.attn_implementation, dtype=model_args.dtype)
+    model_init_kwargs.update(training_args.model_init_kwargs or {})
+    training_args.model_init_kwargs = model_init_kwargs
+
+    if dataset_args.datasets:
+        dataset = get_dataset(dataset_args)
+    elif script_args.dataset_name and looks_local(script_args.dataset_name):
+        # datasets' load_dataset sends a bare file name (prompts.jsonl) to the hub; trl grpo fails there.
+        from datasets import DatasetDict
+
+        location = Path(script_args.dataset_name).expanduser()
+        dataset = DatasetDict({split: load_local_dataset(location, split)
+                               for split in {script_args.dataset_train_split}})
+    elif script_args.dataset_name:
+        dataset = load_dataset(script_args.dataset_name, name=script_args.dataset_config,
+                               streaming=script_args.dataset_streaming)
+    else:
+        raise LaunchError("the recipe names no dataset (dataset_name or datasets)")
+
+    callbacks = []
+    if plan.curriculum:
+        from resumedoctor.curriculum import CurriculumCallback
+
+        callbacks.append(CurriculumCallback(**plan.curriculum))
+    callbacks += [_import_object(path)() for path in plan.callbacks]
+
+    trainer = GRPOTrainer(
+        model=model_args.model_name_or_path,
+        reward_funcs=reward_funcs,
+        args=training_args,
+        train_dataset=dataset[script_args.dataset_train_split],
+        eval_dataset=dataset[script_args.dataset_test_split] if training_args.eval_strategy != "no" else None,
+        quantization_config=get_quantization_config(model_args),
+        peft_config=get_peft_config(model_args),
+        callbacks=callbacks,
+    )
+    if progress if progress is not None else sys.stdout.isatty():
+        _use_rich_progress(trainer)
+    first_step = _checkpoint_step(plan.checkpoint)
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    seconds = time.perf_counter() - started
+    trainer.save_model(training_args.output_dir)
+    tokens = [entry.get("num_tokens") for entry in trainer.state.log_history if entry.get("num_tokens") is not None]
+    trained_tokens = (tokens[-1] - (_tokens_at(trainer.state.log_history, first_step) or 0)) if tokens else None
+    wandb_run = None
+    try:
+        import wandb
+
+        wandb_run = wandb.run.id if wandb.run is not None else None
+    except ImportError:
+        pass
+    if hasattr(trainer, "end"):
+        trainer.end()
+    return TrainingSummary(first_step, trainer.state.global_step, seconds, trained_tokens, wandb_run)
+
+
+def _use_rich_progress(trainer) -> None:
+    from transformers.trainer_callback import ProgressCallback
+    from trl.trainer.callbacks import RichProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(RichProgressCallback())
+
+
+def _checkpoint_step(checkpoint: Path | None) -> int:
+    from resumedoctor.target import checkpoint_step
+
+    return (checkpoint_step(checkpoint) or 0) if checkpoint else 0
+
+
+def _tokens_at(history: list[dict], step: int) -> float | None:
+    values = [e["num_tokens"] for e in history if e.get("step") == step and e.get("num_tokens") is not None]
+    return values[-1] if values else None
+
