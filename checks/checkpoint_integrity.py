@@ -16,6 +16,7 @@ from resumedoctor.findings import Finding, Rule, Severity
 from resumedoctor.registry import CheckFamily
 from resumedoctor.safe_pickle import PickleReadError, UnsafePickleError
 from resumedoctor.safetensors_header import SafetensorsError, count_non_finite
+from resumedoctor.seal import SEAL_FILE, read_seal, verify
 from resumedoctor.target import TMP_CHECKPOINT_NAME, checkpoint_step, list_checkpoints
 
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
@@ -210,6 +211,26 @@ TRAINING_ARGS_UNSAFE = Rule(
     "it with a restricted unpickler that ran nothing. Treat the whole checkpoint as untrusted.",
 )
 
+SEAL_MISMATCH = Rule(
+    "CKPT029", "seal-mismatch", ERROR,
+    "A file disagrees with the checkpoint's seal (missing, another size, or with --deep another content).",
+    "resumedoctor.seal.json was written as the last act of the save, with every file's size and "
+    "content hash. A difference means the checkpoint changed since: a truncated copy, a lost file, or "
+    "a flipped byte that no size or header check can see.",
+)
+UNSEALED_SAVE = Rule(
+    "CKPT030", "unsealed-save", ERROR,
+    "The checkpoint has no seal while an older checkpoint of the run has one: its save did not finish.",
+    "With SealCallback the seal is the last file of every save. A newer checkpoint without one was cut "
+    "off during its save, even if every file it has looks whole. `fix --unsafe` quarantines it.",
+)
+SEAL_INVALID = Rule(
+    "CKPT031", "seal-invalid", WARNING,
+    "resumedoctor.seal.json cannot be read.",
+    "The seal is JSON written atomically; an unreadable one was damaged after the save. The checkpoint "
+    "is checked as if it had no seal.",
+)
+
 RULES = (
     TRAINER_STATE_MISSING, WEIGHTS_MISSING, SAFETENSORS_SIZE, SAFETENSORS_HEADER, SHARD_MISSING,
     SHARD_INDEX_INCOMPLETE, SHARD_INDEX_MISSING, SHARD_INDEX_INVALID, ARCHIVE_DAMAGED,
@@ -217,7 +238,7 @@ RULES = (
     GLOBAL_STEP_MISMATCH, LOG_HISTORY_ORDER, LOG_HISTORY_AHEAD, BEST_MODEL_MISSING,
     RESUME_TARGET_UNUSABLE, OLDER_CHECKPOINT_UNUSABLE, NO_CHECKPOINT, TMP_CHECKPOINT_DEBRIS,
     NON_FINITE_WEIGHTS, ADAPTER_CONFIG_INVALID, DEEPSPEED_INCOMPLETE, LEGACY_PICKLE,
-    MODEL_CONFIG_INVALID, FILE_UNREADABLE, TRAINING_ARGS_UNSAFE,
+    MODEL_CONFIG_INVALID, FILE_UNREADABLE, TRAINING_ARGS_UNSAFE, SEAL_MISMATCH, UNSEALED_SAVE, SEAL_INVALID,
 )
 
 SHARD_NAME = re.compile(r"^(model|adapter_model)-\d+-of-\d+\.safetensors$")
@@ -323,6 +344,31 @@ class CheckpointInspector:
         yield from self.check_resume_state()
         yield from self.check_deepspeed()
         yield from self.check_trainer_state()
+        yield from self.check_seal()
+
+    def check_seal(self) -> Iterator[Finding]:
+        seal_path = self.folder / SEAL_FILE
+        if SEAL_FILE in self.layout.files:
+            try:
+                seal = read_seal(self.folder)
+            except ValueError as exc:
+                yield self.finding(SEAL_INVALID, str(exc), seal_path)
+                return
+            problems = verify(self.folder, seal, deep=self.ctx.options.deep)
+            if problems:
+                more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+                yield self.finding(SEAL_MISMATCH, f"{problems[0]}{more}", seal_path,
+                                   hint="the checkpoint changed after its save; use an earlier one or a good copy")
+            return
+        step = checkpoint_step(self.folder)
+        if step is None:
+            return
+        older_sealed = [c for c in list_checkpoints(self.folder.parent)
+                        if (checkpoint_step(c) or 0) < step and (c / SEAL_FILE).is_file()]
+        if older_sealed:
+            yield self.finding(UNSEALED_SAVE, f"no {SEAL_FILE}, while {older_sealed[-1].name} has one: the save of "
+                               f"step {step} did not finish", seal_path,
+                               hint="resume from the previous checkpoint (fix --unsafe quarantines this one)")
 
     def check_save_completed(self) -> Iterator[Finding]:
         if "trainer_state.json" not in self.layout.files:

@@ -122,6 +122,16 @@ def drift(ctx: RunContext, saved: dict, recipe) -> dict[str, tuple]:
 
 
 def checkpoint_world_size(checkpoint: Path) -> int:
+    """The seal's world size when sealed, else one rng_state_<rank>.pth per process."""
+    from resumedoctor.seal import SEAL_FILE, read_seal
+
+    if (checkpoint / SEAL_FILE).is_file():
+        try:
+            sealed = read_seal(checkpoint).get("world_size")
+            if isinstance(sealed, int):
+                return sealed
+        except ValueError:
+            pass
     ranks = list(checkpoint.glob("rng_state_*.pth"))
     return len(ranks) if ranks else 1
 

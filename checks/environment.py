@@ -75,9 +75,15 @@ def recorded_versions(ctx: RunContext, checkpoint: Path) -> dict[str, str]:
     """Library versions the run recorded: config.json's transformers_version, the model card's list."""
     versions = {}
     try:
+        from resumedoctor.seal import read_seal
+
+        versions.update((read_seal(checkpoint).get("versions") or {}) if (checkpoint / "resumedoctor.seal.json").is_file() else {})
+    except ValueError:
+        pass
+    try:
         config = ctx.read_json(checkpoint / "config.json")
         if isinstance(config, dict) and config.get("transformers_version"):
-            versions["transformers"] = str(config["transformers_version"])
+            versions.setdefault("transformers", str(config["transformers_version"]))
     except JsonFileError:
         pass
     card = ctx.target.output_dir / "README.md"

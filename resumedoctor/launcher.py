@@ -58,7 +58,7 @@ class LaunchPlan:
         lines.append("fixes:       " + ("; ".join(self.fixes) if self.fixes else "none"))
         lines.append(f"W&B:         {self.wandb}")
         lines += [f"             {line.render()}" for line in self.env_lines]
-        extras = ([f"CurriculumCallback({self.curriculum})"] if self.curriculum else []) + self.callbacks
+        extras = ["SealCallback"] + ([f"CurriculumCallback({self.curriculum})"] if self.curriculum else []) + self.callbacks
         lines.append("callbacks:   " + (", ".join(extras) if extras else "none added"))
         if self.changed_arguments:
             lines.append("arguments that differ from the recipe:")
@@ -244,7 +244,9 @@ def run_training(plan: LaunchPlan, *, progress: bool | None = None) -> TrainingS
     else:
         raise LaunchError("the recipe names no dataset (dataset_name or datasets)")
 
-    callbacks = []
+    from resumedoctor.seal_callback import SealCallback
+
+    callbacks = [SealCallback()]  # every save of a launched run is sealed
     if plan.curriculum:
         from resumedoctor.curriculum import CurriculumCallback
 

@@ -172,21 +172,36 @@ def read_decision(output_dir: Path, ctx: RunContext | None = None) -> WandbDecis
         return None
 
 
+def sealed_wandb_position(checkpoint: Path) -> dict | None:
+    from resumedoctor.seal import read_seal
+
+    if not (checkpoint / "resumedoctor.seal.json").is_file():
+        return None
+    try:
+        return read_seal(checkpoint).get("wandb")
+    except ValueError:
+        return None
+
+
 def decide(match: RunMatch, checkpoint: Path, global_step: int) -> WandbDecision:
     """Resume the same run when it is not ahead of the checkpoint, else fork it (W&B recommends forking)."""
     ahead = (match.max_global_step or 0) > global_step
     newest = match.newest
+    sealed = sealed_wandb_position(checkpoint)
     common = dict(
         checkpoint=checkpoint.name, global_step=global_step, run_id=match.run_id,
         project=newest.project, entity=newest.entity, wandb_dir=str(match.wandb_dir.parent),
         offline=newest.offline,
     )
     if ahead:
-        step = match.first_step_after(global_step)
+        if sealed and sealed.get("run_id") == match.run_id and isinstance(sealed.get("next_step"), int):
+            step, how = sealed["next_step"], "the seal's"  # exact: W&B's counter at the moment of the save
+        else:
+            step, how = match.first_step_after(global_step), "the log's"
         return WandbDecision(
             mode="fork", step=step,
             reason=(f"run {match.run_id} logged up to global step {match.max_global_step} (_step {match.last_step}); "
-                    f"{checkpoint.name} is global step {global_step}: fork at _step {step}"),
+                    f"{checkpoint.name} is global step {global_step}: fork at _step {step} ({how})"),
             **common,
         )
     logged = match.max_global_step
