@@ -233,6 +233,28 @@ class TrainingFailed(Exception):
     """Training itself raised (OOM, NaN, a bug in a reward function): shown with its traceback, exit 1."""
 
 
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+def seal(path: Path) -> int:
+    """Seal existing checkpoints (saved without SealCallback) so later diagnoses are exact."""
+    from resumedoctor.seal_existing import seal_existing
+
+    _check_inputs(path, None)
+    try:
+        result = seal_existing(path, settings=_settings_for(path, None, None, None))
+    except OSError as exc:
+        raise UserFacingError(f"cannot write seals under {path}: {exc.strerror or exc}") from None
+    for checkpoint in result.sealed:
+        click.echo(f"sealed {checkpoint} (after the fact)")
+    for checkpoint in result.already:
+        click.echo(f"already sealed: {checkpoint}")
+    for checkpoint, reason in result.refused:
+        click.echo(f"not sealed, it is unusable: {checkpoint} ({reason})")
+    if result.transaction is not None:
+        click.echo(f"journal: {result.transaction.folder} (resumedoctor undo {path} removes the seals)")
+    return 1 if result.refused else 0
+
+
 @cli.command("config")
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.argument("path", required=False, type=click.Path(path_type=Path))

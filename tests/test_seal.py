@@ -1,0 +1,165 @@
+"""Sealed checkpoints on real TRL runs: sealed saves, a save killed before its seal, a flipped byte,
+sealing old runs after the fact, and a two-process run that must write one seal per checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import codes, run_cli
+
+from resumedoctor.context import Options
+from resumedoctor.diagnose import diagnose
+from resumedoctor.fixing import fix, undo
+from resumedoctor.seal import SEAL_FILE, read_seal, verify
+from resumedoctor.settings import Settings
+from resumedoctor.wandb_log import read_run_log
+
+KILLED_BEFORE_SEAL = """
+import os, signal, sys
+from pathlib import Path
+from transformers.trainer_callback import TrainerState
+from resumedoctor.demo import train_demo_run
+from resumedoctor.seal_callback import SealCallback
+
+save_to_json = TrainerState.save_to_json
+
+def save_then_die(self, path):
+    save_to_json(self, path)  # trainer_state.json is the Trainer's last file...
+    if self.global_step == 4:
+        os.kill(os.getpid(), signal.SIGKILL)  # ...and the process dies before the seal
+
+TrainerState.save_to_json = save_then_die
+train_demo_run(Path(sys.argv[1]), max_steps=6, save_steps=2, callbacks=[SealCallback()])
+"""
+
+TWO_PROCESSES = """
+import os, sys
+from pathlib import Path
+import resumedoctor.seal_callback as seal_callback
+from resumedoctor.demo import train_demo_run
+
+write = seal_callback.atomic_write
+
+def counted_write(path, data):
+    print(f"SEAL-WRITE rank={os.environ.get('RANK')} {Path(path).parent.name}", flush=True)
+    write(path, data)
+
+seal_callback.atomic_write = counted_write
+train_demo_run(Path(sys.argv[1]), max_steps=4, save_steps=2, callbacks=[seal_callback.SealCallback()])
+"""
+
+
+@pytest.fixture(scope="session")
+def sealed_run(tmp_path_factory) -> dict:
+    """A 6-step GRPO run with SealCallback, logging to W&B offline."""
+    import wandb
+
+    from resumedoctor.demo import train_demo_run
+    from resumedoctor.seal_callback import SealCallback
+
+    root = tmp_path_factory.mktemp("sealed")
+    saved = dict(os.environ)
+    os.environ.update(WANDB_MODE="offline", WANDB_DIR=str(root), WANDB_SILENT="true", WANDB_PROJECT="seal-tests")
+    try:
+        output_dir = train_demo_run(root / "run", report_to="wandb", callbacks=[SealCallback()])
+        wandb.finish()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return {"run": output_dir, "wandb_dir": root / "wandb", "log": next((root / "wandb").glob("offline-run-*/run-*.wandb"))}
+
+
+@pytest.fixture
+def sealed_copy(sealed_run, tmp_path) -> Path:
+    return Path(shutil.copytree(sealed_run["run"], tmp_path / "run"))
+
+
+def test_every_checkpoint_is_sealed_with_what_a_resume_needs(sealed_run):
+    for step in (2, 4, 6):
+        checkpoint = sealed_run["run"] / f"checkpoint-{step}"
+        seal = read_seal(checkpoint)
+        assert seal["global_step"] == step and seal["world_size"] == 1 and seal["rng_state_files"] == 1
+        assert not seal["after_the_fact"] and seal["hash"] == "xxh3_128"
+        on_disk = {p.name for p in checkpoint.iterdir() if p.name != SEAL_FILE}
+        assert set(seal["files"]) == on_disk
+        assert verify(checkpoint, seal, deep=True) == []
+        assert seal["arguments"]["per_device_train_batch_size"] == 4 and seal["arguments"]["seed"] == 0
+        assert {"torch", "transformers", "trl"} <= set(seal["versions"])
+        assert seal["dataset_fingerprint"]
+    assert diagnose(sealed_run["run"], settings=Settings(select=("CKPT",)), options=Options(deep=True)).findings == ()
+
+
+def test_the_seal_holds_the_exact_wandb_fork_step(sealed_run):
+    seal = read_seal(sealed_run["run"] / "checkpoint-4")
+    log = read_run_log(sealed_run["log"])
+    assert seal["wandb"]["run_id"] == log.run_id
+    # W&B's own counter at the save is where a fork at checkpoint-4 starts; the log agrees.
+    assert seal["wandb"]["next_step"] == log.first_step_after(4)
+    report = diagnose(sealed_run["run"] / "checkpoint-4", settings=Settings(select=("WANDB001",)),
+                      options=Options(wandb_dir=sealed_run["wandb_dir"]), environ={})
+    decision = report.findings[0].extra["decision"]
+    assert decision.step == seal["wandb"]["next_step"] and "(the seal's)" in decision.reason
+
+
+def test_flipped_byte_is_caught_only_by_deep(sealed_copy):
+    path = sealed_copy / "checkpoint-6" / "model.safetensors"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01  # inside a tensor: headers and sizes stay perfect
+    path.write_bytes(bytes(raw))
+    assert diagnose(sealed_copy, settings=Settings(select=("CKPT",))).findings == ()
+    deep = diagnose(sealed_copy, settings=Settings(select=("CKPT",)), options=Options(deep=True))
+    assert {"CKPT029", "CKPT018"} == set(codes(deep))
+    assert "content differs from the seal" in next(f for f in deep.findings if f.code == "CKPT029").message
+
+
+def test_save_killed_before_its_seal_is_an_unfinished_save(tmp_path):
+    from transformers.trainer_utils import get_last_checkpoint
+
+    run = tmp_path / "run"
+    killed = subprocess.run([sys.executable, "-c", KILLED_BEFORE_SEAL, str(run)], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (run / "checkpoint-4" / "trainer_state.json").is_file()  # complete as far as transformers knows
+    assert not (run / "checkpoint-4" / SEAL_FILE).exists()
+    report = diagnose(run, settings=Settings(select=("CKPT",)))
+    assert set(codes(report)) == {"CKPT030", "CKPT018"}  # only the missing seal tells
+    fix(run, unsafe=True, settings=Settings(select=("CKPT",)))
+    assert get_last_checkpoint(str(run)) == str(run / "checkpoint-2")
+
+
+def test_seal_command_seals_after_the_fact_and_undo_removes_it(built_runs, tmp_path):
+    run = Path(shutil.copytree(built_runs["full"], tmp_path / "run"))
+    with open(run / "checkpoint-2" / "optimizer.pt", "r+b") as handle:
+        handle.truncate(100)  # a broken checkpoint is not sealed
+    result = run_cli("seal", run)
+    assert result.returncode == 1
+    assert "not sealed, it is unusable" in result.stdout and "checkpoint-2" in result.stdout
+    for step in (4, 6):
+        seal = read_seal(run / f"checkpoint-{step}")
+        assert seal["after_the_fact"] and seal["versions"]["transformers"]
+    assert not (run / "checkpoint-2" / SEAL_FILE).exists()
+    again = run_cli("seal", run)
+    assert again.stdout.count("already sealed") == 2
+    undo(run)
+    assert not list(run.glob(f"checkpoint-*/{SEAL_FILE}"))
+
+
+def test_two_processes_write_one_seal_per_checkpoint(tmp_path):
+    # A real two-process CPU run (torchrun, gloo): only the world's main process seals.
+    run = tmp_path / "run"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    script = tmp_path / "train_two.py"
+    script.write_text(TWO_PROCESSES)
+    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), str(run)],
+                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    writes = sorted(line for line in result.stdout.splitlines() if line.startswith("SEAL-WRITE"))
+    assert writes == ["SEAL-WRITE rank=0 checkpoint-2", "SEAL-WRITE rank=0 checkpoint-4"]
+    seal = read_seal(run / "checkpoint-4")
+    assert seal["world_size"] == 2 and {"rng_state_0.pth", "rng_state_1.pth"} <= set(seal["files"])
