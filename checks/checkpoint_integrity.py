@@ -231,6 +231,14 @@ SEAL_INVALID = Rule(
     "is checked as if it had no seal.",
 )
 
+SEAL_WITHOUT_HASHES = Rule(
+    "CKPT032", "seal-without-hashes", INFO,
+    "The seal has file sizes but no content hashes: --deep could not compare contents.",
+    "SealCallback writes the sizes as the save ends and the hashes a moment later in the background. "
+    "A process that died in between left a finished, size-checked save whose contents cannot be "
+    "compared with the seal; `resumedoctor seal` does not re-hash it (it could bless a changed file).",
+)
+
 RULES = (
     TRAINER_STATE_MISSING, WEIGHTS_MISSING, SAFETENSORS_SIZE, SAFETENSORS_HEADER, SHARD_MISSING,
     SHARD_INDEX_INCOMPLETE, SHARD_INDEX_MISSING, SHARD_INDEX_INVALID, ARCHIVE_DAMAGED,
@@ -239,6 +247,7 @@ RULES = (
     RESUME_TARGET_UNUSABLE, OLDER_CHECKPOINT_UNUSABLE, NO_CHECKPOINT, TMP_CHECKPOINT_DEBRIS,
     NON_FINITE_WEIGHTS, ADAPTER_CONFIG_INVALID, DEEPSPEED_INCOMPLETE, LEGACY_PICKLE,
     MODEL_CONFIG_INVALID, FILE_UNREADABLE, TRAINING_ARGS_UNSAFE, SEAL_MISMATCH, UNSEALED_SAVE, SEAL_INVALID,
+    SEAL_WITHOUT_HASHES,
 )
 
 SHARD_NAME = re.compile(r"^(model|adapter_model)-\d+-of-\d+\.safetensors$")
@@ -355,6 +364,9 @@ class CheckpointInspector:
                 yield self.finding(SEAL_INVALID, str(exc), seal_path)
                 return
             problems = verify(self.folder, seal, deep=self.ctx.options.deep)
+            if self.ctx.options.deep and not seal.get("hashes_complete", True) and not problems:
+                yield self.finding(SEAL_WITHOUT_HASHES, "the seal has sizes but no content hashes (the process ended "
+                                   "before hashing finished): contents not verified", seal_path)
             if problems:
                 more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
                 yield self.finding(SEAL_MISMATCH, f"{problems[0]}{more}", seal_path,

@@ -69,18 +69,65 @@ def installed_versions() -> dict[str, str]:
     return found
 
 
+def hash_file_pipelined(path: Path, name: str) -> str:
+    """Hash while the next block is read: a reader thread feeds blocks, this thread hashes them.
+
+    xxhash releases the GIL, so the disk and the hash run at once. Reading several files at the same
+    time instead was slower here (1.1 against 3.0 GiB/s cold): one file after another, each pipelined.
+    """
+    import queue
+    import threading
+
+    blocks: queue.Queue = queue.Queue(maxsize=4)
+    failure: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(CHUNK), b""):
+                    blocks.put(block)
+        except BaseException as exc:  # noqa: BLE001 - handed to the hashing thread
+            failure.append(exc)
+        finally:
+            blocks.put(None)
+
+    reader = threading.Thread(target=read, name=f"read-{path.name}", daemon=True)
+    reader.start()
+    hasher = new_hasher(name)
+    while (block := blocks.get()) is not None:
+        hasher.update(block)
+    reader.join()
+    if failure:
+        raise failure[0]
+    return hasher.hexdigest()
+
+
+def hash_files(paths: list[Path], name: str) -> dict[Path, str]:
+    """Hashes of several files, each read and hashed at once (see hash_file_pipelined)."""
+    return {path: hash_file_pipelined(path, name) for path in paths}
+
+
 def build_seal(folder: Path, *, global_step: int, world_size: int, arguments: dict[str, Any],
                dataset_fingerprint: str | None = None, wandb: dict | None = None,
-               versions: dict[str, str] | None = None, after_the_fact: bool = False) -> dict:
+               versions: dict[str, str] | None = None, after_the_fact: bool = False, parallel: bool = True,
+               with_hashes: bool = True) -> dict:
     name = hash_name()
-    files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, name: hash_file(p, name)}
-             for p in checkpoint_files(folder)}
+    paths = checkpoint_files(folder)
+    if not with_hashes:
+        hashes = {}
+    elif parallel:
+        hashes = hash_files(paths, name)
+    else:
+        hashes = {path: hash_file(path, name) for path in paths}
+    files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, **({name: hashes[p]} if p in hashes else {})}
+             for p in paths}
     curriculum = folder / "curriculum_state.json"
     return {
         "version": 1,
         "sealed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "after_the_fact": after_the_fact,
         "hash": name,
+        "hashes_complete": with_hashes,
         "global_step": global_step,
         "world_size": world_size,
         "rng_state_files": len([f for f in files if f.startswith("rng_state")]),
@@ -112,6 +159,7 @@ def verify(folder: Path, seal: dict, *, deep: bool) -> list[str]:
     """What disagrees with the seal: missing files, other sizes, and with `deep` other contents."""
     problems = []
     name = seal["hash"]
+    to_hash = []
     for relative, entry in sorted(seal["files"].items()):
         path = folder / relative
         if not path.is_file():
@@ -120,6 +168,10 @@ def verify(folder: Path, seal: dict, *, deep: bool) -> list[str]:
         size = path.stat().st_size
         if size != entry.get("size"):
             problems.append(f"{relative} is {size} bytes, sealed at {entry.get('size')}")
-        elif deep and hash_file(path, name) != entry.get(name):
-            problems.append(f"{relative}: content differs from the seal ({name}), same size")
+        elif deep and entry.get(name):
+            to_hash.append((relative, path, entry.get(name)))
+    if to_hash:
+        hashes = hash_files([path for _, path, _ in to_hash], name)
+        problems += [f"{relative}: content differs from the seal ({name}), same size"
+                     for relative, path, expected in to_hash if hashes[path] != expected]
     return problems

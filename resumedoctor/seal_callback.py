@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -17,8 +18,15 @@ class SealCallback(TrainerCallback):
         trainer = GRPOTrainer(..., callbacks=[SealCallback()])
 
     The Trainer calls on_save after it wrote trainer_state.json, its last file: a checkpoint whose
-    save was cut off has no seal.
+    save was cut off has no seal. With `background=True` the seal is written in two steps: the
+    sizes of every file at once (milliseconds: the save counts as finished), then the same seal with
+    content hashes from a background thread (the next save and the end of training wait for it). A
+    crash between the two leaves a size-checked seal without hashes, which --deep says it cannot check.
     """
+
+    def __init__(self, background: bool = True):
+        self.background = background
+        self._pending: threading.Thread | None = None
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
@@ -26,12 +34,36 @@ class SealCallback(TrainerCallback):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if not folder.is_dir():
             return
+        self.wait()
         dataloader = kwargs.get("train_dataloader")
         dataset = getattr(dataloader, "dataset", None)
-        seal = build_seal(folder, global_step=state.global_step, world_size=getattr(args, "world_size", 1),
-                          arguments=args.to_dict(), dataset_fingerprint=getattr(dataset, "_fingerprint", None),
-                          wandb=wandb_position())
-        atomic_write(folder / SEAL_FILE, seal_bytes(seal))
+        # Everything that describes the moment of the save is taken now; only hashing waits.
+        inputs = dict(global_step=state.global_step, world_size=getattr(args, "world_size", 1),
+                      arguments=args.to_dict(), dataset_fingerprint=getattr(dataset, "_fingerprint", None),
+                      wandb=wandb_position())
+        if self.background:
+            # Sizes now (milliseconds): the save is marked finished before training goes on.
+            atomic_write(folder / SEAL_FILE, seal_bytes(build_seal(folder, with_hashes=False, **inputs)))
+            self._pending = threading.Thread(target=seal_checkpoint, args=(folder, inputs),
+                                             name=f"seal-{folder.name}")
+            self._pending.start()
+        else:
+            seal_checkpoint(folder, inputs, parallel=True)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.wait()
+
+    def wait(self) -> None:
+        """Block until the pending seal is written."""
+        if self._pending is not None:
+            self._pending.join()
+            self._pending = None
+
+
+def seal_checkpoint(folder: Path, inputs: dict, parallel: bool = False) -> None:
+    # In the background one thread is enough (training keeps the other cores busy), and a thread
+    # pool cannot start while the interpreter shuts down.
+    atomic_write(folder / SEAL_FILE, seal_bytes(build_seal(folder, parallel=parallel, **inputs)))
 
 
 def wandb_position() -> dict | None:

@@ -107,6 +107,9 @@ def wandb_world(tmp_path_factory) -> dict:
     from resumedoctor.demo import train_demo_run
 
     root = tmp_path_factory.mktemp("wandb-world")
+    import wandb
+
+    wandb.teardown()  # another fixture in this worker may have set wandb up with its own WANDB_DIR
     saved = dict(os.environ)
     os.environ.update(_offline_env(root))
     try:
@@ -114,6 +117,7 @@ def wandb_world(tmp_path_factory) -> dict:
         import wandb
 
         wandb.finish()  # the Trainer leaves its run open; a job's process would end here
+        wandb.teardown()  # wandb's settings singleton keeps WANDB_DIR: the next fixture needs its own
         other = subprocess.run([sys.executable, "-c", OTHER_RUN, str(root / "someone-elses-run")],
                                capture_output=True, text=True, check=True)
         other_id = other.stdout.strip().splitlines()[-1]

@@ -65,11 +65,13 @@ def sealed_run(tmp_path_factory) -> dict:
     from resumedoctor.seal_callback import SealCallback
 
     root = tmp_path_factory.mktemp("sealed")
+    wandb.teardown()  # another fixture in this worker may have set wandb up with its own WANDB_DIR
     saved = dict(os.environ)
     os.environ.update(WANDB_MODE="offline", WANDB_DIR=str(root), WANDB_SILENT="true", WANDB_PROJECT="seal-tests")
     try:
         output_dir = train_demo_run(root / "run", report_to="wandb", callbacks=[SealCallback()])
         wandb.finish()
+        wandb.teardown()  # wandb's settings singleton keeps WANDB_DIR: the next fixture needs its own
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -159,7 +161,32 @@ def test_two_processes_write_one_seal_per_checkpoint(tmp_path):
     result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), str(run)],
                             capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    writes = sorted(line for line in result.stdout.splitlines() if line.startswith("SEAL-WRITE"))
-    assert writes == ["SEAL-WRITE rank=0 checkpoint-2", "SEAL-WRITE rank=0 checkpoint-4"]
+    writes = [line.split()[1:] for line in result.stdout.splitlines() if line.startswith("SEAL-WRITE")]
+    # Each save is sealed twice by the main process (sizes at once, then hashes), never by rank 1.
+    assert {rank for rank, _ in writes} == {"rank=0"}
+    assert sorted({folder for _, folder in writes}) == ["checkpoint-2", "checkpoint-4"]
     seal = read_seal(run / "checkpoint-4")
     assert seal["world_size"] == 2 and {"rng_state_0.pth", "rng_state_1.pth"} <= set(seal["files"])
+
+
+def test_seal_sizes_are_written_before_the_save_returns(tmp_path):
+    """Killed right after a save, before the background hashes: the save still counts as finished."""
+    script = KILLED_BEFORE_SEAL.replace(
+        "TrainerState.save_to_json = save_then_die\n",
+        "from transformers import TrainerCallback\n"
+        "class DieAfterSave(TrainerCallback):\n"
+        "    def on_save(self, args, state, control, **kwargs):\n"
+        "        if state.global_step == 4:\n"
+        "            os.kill(os.getpid(), signal.SIGKILL)\n",
+    ).replace("callbacks=[SealCallback()]", "callbacks=[SealCallback(), DieAfterSave()]")
+    run = tmp_path / "run"
+    killed = subprocess.run([sys.executable, "-c", script, str(run)], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    seal = read_seal(run / "checkpoint-4")
+    assert all("size" in entry for entry in seal["files"].values())
+    assert diagnose(run, settings=Settings(select=("CKPT",))).findings == ()  # a finished save
+    deep = diagnose(run, settings=Settings(select=("CKPT",)), options=Options(deep=True))
+    if not seal["hashes_complete"]:  # the kill came before the background hashing finished
+        assert codes(deep) == ["CKPT032"]
+    else:
+        assert deep.findings == ()
