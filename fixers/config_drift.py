@@ -2,41 +2,27 @@
 
 from __future__ import annotations
 
-import copy
-
 from resumedoctor.context import RunContext
 from resumedoctor.findings import Finding, FixSafety
-from resumedoctor.journal import Operation, WriteFile
-from resumedoctor.recipe import RecipeError, dump_yaml
+from resumedoctor.journal import Operation
+from resumedoctor.recipe_edit import recipe_change
 from resumedoctor.registry import Fixer
 
 FAMILY = "config-drift"
-
-
-def _edit_recipe(ctx: RunContext, key: str, value, reason: str) -> list[Operation]:
-    try:
-        recipe = ctx.recipe()
-    except RecipeError:
-        return []
-    if recipe.data.get(key) == value:
-        return []
-    data = copy.deepcopy(recipe.data)
-    data[key] = value
-    return [WriteFile(recipe.path, dump_yaml(data), reason)]
 
 
 def plan_set_resume_path(ctx: RunContext, finding: Finding) -> list[Operation]:
     newest = finding.extra.get("newest")
     if not newest:
         return []
-    return _edit_recipe(ctx, "resume_from_checkpoint", newest, f"resume_from_checkpoint: {newest}")
+    return recipe_change(ctx, "resume_from_checkpoint", newest, f"resume_from_checkpoint: {newest}")
 
 
 def plan_restore_saved_value(ctx: RunContext, finding: Finding) -> list[Operation]:
     key, saved = finding.extra.get("key"), finding.extra.get("saved")
     if key is None:
         return []
-    return _edit_recipe(ctx, key, saved, f"{key}: {saved!r}, the checkpoint's value")
+    return recipe_change(ctx, key, saved, f"{key}: {saved!r}, the checkpoint's value")
 
 
 FIXERS = (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -10,7 +9,7 @@ from resumedoctor.context import JsonFileError, RunContext
 from resumedoctor.curriculum_state import STATE_FILE, promotion_due, replay
 from resumedoctor.findings import Finding, FixSafety
 from resumedoctor.journal import Operation, WriteFile
-from resumedoctor.recipe import RecipeError, dump_yaml
+from resumedoctor.recipe_edit import recipe_change
 from resumedoctor.registry import Fixer
 
 FAMILY = "curriculum-sync"
@@ -84,13 +83,8 @@ def plan_write_snapshot(ctx: RunContext, finding: Finding) -> list[Operation]:
 
 
 def plan_enable_restore(ctx: RunContext, finding: Finding) -> list[Operation]:
-    try:
-        recipe = ctx.recipe()
-    except RecipeError:
-        return []
-    data = copy.deepcopy(recipe.data)
-    data["restore_callback_states_from_checkpoint"] = True
-    return [WriteFile(recipe.path, dump_yaml(data), "restore_callback_states_from_checkpoint: true")]
+    return recipe_change(ctx, "restore_callback_states_from_checkpoint", True,
+                         "restore_callback_states_from_checkpoint: true")
 
 
 FIXERS = (

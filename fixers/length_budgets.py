@@ -11,6 +11,7 @@ from resumedoctor.findings import Finding, FixSafety
 from resumedoctor.journal import Operation, WriteFile, state_dir
 from resumedoctor.prompt_lengths import load_local_dataset
 from resumedoctor.recipe import REMOVED_KEYS, RecipeError, dump_yaml
+from resumedoctor.recipe_edit import recipe_change, set_key
 from resumedoctor.registry import Fixer
 
 FAMILY = "length-budgets"
@@ -28,14 +29,6 @@ def completion_budget(strategy: str, window: int, lengths=None) -> int:
     if share is None:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     return max(1, int(window * share))
-
-
-def _set_key(data, key: str, value, *, comment: str | None = None) -> None:
-    """Set a key in a round-trip mapping, in place if present, else at the end; the user's comment stays."""
-    has_comment = key in data and data.ca.items.get(key)
-    data[key] = value
-    if comment and not has_comment:
-        data.yaml_add_eol_comment(comment, key)
 
 
 def plan_migrate_removed_keys(ctx: RunContext, finding: Finding) -> list[Operation]:
@@ -73,10 +66,9 @@ def plan_reallocate_window(ctx: RunContext, finding: Finding) -> list[Operation]
     budget = completion_budget(strategy, window, lengths)
     if recipe.get("max_completion_length") == budget:
         return []  # already allocated this way: what is left is the dataset's business
-    data = copy.deepcopy(recipe.data)
-    _set_key(data, "max_completion_length", budget, comment=f"resumedoctor: {strategy} split of a {window}-token window")
-    return [WriteFile(recipe.path, dump_yaml(data),
-                      f"max_completion_length {recipe.get('max_completion_length')} -> {budget} ({strategy})")]
+    return recipe_change(ctx, "max_completion_length", budget,
+                         f"max_completion_length {recipe.get('max_completion_length')} -> {budget} ({strategy})",
+                         comment=f"resumedoctor: {strategy} split of a {window}-token window")
 
 
 def plan_filter_dataset(ctx: RunContext, finding: Finding) -> list[Operation]:
@@ -98,10 +90,10 @@ def plan_filter_dataset(ctx: RunContext, finding: Finding) -> list[Operation]:
     stem = source.stem if source.is_file() else source.name
     target = state_dir(ctx.target.output_dir) / "datasets" / f"{stem}-fits-{room}-tokens.jsonl"
     data = copy.deepcopy(recipe.data)
-    _set_key(data, "dataset_name", str(target.resolve()),
+    set_key(data, "dataset_name", str(target.resolve()),
              comment=f"resumedoctor: {len(keep)} of {len(lengths.lengths)} prompts of {source} fit {room} tokens")
     if "dataset_train_split" in data:
-        _set_key(data, "dataset_train_split", "train")
+        set_key(data, "dataset_train_split", "train")
     dropped = len(lengths.lengths) - len(keep)
     return [
         WriteFile(target, buffer.getvalue(), f"filtered copy of {source.name}: {dropped} over-long prompts left out"),

@@ -204,7 +204,12 @@ def run_training(plan: LaunchPlan, *, progress: bool | None = None) -> TrainingS
     """Step 5: build GRPOTrainer as `trl grpo` does (trl/scripts/grpo.py), add our callbacks, train."""
     from datasets import load_dataset
     from trl import GRPOTrainer, get_dataset, get_peft_config, get_quantization_config
-    from trl.rewards import accuracy_reward, get_soft_overlong_punishment, reasoning_accuracy_reward, think_format_reward
+    from trl.rewards import (
+        accuracy_reward,
+        get_soft_overlong_punishment,
+        reasoning_accuracy_reward,
+        think_format_reward,
+    )
     from trl.scripts.grpo import make_parser
 
     from resumedoctor.prompt_lengths import load_local_dataset, looks_local

@@ -3,7 +3,6 @@ sealing old runs after the fact, and a two-process run that must write one seal 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal

@@ -1,0 +1,31 @@
+"""Edits of the recipe that fixers plan: one key at a time, comments and order kept."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from resumedoctor.context import RunContext
+from resumedoctor.journal import Operation, WriteFile
+from resumedoctor.recipe import RecipeError, dump_yaml
+
+
+def set_key(data, key: str, value: Any, *, comment: str | None = None) -> None:
+    """Set a key of a round-trip mapping in place (or at the end); a user's own comment on it stays."""
+    has_comment = key in data and data.ca.items.get(key)
+    data[key] = value
+    if comment and not has_comment:
+        data.yaml_add_eol_comment(comment, key)
+
+
+def recipe_change(ctx: RunContext, key: str, value: Any, reason: str, *, comment: str | None = None) -> list[Operation]:
+    """The write that sets `key: value` in the run's recipe, or nothing when it is already so."""
+    try:
+        recipe = ctx.recipe()
+    except RecipeError:
+        return []
+    if key in recipe.data and recipe.data[key] == value:
+        return []
+    data = copy.deepcopy(recipe.data)
+    set_key(data, key, value, comment=comment)
+    return [WriteFile(recipe.path, dump_yaml(data), reason)]
