@@ -35,11 +35,11 @@ def cli(debug: bool) -> None:
     """Diagnose and fix a training run before you resume it."""
 
 
-def _load_registry():
+def _load_registry(*, fixers_now: bool = True):
     from resumedoctor.registry import PluginError, load_registry
 
     try:
-        return load_registry()
+        return load_registry(fixers_now=fixers_now)
     except PluginError as exc:
         raise UserFacingError(str(exc)) from None
 
@@ -109,8 +109,13 @@ def diagnose(path: Path, recipe: Path | None, wandb_dir: Path | None, fmt: str, 
 
     _check_inputs(path, recipe)
     settings = _settings_for(path, settings_file, select, ignore)
+    from resumedoctor.registry import PluginError
+
     options = Options(deep=deep, recipe=recipe, wandb_dir=wandb_dir, recipe_args=recipe_args)
-    report = run_diagnosis(path, settings=settings, options=options, registry=_load_registry())
+    try:
+        report = run_diagnosis(path, settings=settings, options=options, registry=_load_registry(fixers_now=False))
+    except PluginError as exc:  # a fixer plugin that fails to load when a finding needs it
+        raise UserFacingError(str(exc)) from None
     color = fmt == "text" and output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
     _write_output(render(report, fmt, color=color), output)
     return report.exit_code

@@ -25,7 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-STATE_DIR = ".resumedoctor"
+from resumedoctor.target import STATE_DIR, state_dir  # noqa: F401 - re-exported
+
 TRANSACTIONS = "transactions"
 QUARANTINE = "quarantine"
 TMP_SUFFIX = ".resumedoctor-tmp"
@@ -98,10 +99,6 @@ def _crash_point(name: str) -> None:
     wanted = os.environ.get("RESUMEDOCTOR_TEST_KILL_AT")
     if wanted and wanted in (name, f"t{_transactions_in_this_process - 1}-{name}"):
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def state_dir(output_dir: Path) -> Path:
-    return output_dir / STATE_DIR
 
 
 class Transaction:

@@ -17,8 +17,8 @@ from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
+from resumedoctor.cache import cache_dir
 from resumedoctor.errors import ReasonError
-from resumedoctor.recipe import cache_dir
 
 DATA_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",

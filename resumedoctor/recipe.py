@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from resumedoctor.cache import cache_dir, write_atomically
 from resumedoctor.errors import ReasonError
 
 # Keys TRL removed, with what to do instead (TRL 0.26 deprecated max_prompt_length, 0.28 removed it).
@@ -32,12 +33,6 @@ ENV_FIELDS = {"use_cpu": "ACCELERATE_USE_CPU"}
 
 class RecipeError(ReasonError):
     """The recipe cannot be read: a one-line reason with the line and column when known."""
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("RESUMEDOCTOR_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "resumedoctor")
-    return Path(root)
 
 
 def _installed_version(name: str) -> str | None:
@@ -94,13 +89,7 @@ def trl_fields() -> dict[str, Any]:
         from resumedoctor.helper_process import run_json
 
         fields = run_json("resumedoctor.recipe", {})  # importing TRL imports torch: not in this process
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(fields, sort_keys=True), encoding="utf-8")
-        os.replace(temporary, path)
-    except OSError:
-        pass  # a read-only home is no reason to fail a diagnosis
+    write_atomically(path, json.dumps(fields, sort_keys=True))
     return fields
 
 

@@ -66,7 +66,16 @@ class Fixer:
 @dataclass
 class Registry:
     families: list[CheckFamily] = field(default_factory=list)
-    fixers: list[Fixer] = field(default_factory=list)
+    _fixers: list[Fixer] = field(default_factory=list)
+    # Fixer modules load on first use: a diagnosis without findings never needs them.
+    _fixer_loader: Callable[[Registry], None] | None = None
+
+    @property
+    def fixers(self) -> list[Fixer]:
+        if self._fixer_loader is not None:
+            loader, self._fixer_loader = self._fixer_loader, None
+            loader(self)
+        return self._fixers
 
     def rules(self) -> list[tuple[CheckFamily, Rule]]:
         return [(family, rule) for family in self.families for rule in family.rules]
@@ -98,15 +107,74 @@ class Registry:
         for fixer in fixers:
             if not isinstance(fixer, Fixer):
                 raise PluginError(f"{source}: {fixer!r} is not a Fixer")
-            self.fixers.append(fixer)
+            self._fixers.append(fixer)
 
 
-def _entry_points(group: str) -> list[Any]:
+@dataclass(frozen=True)
+class PluginEntry:
+    """An entry point as importlib.metadata describes it: `name = module:attribute`."""
+
+    name: str
+    value: str
+
+    def load(self) -> Any:
+        import importlib
+
+        module, _, attribute = self.value.partition(":")
+        loaded = importlib.import_module(module.strip())
+        for part in attribute.strip().split(".") if attribute else []:
+            loaded = getattr(loaded, part)
+        return loaded
+
+
+def _scan_entry_points() -> dict[str, list[tuple[str, str]]]:
     from importlib.metadata import entry_points
 
-    # Installed twice (e.g. an editable and a regular copy) shows the same entry point twice.
-    unique = {(ep.name, ep.value): ep for ep in entry_points(group=group)}
-    return sorted(unique.values(), key=lambda ep: ep.name)
+    everything = entry_points()
+    return {group: sorted({(ep.name, ep.value) for ep in everything.select(group=group)})
+            for group in (CHECKS_GROUP, FIXERS_GROUP)}
+
+
+def _entry_point_table() -> dict[str, list[tuple[str, str]]]:
+    """Our two groups, from a cache keyed by every sys.path entry and its modification time.
+
+    Scanning every installed distribution is most of a diagnosis's start-up. Installing or removing a
+    package adds or removes a *.dist-info folder, which changes its folder's mtime: a new key.
+    """
+    import json
+    import os
+    import sys
+    import zlib
+
+    from resumedoctor.cache import cache_dir, write_atomically
+
+    stamps = []
+    for entry in sys.path:
+        try:
+            stamps.append([entry, os.stat(entry or ".").st_mtime_ns])
+        except OSError:
+            stamps.append([entry, None])
+    # The file name is a checksum; the stamps inside are compared exactly.
+    path = cache_dir() / f"entry-points-{zlib.crc32(json.dumps(stamps).encode()):08x}.json"
+    try:
+        cached = json.loads(path.read_text())
+        if cached["stamps"] == stamps:
+            return {group: [tuple(pair) for pair in pairs] for group, pairs in cached["groups"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    table = _scan_entry_points()
+    write_atomically(path, json.dumps({"stamps": stamps, "groups": table}))
+    return table
+
+
+def _entry_points(group: str) -> list[PluginEntry]:
+    if not _ENTRY_POINTS:
+        _ENTRY_POINTS.append(_entry_point_table())
+    # Installed twice (e.g. an editable and a regular copy) shows the same entry point once.
+    return [PluginEntry(name, value) for name, value in sorted(set(_ENTRY_POINTS[0].get(group, [])))]
+
+
+_ENTRY_POINTS: list[Any] = []
 
 
 def _load(entry_point: Any) -> Any:
@@ -118,19 +186,26 @@ def _load(entry_point: Any) -> Any:
         ) from exc
 
 
-def load_registry() -> Registry:
-    """Every check family and fixer installed, built-ins included."""
-    registry = Registry()
-    for entry_point in _entry_points(CHECKS_GROUP):
-        registry.add_family(_load(entry_point), f"plugin {entry_point.name!r}")
+def _load_fixers(registry: Registry) -> None:
     for entry_point in _entry_points(FIXERS_GROUP):
         loaded = _load(entry_point)
         fixers = [loaded] if isinstance(loaded, Fixer) else list(loaded)
         registry.add_fixers(fixers, f"plugin {entry_point.name!r}")
     known_codes = {rule.code for _, rule in registry.rules()}
-    for fixer in registry.fixers:
+    for fixer in registry._fixers:
         unknown = [code for code in fixer.codes if code not in known_codes]
         if unknown:
             raise PluginError(f"fixer {fixer.name!r} fixes unknown codes: {', '.join(unknown)}")
+
+
+def load_registry(*, fixers_now: bool = False) -> Registry:
+    """Every check family installed, built-ins included; fixers load on first use (or now)."""
+    _ENTRY_POINTS.clear()  # a fresh scan per registry: tests install plugins between calls
+    registry = Registry()
+    for entry_point in _entry_points(CHECKS_GROUP):
+        registry.add_family(_load(entry_point), f"plugin {entry_point.name!r}")
     registry.families.sort(key=lambda family: family.prefix)
+    registry._fixer_loader = _load_fixers
+    if fixers_now:
+        registry.fixers  # noqa: B018 - loads them, so a broken fixer plugin fails here
     return registry

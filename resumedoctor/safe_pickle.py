@@ -11,8 +11,6 @@ and devices their value.
 from __future__ import annotations
 
 import io
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -56,15 +54,27 @@ def _stub_class(module: str, name: str) -> type:
     return type(name, (_Stub,), {"qualname": f"{module}.{name}"})
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        root = module.split(".")[0]
-        if root in ALLOWED_ROOTS and name.isidentifier() and not name.startswith("_"):
-            return _stub_class(module, name)
-        raise UnsafePickleError(f"{module}.{name}")
+def _restricted_unpickler(data: bytes):
+    """A pickle.Unpickler that resolves no global of its own (pickle imported only when reading)."""
+    import pickle
 
-    def persistent_load(self, pid: Any) -> Any:
-        raise PickleReadError("the arguments pickle references tensor storage, which arguments never do")
+    class RestrictedUnpickler(pickle.Unpickler):
+        find_class = _find_class
+        persistent_load = _persistent_load
+
+    return RestrictedUnpickler(io.BytesIO(data))
+
+
+
+def _find_class(self, module: str, name: str) -> Any:
+    root = module.split(".")[0]
+    if root in ALLOWED_ROOTS and name.isidentifier() and not name.startswith("_"):
+        return _stub_class(module, name)
+    raise UnsafePickleError(f"{module}.{name}")
+
+
+def _persistent_load(self, pid: Any) -> Any:
+    raise PickleReadError("the arguments pickle references tensor storage, which arguments never do")
 
 
 def to_plain(value: Any) -> Any:
@@ -86,6 +96,8 @@ def to_plain(value: Any) -> Any:
 
 
 def read_pickle_member(path: Path) -> bytes:
+    import zipfile
+
     try:
         with zipfile.ZipFile(path) as archive:
             members = [info for info in archive.infolist() if info.filename.endswith("data.pkl")]
@@ -102,7 +114,7 @@ def read_training_args(path: Path) -> dict[str, Any]:
     """The saved arguments as a dict; raises UnsafePickleError or PickleReadError, never runs the pickle."""
     data = read_pickle_member(path)
     try:
-        loaded = _RestrictedUnpickler(io.BytesIO(data)).load()
+        loaded = _restricted_unpickler(data).load()
     except (UnsafePickleError, PickleReadError):
         raise
     except Exception as exc:  # noqa: BLE001 - a malformed pickle is one line for the user

@@ -22,6 +22,14 @@ CHECKPOINT_MARKERS = (
 )
 
 
+# Where resumedoctor keeps its own state inside an output_dir (journal, quarantine, decisions).
+STATE_DIR = ".resumedoctor"
+
+
+def state_dir(output_dir: Path) -> Path:
+    return output_dir / STATE_DIR
+
+
 class TargetError(Exception):
     """PATH does not exist, is not a folder, or cannot be read."""
 

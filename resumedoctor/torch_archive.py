@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import struct
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +37,7 @@ def _is_pickle(head: bytes) -> bool:
     return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
-def _member_problems(handle, info: zipfile.ZipInfo, data_limit: int) -> list[str]:
+def _member_problems(handle, info, data_limit: int) -> list[str]:
     handle.seek(info.header_offset)
     raw = handle.read(LOCAL_HEADER.size)
     if len(raw) < LOCAL_HEADER.size:
@@ -53,7 +52,9 @@ def _member_problems(handle, info: zipfile.ZipInfo, data_limit: int) -> list[str
     return []
 
 
-def _crc_problems(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> list[str]:
+def _crc_problems(archive, info) -> list[str]:
+    import zipfile
+
     try:
         with archive.open(info) as member:
             while member.read(_CRC_CHUNK):
@@ -65,6 +66,8 @@ def _crc_problems(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> list[str]:
 
 def inspect_torch_archive(path: Path, *, deep: bool = False) -> ArchiveReport:
     """Structure of a torch zip archive; with `deep`, also the CRC of every member."""
+    import zipfile  # here, not at import: most CLI runs never open an archive
+
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as handle:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from resumedoctor.context import JsonFileError, RunContext
-from resumedoctor.journal import state_dir
+from resumedoctor.target import state_dir
 from resumedoctor.wandb_log import RUN_FOLDER, RunLog, WandbLogError, read_run_log
 
 DECISION_FILE = "wandb.json"

@@ -124,3 +124,20 @@ CLASH = CheckFamily(name="clash", prefix="CKPT", title="t",
     with pytest.raises(PluginError, match="CKPT001 is already registered"):
         load_registry()
     sys.modules.pop("rd_demo_plugin", None)
+
+
+def test_entry_point_cache_is_invalidated_by_a_new_installation(tmp_path, monkeypatch):
+    from resumedoctor import registry as registry_module
+
+    monkeypatch.setenv("RESUMEDOCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    registry_module._ENTRY_POINTS.clear()
+    first = registry_module._entry_point_table()
+    assert list((tmp_path / "cache").glob("entry-points-*.json"))
+    assert registry_module._entry_point_table() == first  # served from the cache
+    assert first == {group: [tuple(p) for p in pairs] for group, pairs in registry_module._scan_entry_points().items()}
+    root = tmp_path / "site"
+    root.mkdir()
+    install_fake_distribution(root, GOOD_ENTRY_POINTS)
+    monkeypatch.syspath_prepend(str(root))  # a new installation location: a new key, a fresh scan
+    assert ("demo", "rd_demo_plugin:FAMILY") in registry_module._entry_point_table()["resumedoctor.checks"]
+    sys.modules.pop("rd_demo_plugin", None)

@@ -159,7 +159,7 @@ def test_two_processes_write_one_seal_per_checkpoint(tmp_path):
     script.write_text(TWO_PROCESSES)
     result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), str(run)],
                             capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, f"torchrun exit {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     writes = [line.split()[1:] for line in result.stdout.splitlines() if line.startswith("SEAL-WRITE")]
     # Each save is sealed twice by the main process (sizes at once, then hashes), never by rank 1.
     assert {rank for rank, _ in writes} == {"rank=0"}
