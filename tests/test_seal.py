@@ -47,7 +47,11 @@ from resumedoctor.demo import train_demo_run
 write = seal_callback.atomic_write
 
 def counted_write(path, data):
-    print(f"SEAL-WRITE rank={os.environ.get('RANK')} {Path(path).parent.name}", flush=True)
+    # One O_APPEND write per line: whole lines even with two processes (stdout lines can interleave).
+    line = f"rank={os.environ.get('RANK')} {Path(path).parent.name}\\n".encode()
+    descriptor = os.open(os.environ["SEAL_WRITE_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(descriptor, line)
+    os.close(descriptor)
     write(path, data)
 
 seal_callback.atomic_write = counted_write
@@ -157,10 +161,12 @@ def test_two_processes_write_one_seal_per_checkpoint(tmp_path):
     torchrun = Path(sys.executable).parent / "torchrun"
     script = tmp_path / "train_two.py"
     script.write_text(TWO_PROCESSES)
+    write_log = tmp_path / "seal-writes.log"
     result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), str(run)],
-                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "SEAL_WRITE_LOG": str(write_log)})
     assert result.returncode == 0, f"torchrun exit {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
-    writes = [line.split()[1:] for line in result.stdout.splitlines() if line.startswith("SEAL-WRITE")]
+    writes = [line.split() for line in write_log.read_text().splitlines()]
     # Each save is sealed twice by the main process (sizes at once, then hashes), never by rank 1.
     assert {rank for rank, _ in writes} == {"rank=0"}
     assert sorted({folder for _, folder in writes}) == ["checkpoint-2", "checkpoint-4"]
