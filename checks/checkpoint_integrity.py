@@ -288,19 +288,6 @@ class CheckpointLayout:
     def rng_files(self) -> list[str]:
         return sorted(name for name in self.files if re.match(r"^rng_state(_\d+)?\.pth$", name))
 
-    def describe(self) -> str:
-        if self.is_peft:
-            kind = "PEFT adapter"
-        elif self.shards or SAFETENSORS_INDEX in self.files:
-            kind = f"sharded model ({len(self.shards)} shards)"
-        elif self.is_deepspeed:
-            kind = "DeepSpeed"
-        else:
-            kind = "full model"
-        if not ({"optimizer.pt", "scheduler.pt"} & self.files or self.rng_files or self.is_deepspeed):
-            kind += ", model only"
-        return kind
-
 
 def detect_layout(folder: Path) -> CheckpointLayout:
     files, tag_dirs, fsdp = set(), [], False

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from resumedoctor.context import JsonFileError, RunContext
 from resumedoctor.findings import Finding, Rule, Severity
-from resumedoctor.recipe import RecipeError, _installed_version
+from resumedoctor.recipe import RecipeError, installed_version
 from resumedoctor.registry import CheckFamily
 
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
@@ -142,12 +142,12 @@ def run(ctx: RunContext) -> Iterator[Finding]:
     yield from check_gpus(ctx, checkpoint)
     if checkpoint is None:
         return
-    torch_version = _installed_version("torch")
+    torch_version = installed_version("torch")
     if torch_version and version_tuple(torch_version) < (2, 6):
         yield TORCH_TOO_OLD.finding(f"torch {torch_version} is installed; transformers needs >= 2.6 to load rng_state.pth",
                                     hint="pip install 'torch>=2.6'")
     for package, written in sorted(recorded_versions(ctx, checkpoint).items()):
-        installed = _installed_version(package)
+        installed = installed_version(package)
         if installed is None or version_tuple(installed) == version_tuple(written):
             continue
         if version_tuple(installed) < version_tuple(written):

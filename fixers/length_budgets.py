@@ -8,11 +8,12 @@ from pathlib import Path
 
 from resumedoctor.context import RunContext
 from resumedoctor.findings import Finding, FixSafety
-from resumedoctor.journal import Operation, WriteFile, state_dir
+from resumedoctor.journal import Operation, WriteFile
 from resumedoctor.prompt_lengths import load_local_dataset
 from resumedoctor.recipe import REMOVED_KEYS, RecipeError, dump_yaml
 from resumedoctor.recipe_edit import recipe_change, set_key
 from resumedoctor.registry import Fixer
+from resumedoctor.target import state_dir
 
 FAMILY = "length-budgets"
 STRATEGIES = ("balanced", "completion_heavy", "prompt_heavy", "data")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from resumedoctor.context import RunContext
 from resumedoctor.findings import Finding, FixSafety
-from resumedoctor.journal import Operation, WriteFile, state_dir
+from resumedoctor.journal import Operation, WriteFile
 from resumedoctor.registry import Fixer
+from resumedoctor.target import state_dir
 from resumedoctor.wandb_runs import DECISION_FILE
 
 

@@ -18,7 +18,6 @@ in stage s reaches `thresholds[s]` (`mode="max"`: at least; `"min"`: at most).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -43,6 +42,7 @@ class CurriculumCallback(TrainerCallback, ExportableState):
         self.stage = 0
         self.history: list[dict] = []
         self._output_dir: str | None = None
+        self._main_process = True  # the Trainer's state.is_world_process_zero, from on_train_begin
 
     # ---- ExportableState ------------------------------------------------------------------------
     def snapshot(self) -> dict:
@@ -63,17 +63,18 @@ class CurriculumCallback(TrainerCallback, ExportableState):
 
     def _write_snapshot(self) -> None:
         folder = self._checkpoint_folder(self.global_step)
-        if folder is not None and folder.is_dir() and _is_main_process():
+        if folder is not None and folder.is_dir() and self._main_process:
             atomic_write(folder / STATE_FILE, (json.dumps(self.snapshot(), indent=2) + "\n").encode())
 
     def _write_live(self) -> None:
-        if self._output_dir and _is_main_process():
+        if self._output_dir and self._main_process:
             Path(self._output_dir).mkdir(parents=True, exist_ok=True)
             atomic_write(Path(self._output_dir) / STATE_FILE, (json.dumps(self.snapshot(), indent=2) + "\n").encode())
 
     # ---- TrainerCallback -------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
         self._output_dir = args.output_dir
+        self._main_process = state.is_world_process_zero
         if state.global_step > 0 and self.global_step != state.global_step:
             # Resuming and the Trainer did not restore us: take the resumed checkpoint's snapshot.
             snapshot = self._checkpoint_folder(state.global_step) / STATE_FILE
@@ -98,7 +99,3 @@ class CurriculumCallback(TrainerCallback, ExportableState):
 
     def on_save(self, args, state, control, **kwargs):
         self._write_snapshot()  # already written from state(); kept for trainers that skip ExportableState
-
-
-def _is_main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") in ("0", "-1")

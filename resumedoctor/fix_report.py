@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 
 from resumedoctor.fixing import FixResult, describe_operation, preview
+from resumedoctor.journal import Quarantine
 from resumedoctor.report import render
-
-
-def _relative(path, start) -> str:
-    return os.path.relpath(path, start) if os.path.isabs(str(path)) == os.path.isabs(str(start)) else str(path)
 
 
 def render_fix(result: FixResult, fmt: str, *, color: bool = False, asked_to_apply: bool = True) -> str:
@@ -49,7 +45,7 @@ def _as_dict(result: FixResult) -> dict:
         "dry_run": result.dry_run,
         "recovered": result.recovered,
         "changes": [
-            {"kind": "quarantine" if type(op).__name__ == "Quarantine" else "write", "path": str(op.path),
+            {"kind": "quarantine" if isinstance(op, Quarantine) else "write", "path": str(op.path),
              "code": op.code, "fixer": op.fixer, "reason": op.reason}
             for op in result.operations
         ],

@@ -25,11 +25,10 @@ from resumedoctor.journal import (
     list_transactions,
     new_id,
     remove_empty_state_dir,
-    state_dir,
 )
 from resumedoctor.registry import Fixer, Registry, load_registry
 from resumedoctor.settings import Settings, find_settings
-from resumedoctor.target import resolve_target
+from resumedoctor.target import resolve_target, state_dir
 
 # Each round applies the safe fixes, or else the unsafe ones, then checks again: a quarantine can
 # uncover findings in the checkpoint that becomes the newest. A few rounds always suffice.

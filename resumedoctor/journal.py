@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from resumedoctor.target import STATE_DIR, state_dir  # noqa: F401 - re-exported
+from resumedoctor.target import state_dir
 
 TRANSACTIONS = "transactions"
 QUARANTINE = "quarantine"

@@ -99,9 +99,7 @@ def prepare(recipe_path: Path, recipe_args: tuple[str, ...] = (), *, fix: bool =
     except ReasonError as exc:
         raise LaunchError(exc.reason) from None
     section = _launcher_section(recipe)
-    output = recipe.data.get("output_dir")
-    if "output_dir" in recipe.overrides:
-        output = recipe.overrides["output_dir"]
+    output = recipe.get("output_dir")
     if not output:
         raise LaunchError("the recipe has no output_dir")
     output_dir = Path(str(output)).expanduser()

@@ -35,7 +35,7 @@ class RecipeError(ReasonError):
     """The recipe cannot be read: a one-line reason with the line and column when known."""
 
 
-def _installed_version(name: str) -> str | None:
+def installed_version(name: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -77,7 +77,7 @@ def trl_fields() -> dict[str, Any]:
 
     Cached per TRL/transformers version: importing TRL takes seconds.
     """
-    versions = f"trl-{_installed_version('trl')}-transformers-{_installed_version('transformers')}"
+    versions = f"trl-{installed_version('trl')}-transformers-{installed_version('transformers')}"
     path = cache_dir() / f"grpo-fields-v2-{versions}.json"
     try:
         return json.loads(path.read_text(encoding="utf-8"))

@@ -59,15 +59,9 @@ def checkpoint_files(folder: Path) -> list[Path]:
 
 
 def installed_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+    from resumedoctor.recipe import installed_version
 
-    found = {}
-    for name in LIBRARIES:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return found
+    return {name: found for name in LIBRARIES if (found := installed_version(name))}
 
 
 def hash_file_pipelined(path: Path, name: str) -> str:
@@ -110,13 +104,13 @@ def hash_files(paths: list[Path], name: str) -> dict[Path, str]:
 
 def build_seal(folder: Path, *, global_step: int, world_size: int, arguments: dict[str, Any],
                dataset_fingerprint: str | None = None, wandb: dict | None = None,
-               versions: dict[str, str] | None = None, after_the_fact: bool = False, parallel: bool = True,
+               versions: dict[str, str] | None = None, after_the_fact: bool = False, pipelined: bool = True,
                with_hashes: bool = True) -> dict:
     name = hash_name()
     paths = checkpoint_files(folder)
     if not with_hashes:
         hashes = {}
-    elif parallel:
+    elif pipelined:
         hashes = hash_files(paths, name)
     else:
         hashes = {path: hash_file(path, name) for path in paths}

@@ -48,7 +48,7 @@ class SealCallback(TrainerCallback):
                                              name=f"seal-{folder.name}")
             self._pending.start()
         else:
-            seal_checkpoint(folder, inputs, parallel=True)
+            seal_checkpoint(folder, inputs, pipelined=True)
 
     def on_train_end(self, args, state, control, **kwargs):
         self.wait()
@@ -60,10 +60,9 @@ class SealCallback(TrainerCallback):
             self._pending = None
 
 
-def seal_checkpoint(folder: Path, inputs: dict, parallel: bool = False) -> None:
-    # In the background one thread is enough (training keeps the other cores busy), and a thread
-    # pool cannot start while the interpreter shuts down.
-    atomic_write(folder / SEAL_FILE, seal_bytes(build_seal(folder, parallel=parallel, **inputs)))
+def seal_checkpoint(folder: Path, inputs: dict, pipelined: bool = False) -> None:
+    # In the background one thread is enough: training keeps the other cores busy.
+    atomic_write(folder / SEAL_FILE, seal_bytes(build_seal(folder, pipelined=pipelined, **inputs)))
 
 
 def wandb_position() -> dict | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
@@ -26,7 +26,6 @@ class ArchiveReport:
     # The pre-1.6 torch format: a bare pickle that cannot be verified without unpickling.
     legacy_pickle: bool = False
     unreadable: bool = False
-    pickle_members: tuple[str, ...] = field(default=())
 
     @property
     def ok(self) -> bool:
@@ -100,6 +99,6 @@ def inspect_torch_archive(path: Path, *, deep: bool = False) -> ArchiveReport:
                 if deep and not problems:
                     for info in infos:
                         problems += _crc_problems(archive, info)
-                return ArchiveReport(path, size, names, tuple(problems), pickle_members=pickles)
+                return ArchiveReport(path, size, names, tuple(problems))
     except OSError as exc:
         return ArchiveReport(path, 0, problems=(f"cannot be read: {exc.strerror or exc}",), unreadable=True)

@@ -98,7 +98,6 @@ class RunMatch:
     run_id: str
     segments: list[RunLog]
     wandb_dir: Path
-    unreadable: list[tuple[Path, str]]
 
     @property
     def history(self) -> list[tuple[int, int | None, bool]]:
@@ -144,7 +143,7 @@ def find_runs(ctx: RunContext) -> tuple[list[RunMatch], list[tuple[Path, str]], 
 
     def matching(by_name: bool) -> list[RunMatch]:
         return [
-            RunMatch(run_id, [log for _, log, _ in entries], entries[-1][2], [])
+            RunMatch(run_id, [log for _, log, _ in entries], entries[-1][2])
             for run_id, entries in by_id.items()
             if any(_same_output_dir(log.config.get("output_dir"), ctx.target.output_dir, by_name=by_name)
                    for _, log, _ in entries)

@@ -208,8 +208,8 @@ def test_torch_older_than_2_6(full_run, monkeypatch):
     # torch < 2.6 cannot be installed beside this project's pins; the installed version is simulated.
     from resumedoctor.checks import environment
 
-    real = environment._installed_version
-    monkeypatch.setattr(environment, "_installed_version", lambda name: "2.5.1" if name == "torch" else real(name))
+    real = environment.installed_version
+    monkeypatch.setattr(environment, "installed_version", lambda name: "2.5.1" if name == "torch" else real(name))
     report = env_report(full_run)
     assert by_code(report, "ENV002") and report.exit_code == 1
 

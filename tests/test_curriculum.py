@@ -66,6 +66,15 @@ def killed_run(curriculum_runs, tmp_path) -> Path:
     return Path(shutil.copytree(curriculum_runs["killed"], tmp_path / "killed"))
 
 
+def forget_checkpoint_state(checkpoint: Path) -> None:
+    """A checkpoint with neither a snapshot nor stateful_callbacks: only the live file knows the stage."""
+    (checkpoint / "curriculum_state.json").unlink()
+    trainer_state_path = checkpoint / "trainer_state.json"
+    trainer_state = json.loads(trainer_state_path.read_text())
+    del trainer_state["stateful_callbacks"]["CurriculumCallback"]
+    trainer_state_path.write_text(json.dumps(trainer_state))
+
+
 def curr(path: Path, **options):
     return diagnose(path, settings=Settings(select=("CURR",)), options=Options(**options), environ={})
 
@@ -135,11 +144,7 @@ def test_live_state_behind(killed_run):
 
 
 def test_no_snapshot_and_no_callback_state_cuts_the_live_history(curriculum_runs, killed_run):
-    (killed_run / "checkpoint-4" / "curriculum_state.json").unlink()
-    trainer_state_path = killed_run / "checkpoint-4" / "trainer_state.json"
-    trainer_state = json.loads(trainer_state_path.read_text())
-    del trainer_state["stateful_callbacks"]["CurriculumCallback"]
-    trainer_state_path.write_text(json.dumps(trainer_state))
+    forget_checkpoint_state(killed_run / "checkpoint-4")
     fix(killed_run, settings=Settings(select=("CURR",)), environ={})
     expected = json.loads((curriculum_runs["whole"] / "checkpoint-4" / "curriculum_state.json").read_text())
     # The promotion right after step 4 is kept: step 5's entry was logged in the promoted stage.
@@ -147,11 +152,7 @@ def test_no_snapshot_and_no_callback_state_cuts_the_live_history(curriculum_runs
 
 
 def test_cut_without_later_entries_replays_the_rule_for_the_stage(curriculum_runs, killed_run):
-    (killed_run / "checkpoint-4" / "curriculum_state.json").unlink()
-    trainer_state_path = killed_run / "checkpoint-4" / "trainer_state.json"
-    trainer_state = json.loads(trainer_state_path.read_text())
-    del trainer_state["stateful_callbacks"]["CurriculumCallback"]
-    trainer_state_path.write_text(json.dumps(trainer_state))
+    forget_checkpoint_state(killed_run / "checkpoint-4")
     state = live(killed_run)
     state["history"] = [e for e in state["history"] if e["step"] <= 4]  # nothing after the cut to read
     state["global_step"] = 5

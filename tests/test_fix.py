@@ -17,8 +17,8 @@ from conftest import codes, run_cli
 
 from resumedoctor.diagnose import diagnose
 from resumedoctor.fixing import fix, undo
-from resumedoctor.journal import STATE_DIR
 from resumedoctor.settings import Settings
+from resumedoctor.target import STATE_DIR
 
 
 def tree(root: Path, *, skip_state: bool = False) -> dict[str, str]:
