@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from resumedoctor.context import JsonFileError, RunContext
+from resumedoctor.context import CHECKPOINT_ERRORS, JsonFileError, RunContext
 from resumedoctor.findings import Finding, Rule, Severity
 from resumedoctor.registry import CheckFamily
 from resumedoctor.safe_pickle import PickleReadError, UnsafePickleError
@@ -645,7 +645,9 @@ def check_output_dir(ctx: RunContext) -> Iterator[Finding]:
             debris.extra["checkpoint"] = str(entry)
             yield debris
     if not target.checkpoints:
-        yield NO_CHECKPOINT.finding(f"{target.output_dir} holds no checkpoint-N folder", path=str(target.output_dir))
+        final = f" (only the final model: {', '.join(target.final_model)})" if target.finished else ""
+        yield NO_CHECKPOINT.finding(f"{target.output_dir} holds no checkpoint-N folder{final}",
+                                    path=str(target.output_dir))
         return
     per_checkpoint = {folder: inspect_checkpoint(ctx, folder) for folder in target.checkpoints}
     newest = target.checkpoint
@@ -687,4 +689,5 @@ FAMILY = CheckFamily(
     title="Checkpoint integrity: files whole, headers and archives consistent, state written",
     rules=RULES,
     run=run,
+    services={CHECKPOINT_ERRORS: lambda ctx, folder: _errors(ctx, inspect_checkpoint(ctx, folder))},
 )

@@ -18,6 +18,9 @@ from resumedoctor.torch_archive import ArchiveReport, inspect_torch_archive
 
 T = TypeVar("T")
 
+# Names of the shared verdicts a family can offer (CheckFamily.services).
+CHECKPOINT_ERRORS = "checkpoint_errors"  # (ctx, folder) -> the findings that make it unusable
+
 
 class JsonFileError(ReasonError):
     """A JSON file that cannot be read or parsed."""
@@ -42,6 +45,19 @@ def read_json_file(path: Path) -> Any:
         raise JsonFileError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
     except RecursionError:
         raise JsonFileError("not valid JSON: nested too deeply") from None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a checkpoint stands in its run."""
+
+    global_step: int
+    max_steps: int | None  # None when the state does not say
+
+    @property
+    def finished(self) -> bool:
+        """The run reached its horizon: a resume with the same max_steps trains nothing."""
+        return self.max_steps is not None and self.global_step >= self.max_steps
 
 
 @dataclass(frozen=True)
@@ -70,6 +86,8 @@ class RunContext:
         self.environ = dict(os.environ if environ is None else environ)
         self._cache: dict[tuple, tuple[bool, Any]] = {}
         self.loads: dict[str, int] = {}  # reader name -> how many files it really read
+        # Shared verdicts, offered by the family that owns them (CheckFamily.services).
+        self.services: dict[str, Callable[..., Any]] = {}
 
     def memo(self, key: tuple, compute: Callable[[], T], name: str = "memo") -> T:
         """compute(), once per run for this key; a raised error is cached and re-raised."""
@@ -114,4 +132,58 @@ class RunContext:
 
     def severity_of(self, finding: Finding) -> Severity:
         return self.settings.severity_for(finding.code, finding.severity)
+
+    # --- shared verdicts -------------------------------------------------------------------------
+
+    def checkpoint_errors(self, folder: Path) -> list[Finding] | None:
+        """The error findings that make a checkpoint unusable; None when no installed family can judge it."""
+        provider = self.services.get(CHECKPOINT_ERRORS)
+        if provider is None:
+            return None
+        return self.memo(("checkpoint-errors", Path(folder)), lambda: list(provider(self, Path(folder))))
+
+    def usable_checkpoints(self) -> list[Path]:
+        """The target's checkpoints with no error finding, oldest first (all of them when none can judge)."""
+        return [folder for folder in self.target.checkpoints if not self.checkpoint_errors(folder)]
+
+    def newest_usable_checkpoint(self) -> Path | None:
+        usable = self.usable_checkpoints()
+        return usable[-1] if usable else None
+
+    def progress(self, checkpoint: Path | None) -> Progress | None:
+        """global_step and max_steps as the checkpoint's trainer_state.json records them; None if unreadable."""
+        if checkpoint is None:
+            return None
+        try:
+            state = self.read_json(Path(checkpoint) / "trainer_state.json")
+        except JsonFileError:
+            return None
+        step = state.get("global_step") if isinstance(state, dict) else None
+        horizon = state.get("max_steps") if isinstance(state, dict) else None
+        if type(step) is not int or step < 0:
+            return None
+        return Progress(step, horizon if type(horizon) is int and horizon > 0 else None)
+
+    def resume_point(self) -> Path | None:
+        """The checkpoint the resume will really start from once the fixes that move it are applied.
+
+        One answer for every family, so that the W&B decision, the recipe edit and the curriculum restore
+        form one plan: a recipe's explicit `resume_from_checkpoint` when that checkpoint is usable,
+        otherwise the newest usable checkpoint (where `fix` moves the resume to).
+        """
+        explicit = self._explicit_resume_path()
+        if explicit is not None and explicit.is_dir() and not self.checkpoint_errors(explicit):
+            return explicit
+        if not self.target.is_output_dir:
+            return self.target.checkpoint
+        return self.newest_usable_checkpoint()
+
+    def _explicit_resume_path(self) -> Path | None:
+        if self.options.recipe is None:
+            return None
+        try:
+            value = self.recipe().resolve("resume_from_checkpoint").value
+        except ReasonError:  # an unreadable recipe is the LEN family's finding, not a verdict here
+            return None
+        return Path(value).expanduser() if isinstance(value, str) and value else None
 

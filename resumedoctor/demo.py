@@ -111,9 +111,13 @@ def train_demo_run(
     callbacks: list | None = None,
     seed: int = 0,
     resume_from_checkpoint: str | bool | None = None,
+    save_final_model: bool = False,
     **config_overrides: Any,
 ) -> Path:
-    """Train a few GRPO steps with TRL on CPU; returns the output_dir holding checkpoint-N folders."""
+    """Train a few GRPO steps with TRL on CPU; returns the output_dir holding checkpoint-N folders.
+
+    `save_final_model` ends the run as `trl grpo` does: `trainer.save_model(output_dir)`.
+    """
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
@@ -152,6 +156,8 @@ def train_demo_run(
         callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    if save_final_model:
+        trainer.save_model(str(output_dir))
     return Path(output_dir)
 
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resumedoctor.context import Options, RunContext
+from resumedoctor.context import Options, Progress, RunContext
 from resumedoctor.findings import Finding, FixInfo, Severity, summarize
 from resumedoctor.registry import CheckFamily, Registry, load_registry
 from resumedoctor.settings import Settings, find_settings
@@ -50,6 +50,8 @@ class Report:
     families: tuple[FamilyResult, ...]
     findings: tuple[Finding, ...]
     rules: tuple[RuleInfo, ...] = field(default=())
+    # Where the resume checkpoint stands in its run (None: no checkpoint, or its state is unreadable).
+    progress: Progress | None = None
 
     @property
     def summary(self) -> dict[str, int]:
@@ -64,6 +66,9 @@ class Report:
             "version": 1,
             "target": self.target,
             "resume_from": self.resume_from,
+            "run": None if self.progress is None else {
+                "global_step": self.progress.global_step, "max_steps": self.progress.max_steps,
+                "finished": self.progress.finished},
             "findings": [finding.to_dict() for finding in self.findings],
             "summary": self.summary,
         }
@@ -102,6 +107,8 @@ def _run_family(family: CheckFamily, ctx: RunContext, registry: Registry) -> Fam
 
 def run_checks(ctx: RunContext, registry: Registry) -> Report:
     """Every enabled family over the context's target."""
+    for family in registry.families:
+        ctx.services.update(family.services)
     results = []
     for family in registry.families:
         if not any(ctx.settings.is_enabled(rule.code) for rule in family.rules):
@@ -132,6 +139,7 @@ def run_checks(ctx: RunContext, registry: Registry) -> Report:
         families=tuple(results),
         findings=tuple(findings),
         rules=rules,
+        progress=ctx.progress(checkpoint),
     )
 
 

@@ -45,6 +45,9 @@ class CheckFamily:
     requires: tuple[str, ...] = ()
     # Why the family has nothing to check for this target (no recipe, no W&B run...), or None.
     not_applicable: Callable[[RunContext], str | None] | None = None
+    # Verdicts other families need, offered through the run context (see RunContext.SERVICES): families
+    # never import each other.
+    services: dict[str, Callable[..., Any]] = field(default_factory=dict)
 
     def missing_requirements(self) -> list[str]:
         return [name for name in self.requires if not _importable(name)]

@@ -1,4 +1,13 @@
-"""What PATH means: one `checkpoint-N` folder, or a training `output_dir` holding several."""
+"""What PATH means: one checkpoint folder, or a training `output_dir` at any stage of its life.
+
+transformers writes two kinds of folder, and the difference decides everything downstream:
+- a checkpoint (`Trainer._save_checkpoint`): weights, `trainer_state.json` and, unless
+  `save_only_model`, the training state (optimizer, scheduler, RNG per rank);
+- an output_dir: the `checkpoint-N` folders, and once training finished, the final model that
+  `trainer.save_model(output_dir)` writes beside them (weights, config, tokenizer,
+  `training_args.bin`, model card) — never a training state.
+A finished output_dir therefore holds model files and is still an output_dir.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +19,23 @@ from pathlib import Path
 # transformers.trainer_utils._re_checkpoint: only these names are resume candidates.
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 TMP_CHECKPOINT_NAME = re.compile(r"^tmp-checkpoint-(\d+)$")
-# A folder holding any of these is a checkpoint even when its name is not checkpoint-N.
-CHECKPOINT_MARKERS = (
-    "trainer_state.json",
+# Written only by a checkpoint save (never by `save_model`): their presence makes a folder a checkpoint
+# whatever its name (a renamed or copied checkpoint).
+TRAINING_STATE_FILES = ("optimizer.pt", "optimizer.bin", "scheduler.pt", "scaler.pt", "rng_state.pth")
+TRAINING_STATE_PATTERNS = (
+    re.compile(r"^rng_state_\d+\.pth$"),  # one per process of a multi-process save
+    re.compile(r"^rank\d+-of-\d+-optimizer\.pt$"),
+    re.compile(r"^optimizer_\d+$"),  # accelerate FSDP sharded optimizer
+    re.compile(r"^pytorch_model_fsdp_\d+$"),
+    re.compile(r"^global_step\d+$"),  # DeepSpeed
+)
+# What `save_model` puts into the output_dir at the end of a run.
+FINAL_MODEL_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
     "adapter_model.safetensors",
     "pytorch_model.bin",
-    "optimizer.pt",
-    "training_args.bin",
+    "pytorch_model.bin.index.json",
 )
 
 
@@ -48,30 +65,50 @@ class Target:
     # Every checkpoint to check, oldest first.
     checkpoints: tuple[Path, ...]
     is_output_dir: bool
+    # The final model files `save_model` left in the output_dir: the run reached its end at least once.
+    final_model: tuple[str, ...] = ()
 
     @property
     def display(self) -> str:
         return str(self.path)
 
+    @property
+    def finished(self) -> bool:
+        return bool(self.final_model)
+
+
+def _names(folder: Path) -> list[str]:
+    try:
+        return os.listdir(folder)
+    except OSError as exc:
+        raise TargetError(f"cannot list {folder}: {exc.strerror or exc}") from None
+
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
     """`checkpoint-N` folders, oldest first, as `get_last_checkpoint` sees them."""
-    try:
-        names = os.listdir(output_dir)
-    except OSError as exc:
-        raise TargetError(f"cannot list {output_dir}: {exc.strerror or exc}") from None
     found = [
         output_dir / name
-        for name in names
+        for name in _names(output_dir)
         if CHECKPOINT_NAME.match(name) and (output_dir / name).is_dir()
     ]
     return sorted(found, key=lambda path: checkpoint_step(path) or 0)
 
 
+def holds_training_state(names: list[str]) -> bool:
+    """Does a folder with these entries hold what only a checkpoint save writes?"""
+    return any(name in TRAINING_STATE_FILES or any(p.match(name) for p in TRAINING_STATE_PATTERNS)
+               for name in names)
+
+
 def looks_like_checkpoint(folder: Path) -> bool:
+    """A `checkpoint-N` folder, or a folder holding a training state or trainer_state.json but no checkpoints."""
     if CHECKPOINT_NAME.match(folder.name):
         return True
-    return any((folder / marker).exists() for marker in CHECKPOINT_MARKERS)
+    names = _names(folder)
+    if any(CHECKPOINT_NAME.match(name) or TMP_CHECKPOINT_NAME.match(name) for name in names):
+        return False  # checkpoints inside: an output_dir, finished or not
+    # trainer_state.json alone also marks a model-only checkpoint (save_only_model) that was renamed.
+    return holds_training_state(names) or "trainer_state.json" in names
 
 
 def resolve_target(path: str | os.PathLike) -> Target:
@@ -84,18 +121,15 @@ def resolve_target(path: str | os.PathLike) -> Target:
     if not os.access(given, os.R_OK | os.X_OK):
         raise TargetError(f"{given}: permission denied")
     if looks_like_checkpoint(given):
-        return Target(
-            path=given,
-            output_dir=given.parent,
-            checkpoint=given,
-            checkpoints=(given,),
-            is_output_dir=False,
-        )
+        return Target(path=given, output_dir=given.parent, checkpoint=given, checkpoints=(given,),
+                      is_output_dir=False)
     checkpoints = list_checkpoints(given)
+    names = set(_names(given))
     return Target(
         path=given,
         output_dir=given,
         checkpoint=checkpoints[-1] if checkpoints else None,
         checkpoints=tuple(checkpoints),
         is_output_dir=True,
+        final_model=tuple(name for name in FINAL_MODEL_FILES if name in names),
     )

@@ -112,7 +112,7 @@ def test_json_matches_the_design_contract(damaged_report):
     document = json.loads(render(damaged_report, "json"))
     assert document["version"] == 1
     assert document["target"] == "full"
-    assert set(document) == {"version", "target", "findings", "summary", "resume_from"}
+    assert set(document) == {"version", "target", "findings", "summary", "resume_from", "run"}
     for finding in document["findings"]:
         assert set(finding) == {"code", "severity", "check", "message", "path", "hint", "fix"}
         assert finding["severity"] in {"error", "warning", "info"}

@@ -90,6 +90,11 @@ def render(report: Report, *, color: bool = False, width: int | None = None) -> 
         console.print(Text(f"! Resume is possible, but read the warnings: {_counts(report.findings)}.", style="yellow"))
     elif report.resume_from is None:
         console.print(Text("✔ Nothing to resume: training starts at step 0.", style="bold green"))
+    elif report.progress is not None and report.progress.finished:
+        progress = report.progress
+        console.print(Text(f"✔ Safe to resume from {resume}: the run finished there (global step "
+                           f"{progress.global_step} of max_steps {progress.max_steps}); raise max_steps to train "
+                           "longer.", style="bold green"))
     else:
         console.print(Text(f"✔ Safe to resume from {resume}.", style="bold green"))
     return "\n".join(line.rstrip() for line in buffer.getvalue().split("\n"))
