@@ -661,9 +661,11 @@ def check_output_dir(ctx: RunContext) -> Iterator[Finding]:
             f"resume_from_checkpoint=True would pick {newest.name}, which is unusable "
             f"({_error_summary(newest_errors)}); {instead}",
             path=str(newest),
-            hint=f"resume from {fallback} (fix --unsafe quarantines {newest.name})" if fallback else "start from scratch or restore a good copy",
+            hint=(f"repair {newest.name} (its findings above), or resume from {fallback} (fix --unsafe quarantines "
+                  f"{newest.name})" if fallback else "repair it, start from scratch or restore a good copy"),
         )
-        finding.extra.update(checkpoint=str(newest), fallback=str(fallback) if fallback else None)
+        finding.extra.update(checkpoint=str(newest), fallback=str(fallback) if fallback else None,
+                             caused_by=newest_errors)
         yield finding
     for folder in target.checkpoints[:-1]:
         errors = _errors(ctx, per_checkpoint[folder])

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from resumedoctor.context import Options, Progress, RunContext
-from resumedoctor.findings import Finding, FixInfo, Severity, summarize
+from resumedoctor.findings import Finding, FixInfo, FixSafety, Severity, summarize
 from resumedoctor.registry import CheckFamily, Registry, load_registry
 from resumedoctor.settings import Settings, find_settings
 from resumedoctor.target import resolve_target
@@ -83,6 +83,22 @@ def fix_info_for(registry: Registry, code: str) -> FixInfo | None:
     return FixInfo(fixer.safety, fixer.description)
 
 
+def fix_info_of(registry: Registry, finding: Finding) -> FixInfo | None:
+    """What `fix` will really do about a finding.
+
+    A finding caused by others (`extra["caused_by"]`, e.g. an unusable resume target and the damage that
+    makes it unusable) disappears once its causes are repaired: when every cause has a safe fix, `fix
+    --auto` resolves it without the finding's own (unsafe) fixer ever running.
+    """
+    causes = finding.extra.get("caused_by") or []
+    cause_fixes = [fix_info_for(registry, cause.code) for cause in causes]
+    if causes and all(info is not None and info.safety is FixSafety.SAFE for info in cause_fixes):
+        repaired = ", ".join(sorted({cause.code for cause in causes}))
+        return FixInfo(FixSafety.SAFE, f"fixed by the safe fixes of its cause ({repaired}): "
+                       + "; ".join(sorted({info.description for info in cause_fixes})))
+    return fix_info_for(registry, finding.code)
+
+
 def _run_family(family: CheckFamily, ctx: RunContext, registry: Registry) -> FamilyResult:
     started = time.perf_counter()
     try:
@@ -98,7 +114,7 @@ def _run_family(family: CheckFamily, ctx: RunContext, registry: Registry) -> Fam
                 finding,
                 check=family.name,
                 severity=ctx.severity_of(finding),
-                fix=finding.fix or fix_info_for(registry, finding.code),
+                fix=finding.fix or fix_info_of(registry, finding),
             )
         )
     return FamilyResult(family.name, family.prefix, family.title, "ran",

@@ -153,6 +153,23 @@ def test_missing_index_is_rebuilt_as_transformers_wrote_it(sharded_run):
     AutoModelForCausalLM.from_pretrained(sharded_run / "checkpoint-6")  # loads through the new index
 
 
+def test_summary_asks_only_for_what_is_needed(sharded_run):
+    """CKPT018 on a checkpoint whose damage a safe fix repairs: `--auto` suffices, and the report says so."""
+    (sharded_run / "checkpoint-6" / "model.safetensors.index.json").unlink()
+    report = diagnose(sharded_run, settings=Settings())
+    unusable = [f for f in report.findings if f.code == "CKPT018"]
+    assert unusable and unusable[0].fix.safety.value == "safe"
+    assert "CKPT007" in unusable[0].fix.description
+    shown = run_cli("diagnose", sharded_run)
+    assert shown.returncode == 1
+    verdict = " ".join(shown.stdout.split("✖ Do not resume")[-1].split())
+    assert verdict.endswith(f"resumedoctor fix {sharded_run} --auto).") and "--unsafe" not in verdict
+    # The promise holds: the safe fixes alone make the run resumable, and nothing was quarantined.
+    result = fix(sharded_run, settings=Settings())
+    assert result.after.exit_code == 0
+    assert (sharded_run / "checkpoint-6").is_dir() and not (sharded_run / STATE_DIR / "quarantine").exists()
+
+
 def test_index_with_a_wrong_entry_is_rebuilt(sharded_run):
     index_path = sharded_run / "checkpoint-6" / "model.safetensors.index.json"
     index = json.loads(index_path.read_text())
