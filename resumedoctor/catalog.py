@@ -34,6 +34,11 @@ def catalog(registry: Registry) -> list[dict]:
     return entries
 
 
+def known_codes(registry: Registry) -> list[str]:
+    """What --select, --ignore and the settings may name: every rule code and every family prefix."""
+    return [family.prefix for family in registry.families] + [rule.code for _, rule in registry.rules()]
+
+
 def render_catalog_text(entries: list[dict], *, color: bool = False) -> str:
     from rich.console import Console
     from rich.table import Table

@@ -31,8 +31,11 @@ def _codes_option(name: str, help_text: str):
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="resumedoctor", message="%(prog)s %(version)s")
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
-def cli(debug: bool) -> None:
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
     """Diagnose and fix a training run before you resume it."""
+    # As click parsed it: a `--debug` after `--` is TRL's (TrainingArguments.debug), not ours.
+    ctx.ensure_object(dict)["debug"] = debug
 
 
 def _load_registry(*, fixers_now: bool = True):
@@ -44,7 +47,24 @@ def _load_registry(*, fixers_now: bool = True):
         raise UserFacingError(str(exc)) from None
 
 
-def _settings_for(path: Path, settings_file: Path | None, select: str | None, ignore: str | None):
+def _option_codes(select: str | None, ignore: str | None, registry) -> None:
+    """--select and --ignore must name registered codes or prefixes: else one line and exit 2."""
+    from resumedoctor.catalog import known_codes
+    from resumedoctor.settings import SettingsError, check_known, parse_codes
+
+    try:
+        for option, text in (("--select", select), ("--ignore", ignore)):
+            check_known(parse_codes(text), known_codes(registry), option)
+    except SettingsError as exc:
+        raise UserFacingError(str(exc)) from None
+
+
+def _settings_for(path: Path, settings_file: Path | None, select: str | None, ignore: str | None,
+                  registry=None):
+    """The settings for PATH with the command line's codes on top; an unknown code or prefix is exit 2.
+
+    Codes are checked against the loaded registry (plugins add codes), loaded here only when needed.
+    """
     from resumedoctor.settings import SettingsError, find_settings, read_settings_file
 
     try:
@@ -56,6 +76,12 @@ def _settings_for(path: Path, settings_file: Path | None, select: str | None, ig
                 raise SettingsError(f"{settings_file} has no [tool.resumedoctor] table")
         else:
             settings = find_settings(path, Path.cwd())
+        if settings.select or settings.ignore or settings.severity or select or ignore:
+            from resumedoctor.catalog import known_codes
+
+            registry = registry if registry is not None else _load_registry(fixers_now=False)
+            _option_codes(select, ignore, registry)
+            settings.check_known(known_codes(registry))
         return settings.with_cli(select, ignore)
     except SettingsError as exc:
         raise UserFacingError(str(exc)) from None
@@ -108,12 +134,13 @@ def diagnose(path: Path, recipe: Path | None, wandb_dir: Path | None, fmt: str, 
     from resumedoctor.report import render
 
     _check_inputs(path, recipe)
-    settings = _settings_for(path, settings_file, select, ignore)
+    registry = _load_registry(fixers_now=False)
+    settings = _settings_for(path, settings_file, select, ignore, registry)
     from resumedoctor.registry import PluginError
 
     options = Options(deep=deep, recipe=recipe, wandb_dir=wandb_dir, recipe_args=recipe_args)
     try:
-        report = run_diagnosis(path, settings=settings, options=options, registry=_load_registry(fixers_now=False))
+        report = run_diagnosis(path, settings=settings, options=options, registry=registry)
     except PluginError as exc:  # a fixer plugin that fails to load when a finding needs it
         raise UserFacingError(str(exc)) from None
     color = fmt == "text" and output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
@@ -147,13 +174,14 @@ def fix(path: Path, auto: bool, unsafe: bool, dry_run: bool, recipe: Path | None
     from resumedoctor.fixing import fix as run_fix
 
     _check_inputs(path, recipe)
-    settings = _settings_for(path, settings_file, select, ignore)
+    registry = _load_registry()
+    settings = _settings_for(path, settings_file, select, ignore, registry)
     preview_only = dry_run or not auto
     try:
         result = run_fix(path, unsafe=unsafe, dry_run=preview_only, settings=settings,
                          options=Options(recipe=recipe, wandb_dir=wandb_dir, recipe_args=recipe_args,
                                          strategy=strategy, create_fresh=create_fresh),
-                         registry=_load_registry())
+                         registry=registry)
     except FixError as exc:
         raise UserFacingError(str(exc)) from None
     color = fmt == "text" and sys.stdout.isatty() and "NO_COLOR" not in os.environ
@@ -201,17 +229,22 @@ def env(path: Path, wandb_dir: Path | None) -> int:
 @click.option("--unsafe", is_flag=True, help="With --fix: also the unsafe fixes (e.g. resume from an older checkpoint).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and stop: change nothing, train nothing.")
 @click.option("--wandb-dir", type=click.Path(path_type=Path), help="Where the run's wandb/ folder is.")
+@_codes_option("--select", "Only these codes or prefixes gate the launch (as diagnose --select).")
+@_codes_option("--ignore", "Skip these codes or prefixes.")
 @click.argument("recipe_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- TRL OVERRIDES]")
 def launch(recipe: Path, apply_fixes: bool, unsafe: bool, dry_run: bool, wandb_dir: Path | None,
-           recipe_args: tuple[str, ...]) -> int:
+           select: str | None, ignore: str | None, recipe_args: tuple[str, ...]) -> int:
     """Run every check, then GRPO training through TRL from the right checkpoint and W&B step."""
     from resumedoctor.launcher import LaunchError, apply_environment, prepare, run_training
     from resumedoctor.report import render
 
     if not recipe.is_file():
         raise UserFacingError(f"{recipe}: no such recipe file")
+    registry = _load_registry(fixers_now=False)
+    _option_codes(select, ignore, registry)  # before the launcher creates output_dir
     try:
-        plan, report = prepare(recipe, recipe_args, fix=apply_fixes, unsafe=unsafe, dry_run=dry_run, wandb_dir=wandb_dir)
+        plan, report = prepare(recipe, recipe_args, fix=apply_fixes, unsafe=unsafe, dry_run=dry_run, wandb_dir=wandb_dir,
+                               settings_for=lambda output_dir: _settings_for(output_dir, None, select, ignore, registry))
     except LaunchError as exc:
         raise UserFacingError(exc.reason) from None
     color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
@@ -314,9 +347,9 @@ def explain(code: str) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args
+    state: dict = {"debug": False}
     try:
-        result = cli.main(args=args, prog_name="resumedoctor", standalone_mode=False)
+        result = cli.main(args=args, prog_name="resumedoctor", standalone_mode=False, obj=state)
     except click.UsageError as exc:
         if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:
             click.echo(exc.ctx.get_help())
@@ -340,7 +373,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"resumedoctor launch: training failed: {type(cause).__name__}: {cause}", err=True)
         sys.exit(1)
     except Exception as exc:  # the one place an unexpected error becomes one line
-        if debug:
+        if state["debug"]:
             raise
         click.echo(f"resumedoctor: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
                    err=True)

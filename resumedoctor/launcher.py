@@ -21,7 +21,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from resumedoctor.context import Options
 from resumedoctor.diagnose import Report, diagnose
 from resumedoctor.errors import ReasonError
 from resumedoctor.recipe import dump_yaml, load_recipe
-from resumedoctor.settings import find_settings
+from resumedoctor.settings import Settings, find_settings
 from resumedoctor.target import resolve_target
 
 LAUNCHER_SECTION = "resumedoctor"
@@ -87,9 +87,12 @@ def _plain(value):
 
 
 def prepare(recipe_path: Path, recipe_args: tuple[str, ...] = (), *, fix: bool = False, unsafe: bool = False,
-            dry_run: bool = False, wandb_dir: Path | None = None,
-            environ: Mapping[str, str] | None = None) -> tuple[LaunchPlan, Report]:
-    """Steps 1-4: fixes, the checkpoint to resume, every check, the W&B decision. Imports no torch."""
+            dry_run: bool = False, wandb_dir: Path | None = None, environ: Mapping[str, str] | None = None,
+            settings_for: Callable[[Path], Settings] | None = None) -> tuple[LaunchPlan, Report]:
+    """Steps 1-4: fixes, the checkpoint to resume, every check, the W&B decision. Imports no torch.
+
+    `settings_for(output_dir)` gives the settings (the CLI adds --select/--ignore); default: the nearest file.
+    """
     from resumedoctor.fixing import fix as run_fix
     from resumedoctor.shell_env import shell_environment
 
@@ -104,7 +107,7 @@ def prepare(recipe_path: Path, recipe_args: tuple[str, ...] = (), *, fix: bool =
         raise LaunchError("the recipe has no output_dir")
     output_dir = Path(str(output)).expanduser()
     output_dir.mkdir(parents=True, exist_ok=True)
-    settings = find_settings(output_dir, Path.cwd())
+    settings = settings_for(output_dir) if settings_for else find_settings(output_dir, Path.cwd())
     options = Options(recipe=recipe_path, recipe_args=recipe_args, wandb_dir=wandb_dir)
     plan = LaunchPlan(recipe_path, recipe_args, output_dir, None, curriculum=section.get("curriculum"),
                       callbacks=list(section.get("callbacks") or []))

@@ -2,12 +2,15 @@
 
 Keys: `select` and `ignore` (codes or code prefixes, like ruff) and `severity` (a table of code or
 prefix to error / warning / info). The command line's `--select` replaces `select`, `--ignore` adds.
+A code or prefix that no registered rule code starts with is refused (`check_known`): a typo must not
+switch a check off in silence.
 """
 
 from __future__ import annotations
 
+import difflib
 import sys
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -41,6 +44,19 @@ def parse_codes(text: str | Iterable[str] | None) -> tuple[str, ...]:
     return tuple(codes)
 
 
+def check_known(codes: Iterable[str], known: Collection[str], where: str) -> None:
+    """Refuse the first code or prefix that no code in `known` (rule codes and family prefixes) starts with."""
+    for code in codes:
+        if any(candidate.startswith(code) for candidate in known):
+            continue
+        close = difflib.get_close_matches(code, sorted(known), n=3, cutoff=0.6)
+        if close:
+            hint = "did you mean " + (close[0] if len(close) == 1 else f"{', '.join(close[:-1])} or {close[-1]}") + "?"
+        else:
+            hint = "no installed check has a code that starts with it; `resumedoctor checks` lists them"
+        raise SettingsError(f"{where}: unknown code or prefix {code!r} ({hint})")
+
+
 def _longest_prefix(code: str, prefixes: Iterable[str]) -> str | None:
     matches = [prefix for prefix in prefixes if code.startswith(prefix)]
     return max(matches, key=len) if matches else None
@@ -68,6 +84,13 @@ class Settings:
     def severity_for(self, code: str, default: Severity) -> Severity:
         prefix = _longest_prefix(code, self.severity)
         return self.severity[prefix] if prefix is not None else default
+
+    def check_known(self, known: Collection[str]) -> None:
+        """Every code or prefix in select, ignore and the severity table must name a registered rule."""
+        where = str(self.source) if self.source else "settings"
+        check_known(self.select, known, f"{where}: select")
+        check_known(self.ignore, known, f"{where}: ignore")
+        check_known(self.severity, known, f"{where}: severity")
 
     def with_cli(self, select: str | None, ignore: str | None) -> Settings:
         updated = self

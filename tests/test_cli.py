@@ -72,6 +72,158 @@ def test_select_and_ignore_options(full_run):
     assert [f["code"] for f in selected["findings"]] == ["CKPT021"]
 
 
+def truncate_newest_weights(run) -> None:
+    """A save cut off mid-copy: checkpoint-6's model.safetensors loses its tail (an error, CKPT003)."""
+    weights = run / "checkpoint-6" / "model.safetensors"
+    with open(weights, "r+b") as handle:
+        handle.truncate(weights.stat().st_size // 2)
+
+
+def one_line_usage_error(result, needle: str) -> None:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert needle in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_typo_in_select_is_refused_not_a_pass(full_run):
+    truncate_newest_weights(full_run)
+    assert run_cli("diagnose", full_run).returncode == 1  # the damage is found without --select
+    result = run_cli("diagnose", full_run, "--select", "CPKT")
+    one_line_usage_error(result, "--select: unknown code or prefix 'CPKT' (did you mean CKPT?)")
+    assert "Safe to resume" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("args", [["--ignore", "FOO1"], ["--select", "CKPT,WNADB"], ["--ignore", "ckpt0001"]])
+def test_unknown_codes_are_exit_2_in_diagnose_and_fix(full_run, args):
+    for command in ("diagnose", "fix"):
+        result = run_cli(command, full_run, *args)
+        one_line_usage_error(result, "unknown code or prefix")
+
+
+def test_codes_and_prefixes_of_registered_rules_are_accepted(full_run):
+    truncate_newest_weights(full_run)
+    for codes in ("CKPT", "ckpt0", "CKPT003", "WANDB001,CKPT"):
+        result = run_cli("diagnose", full_run, "--select", codes, "--ignore", "ENV")
+        assert result.returncode == 1, (codes, result.stderr)
+
+
+def test_a_plugins_codes_are_known_only_when_it_is_installed(tmp_path, built_runs):
+    from test_plugins import GOOD_ENTRY_POINTS, install_fake_distribution
+
+    site = tmp_path / "site"
+    site.mkdir()
+    install_fake_distribution(site, GOOD_ENTRY_POINTS)
+    cache = {"RESUMEDOCTOR_CACHE_DIR": str(tmp_path / "cache")}
+    with_plugin = run_cli("diagnose", built_runs["full"], "--select", "DEMO", env={"PYTHONPATH": str(site), **cache})
+    assert with_plugin.returncode == 0, with_plugin.stderr
+    assert "DEMO001" in with_plugin.stdout  # the plugin's rule ran: the output_dir has no NOTES.md
+    without = run_cli("diagnose", built_runs["full"], "--select", "DEMO", env=cache)
+    one_line_usage_error(without, "unknown code or prefix 'DEMO'")
+
+
+def test_a_select_that_runs_nothing_does_not_say_safe(full_run):
+    truncate_newest_weights(full_run)
+    # LEN is selected but needs a recipe: every family is skipped.
+    result = run_cli("diagnose", full_run, "--select", "LEN")
+    assert result.returncode == 0, result.stderr  # no error finding: the exit code contract
+    assert "Safe to resume" not in result.stdout
+    verdict = " ".join(result.stdout.split())
+    assert "Nothing was checked: every check was skipped" in verdict
+    assert "LEN: no recipe (--config RECIPE)" in verdict and "CKPT" in verdict
+    document = json.loads(run_cli("diagnose", full_run, "--select", "LEN", "--format", "json").stdout)
+    assert document["verdict"] == "nothing_checked"
+    assert {check["status"] for check in document["checks"]} == {"skipped"}
+
+
+@pytest.mark.parametrize("args", [["--select", "ENV"], ["--ignore", "CKPT"]])
+def test_without_the_checkpoint_check_the_verdict_says_what_was_checked(full_run, args):
+    truncate_newest_weights(full_run)
+    result = run_cli("diagnose", full_run, *args)
+    assert result.returncode == 0, result.stderr
+    verdict = " ".join(result.stdout.split())
+    assert "Safe to resume" not in verdict
+    assert "No problems found by ENV, but the checkpoint itself was not checked (CKPT: not selected)" in verdict
+
+
+def test_unknown_code_in_a_settings_file_is_exit_2_for_every_command(full_run, tmp_path):
+    (tmp_path / "resumedoctor.toml").write_text('ignore = ["CKPT021", "FOO1"]\n')
+    for args in (["diagnose", full_run], ["fix", full_run], ["seal", full_run]):
+        result = run_cli(*args, cwd=tmp_path)
+        one_line_usage_error(result, "resumedoctor.toml: ignore: unknown code or prefix 'FOO1'")
+    assert not list(full_run.glob("checkpoint-*/resumedoctor.seal.json")) and not (full_run / ".resumedoctor").exists()
+
+
+def test_debug_after_double_dash_is_trls_not_ours(full_run):
+    script = (
+        "import sys; import resumedoctor.diagnose as d\n"
+        "def boom(*a, **k): raise RuntimeError('kaboom')\n"
+        "d.run_checks = boom\n"
+        "from resumedoctor.cli import main; main(sys.argv[1:])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, "diagnose", str(full_run), "--", "--debug"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "resumedoctor: internal error: RuntimeError: kaboom (run with --debug for the traceback)"
+
+
+LAUNCH_RECIPE = """\
+model_name_or_path: {model}
+dataset_name: {dataset}
+output_dir: {output_dir}
+use_cpu: true
+max_steps: 8
+save_steps: 2
+per_device_train_batch_size: 4
+num_generations: 4
+max_completion_length: 8
+report_to: none
+"""
+
+
+def launch_recipe(tmp_path, output_dir) -> str:
+    """A TRL recipe for the tiny local model (as tests/test_launch.py writes them); --dry-run trains nothing."""
+    from resumedoctor.demo import build_prompt_rows, save_base_model
+
+    model = tmp_path / "model"
+    if not model.exists():
+        save_base_model(model)
+    dataset = tmp_path / "prompts.jsonl"
+    dataset.write_text("".join(json.dumps(row) + "\n" for row in build_prompt_rows(16)))
+    recipe = tmp_path / f"recipe-{output_dir.name}.yaml"
+    recipe.write_text(LAUNCH_RECIPE.format(model=model, dataset=dataset, output_dir=output_dir))
+    return str(recipe)
+
+
+def test_launch_select_and_ignore_gate_as_diagnose_does(full_run, tmp_path):
+    truncate_newest_weights(full_run)
+    recipe = launch_recipe(tmp_path, full_run)
+    everything = run_cli("launch", "--config", recipe, "--dry-run", cwd=tmp_path)
+    assert everything.returncode == 1 and "CFG001" in everything.stdout  # the recipe's seed differs too
+
+    only = run_cli("launch", "--config", recipe, "--dry-run", "--select", "ckpt003", cwd=tmp_path)
+    assert only.returncode == 1 and "not starting" in only.stderr
+    assert "CKPT003" in only.stdout and "CFG001" not in only.stdout and "CKPT018" not in only.stdout
+
+    ignored = run_cli("launch", "--config", recipe, "--dry-run", "--ignore", "CKPT,CFG", cwd=tmp_path)
+    assert ignored.returncode == 0, ignored.stdout[-2000:] + ignored.stderr[-2000:]
+    verdict = " ".join(ignored.stdout.split())
+    assert "the checkpoint itself was not checked (CKPT: not selected)" in verdict
+    assert "Safe to resume" not in verdict
+    assert f"resume from: {full_run / 'checkpoint-6'}" in ignored.stdout  # the plan, printed by --dry-run
+
+
+def test_launch_refuses_unknown_codes_before_touching_anything(tmp_path):
+    fresh = tmp_path / "fresh-out"
+    recipe = launch_recipe(tmp_path, fresh)
+    result = run_cli("launch", "--config", recipe, "--dry-run", "--select", "CPKT", cwd=tmp_path)
+    one_line_usage_error(result, "--select: unknown code or prefix 'CPKT' (did you mean CKPT?)")
+    assert not fresh.exists()
+    (tmp_path / "resumedoctor.toml").write_text('[severity]\nCKPT0019 = "error"\n')
+    from_settings = run_cli("launch", "--config", recipe, "--dry-run", cwd=tmp_path)
+    one_line_usage_error(from_settings, "resumedoctor.toml: severity: unknown code or prefix 'CKPT0019'")
+
+
 def test_output_file(full_run, tmp_path):
     out = tmp_path / "report.sarif"
     result = run_cli("diagnose", full_run, "--format", "sarif", "-o", out)

@@ -112,7 +112,11 @@ def test_json_matches_the_design_contract(damaged_report):
     document = json.loads(render(damaged_report, "json"))
     assert document["version"] == 1
     assert document["target"] == "full"
-    assert set(document) == {"version", "target", "findings", "summary", "resume_from", "run"}
+    # The DESIGN.md object, extended (never changed) by resume_from, run, verdict and checks.
+    assert set(document) == {"version", "target", "findings", "summary", "resume_from", "run", "verdict", "checks"}
+    assert document["verdict"] == "do_not_resume"
+    assert [(c["prefix"], c["status"]) for c in document["checks"]] == [
+        (family.prefix, family.status) for family in damaged_report.families]
     for finding in document["findings"]:
         assert set(finding) == {"code", "severity", "check", "message", "path", "hint", "fix"}
         assert finding["severity"] in {"error", "warning", "info"}
@@ -195,3 +199,59 @@ def test_text_verdicts(built_runs, damaged_report):
 def test_unknown_format_is_refused(damaged_report):
     with pytest.raises(ValueError):
         render(damaged_report, "yaml")
+
+
+def _skipped(prefix: str, reason: str) -> FamilyResult:
+    return FamilyResult(prefix.lower(), prefix, prefix, "skipped", reason)
+
+
+NOTHING_RAN = Report(target="out", resume_from="out/checkpoint-6", findings=(), families=(
+    _skipped("CKPT", "not selected"), _skipped("ENV", "not selected"), _skipped("LEN", "no recipe (--config RECIPE)")))
+NO_CHECKPOINT_CHECK = Report(target="out", resume_from="out/checkpoint-6", findings=(), families=(
+    _skipped("CKPT", "not selected"), FamilyResult("environment", "ENV", "Environment", "ran")))
+
+
+def test_nothing_ran_claims_no_pass_in_any_format():
+    text = " ".join(render(NOTHING_RAN, "text").split())
+    assert "Safe to resume" not in text and "✔" not in text
+    assert text.endswith("○ Nothing was checked: every check was skipped (CKPT, ENV: not selected; "
+                         "LEN: no recipe (--config RECIPE)). This is no verdict on the resume.")
+    assert json.loads(render(NOTHING_RAN, "json"))["verdict"] == "nothing_checked"
+    suite = ET.fromstring(render(NOTHING_RAN, "junit")).find("testsuite")
+    assert all(case.find("skipped") is not None for case in suite.findall("testcase"))  # no passing testcase
+    assert suite.get("skipped") == suite.get("tests") == "3"
+    assert suite.find("properties/property[@name='verdict']").get("value") == "nothing_checked"
+    assert suite.find("system-out").text.startswith("nothing was checked: ")
+    sarif = json.loads(render(NOTHING_RAN, "sarif"))
+    jsonschema.validate(sarif, GITHUB_SARIF_SUBSET)
+    invocation = sarif["runs"][0]["invocations"][0]
+    assert invocation["toolExecutionNotifications"][0]["level"] == "warning"
+    assert invocation["properties"]["verdict"] == "nothing_checked"
+    github = render(NOTHING_RAN, "github").splitlines()
+    assert github[0].startswith("::warning title=resumedoctor::out: nothing was checked: CKPT, ENV: not selected")
+
+
+def test_without_the_checkpoint_family_no_format_says_safe():
+    text = " ".join(render(NO_CHECKPOINT_CHECK, "text").split())
+    assert "Safe to resume" not in text
+    assert text.endswith("○ No problems found by ENV, but the checkpoint itself was not checked "
+                         "(CKPT: not selected): this is no verdict on resuming from out/checkpoint-6.")
+    assert json.loads(render(NO_CHECKPOINT_CHECK, "json"))["verdict"] == "target_not_checked"
+    suite = ET.fromstring(render(NO_CHECKPOINT_CHECK, "junit")).find("testsuite")
+    assert suite.find("system-out").text == "the checkpoint itself was not checked (CKPT: not selected)"
+    assert render(NO_CHECKPOINT_CHECK, "github").startswith(
+        "::notice title=resumedoctor::out: the checkpoint itself was not checked (CKPT: not selected)\n")
+    warning = Finding("ENV003", Severity.WARNING, "environment", "versions differ")
+    warned = Report("out", "out/checkpoint-6", (_skipped("CKPT", "not selected"),
+                                                FamilyResult("environment", "ENV", "E", "ran", findings=(warning,))),
+                    (warning,))
+    line = " ".join(render(warned, "text").split())
+    assert "Resume is possible" not in line and "the checkpoint itself was not checked" in line
+
+
+def test_a_full_clean_report_is_still_safe(built_runs):
+    report = diagnose(built_runs["full"], settings=Settings())
+    assert json.loads(render(report, "json"))["verdict"] == "safe_to_resume"
+    sarif = json.loads(render(report, "sarif"))["runs"][0]["invocations"][0]
+    assert "toolExecutionNotifications" not in sarif
+    assert render(report, "github").startswith("resumedoctor: 0 errors")

@@ -7,8 +7,16 @@ import json
 import pytest
 from conftest import run_cli
 
+from resumedoctor.catalog import known_codes
 from resumedoctor.findings import Severity
-from resumedoctor.settings import Settings, SettingsError, find_settings, parse_codes
+from resumedoctor.registry import load_registry
+from resumedoctor.settings import (
+    Settings,
+    SettingsError,
+    check_known,
+    find_settings,
+    parse_codes,
+)
 
 
 def test_prefix_matching_and_specificity():
@@ -74,3 +82,39 @@ def test_severity_override_changes_the_exit_code(tmp_path, full_run):
     strict = run_cli("diagnose", full_run, "--format", "json", cwd=tmp_path)
     assert strict.returncode == 1
     assert json.loads(strict.stdout)["findings"][0]["severity"] == "error"
+
+
+def test_known_codes_are_every_registered_code_and_prefix():
+    registry = load_registry()
+    known = known_codes(registry)
+    check_known(("CKPT", "CKPT01", "CKPT003", "WANDB001", "W", "ENV"), known, "--select")  # all real prefixes
+    for code, hint in [("CPKT", "did you mean CKPT?"), ("FOO1", "resumedoctor checks"), ("CKPT0003", "CKPT003")]:
+        with pytest.raises(SettingsError) as raised:
+            check_known((code,), known, "--select")
+        assert str(raised.value).startswith(f"--select: unknown code or prefix '{code}' (")
+        assert hint in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("settings", "where"),
+    [
+        (Settings(select=("CKPT", "LNE")), "select"),
+        (Settings(ignore=("WANDB999",)), "ignore"),
+        (Settings(severity={"CFGG": Severity.INFO}), "severity"),
+    ],
+)
+def test_settings_name_the_table_of_an_unknown_code(tmp_path, settings, where):
+    from dataclasses import replace
+
+    with pytest.raises(SettingsError, match=f"^{tmp_path}/x.toml: {where}: unknown code or prefix"):
+        replace(settings, source=tmp_path / "x.toml").check_known(known_codes(load_registry()))
+    Settings(select=("CKPT",), ignore=("CKPT021",), severity={"CKPT019": Severity.ERROR}).check_known(
+        known_codes(load_registry()))
+
+
+def test_unknown_code_in_pyproject_is_exit_2(tmp_path, full_run):
+    (tmp_path / "pyproject.toml").write_text('[tool.resumedoctor]\nselect = ["CKTP"]\n')
+    result = run_cli("diagnose", full_run, cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip() == (f"resumedoctor: {tmp_path / 'pyproject.toml'}: select: unknown code or prefix "
+                                     "'CKTP' (did you mean CKPT?)")

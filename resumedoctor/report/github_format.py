@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from resumedoctor.report.paths import relative_to_cwd
+from resumedoctor.report.verdict import NOTHING_CHECKED, caveat, judge
 
 if TYPE_CHECKING:
     from resumedoctor.diagnose import Report
@@ -32,6 +33,11 @@ def render(report: Report) -> str:
         if finding.fix:
             message += f"\nfix ({finding.fix.safety.value}): {finding.fix.description}"
         lines.append(f"::{LEVELS[finding.severity.value]} {','.join(properties)}::{escape_data(message)}")
+    verdict = judge(report)
+    title = f"title={escape_property('resumedoctor')}"
+    if caveat(verdict):  # a green job must not read as a checked run
+        level = "warning" if verdict.kind == NOTHING_CHECKED else "notice"
+        lines.append(f"::{level} {title}::{escape_data(f'{report.target}: {caveat(verdict)}')}")
     summary = report.summary
     lines.append(
         f"resumedoctor: {summary['error']} errors, {summary['warning']} warnings, {summary['info']} info in {report.target}"

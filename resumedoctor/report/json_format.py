@@ -1,13 +1,25 @@
-"""`--format json`: the object DESIGN.md fixes (plus `resume_from`)."""
+"""`--format json`: the object DESIGN.md fixes (plus `resume_from`, `verdict` and `checks`).
+
+`verdict` is the text report's verdict as a word (report/verdict.py); `checks` says which families ran
+and why the others were skipped, so a script can tell "no findings" from "nothing checked".
+"""
 
 from __future__ import annotations
 
 import json
 from typing import TYPE_CHECKING
 
+from resumedoctor.report.verdict import judge
+
 if TYPE_CHECKING:
     from resumedoctor.diagnose import Report
 
 
 def render(report: Report) -> str:
-    return json.dumps(report.to_dict(), indent=2) + "\n"
+    document = report.to_dict()
+    document["verdict"] = judge(report).kind
+    document["checks"] = [
+        {"check": family.name, "prefix": family.prefix, "status": family.status, "reason": family.reason}
+        for family in report.families
+    ]
+    return json.dumps(document, indent=2) + "\n"

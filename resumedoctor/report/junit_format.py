@@ -1,4 +1,8 @@
-"""`--format junit`: one testsuite, one testcase per check family."""
+"""`--format junit`: one testsuite, one testcase per check family.
+
+A family that did not run is a skipped testcase, never a passing one; the verdict is a suite property,
+and a report that checked nothing or not the checkpoint says so in the suite's system-out.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import socket
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
+
+from resumedoctor.report.verdict import caveat, judge
 
 if TYPE_CHECKING:
     from resumedoctor.diagnose import Report
@@ -30,6 +36,8 @@ def render(report: Report) -> str:
     properties = ET.SubElement(suite, "properties")
     ET.SubElement(properties, "property", name="target", value=report.target)
     ET.SubElement(properties, "property", name="resume_from", value=report.resume_from or "")
+    verdict = judge(report)
+    ET.SubElement(properties, "property", name="verdict", value=verdict.kind)
     for family in report.families:
         case = ET.SubElement(suite, "testcase", classname=f"resumedoctor.{family.prefix}", name=family.name,
                              time=f"{family.seconds:.3f}")
@@ -44,5 +52,7 @@ def render(report: Report) -> str:
             failure.text = "\n".join(_describe(f) for f in errors)
         if others:
             ET.SubElement(case, "system-out").text = "\n".join(_describe(f) for f in others)
+    if caveat(verdict):
+        ET.SubElement(suite, "system-out").text = caveat(verdict)
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 from resumedoctor import __version__
 from resumedoctor.report.paths import relative_to_cwd
+from resumedoctor.report.verdict import NOTHING_CHECKED, caveat, judge
 
 if TYPE_CHECKING:
     from resumedoctor.diagnose import Report
@@ -34,6 +35,17 @@ def _location(path: str | None, target: str) -> dict:
 def _fingerprint(finding) -> str:
     key = f"{finding.code}\0{relative_to_cwd(finding.path or '') or finding.path}\0{finding.message}"
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _invocation(report: Report) -> dict:
+    """The run's invocation; what did not run is a tool notification, so zero results is not read as clean."""
+    verdict = judge(report)
+    invocation = {"executionSuccessful": True, "properties": {"verdict": verdict.kind}}
+    if caveat(verdict):
+        kind = "nothing-checked" if verdict.kind == NOTHING_CHECKED else "checkpoint-not-checked"
+        invocation["toolExecutionNotifications"] = [
+            {"level": "warning", "descriptor": {"id": f"resumedoctor/{kind}"}, "message": {"text": caveat(verdict)}}]
+    return invocation
 
 
 def render(report: Report) -> str:
@@ -74,7 +86,7 @@ def render(report: Report) -> str:
                 "tool": {"driver": {"name": "resumedoctor", "version": __version__, "semanticVersion": __version__,
                                     "informationUri": INFORMATION_URI, "rules": descriptors}},
                 "originalUriBaseIds": {"%SRCROOT%": {"uri": Path(os.getcwd()).as_uri() + "/"}},
-                "invocations": [{"executionSuccessful": True}],
+                "invocations": [_invocation(report)],
                 "results": results,
             }
         ],

@@ -1,6 +1,7 @@
 """`--format text`: a doctor's summary a person reads at a glance.
 
-One line per check family with a mark, then the findings (worst first), then a one-line verdict.
+One line per check family with a mark, then the findings (worst first), then a one-line verdict
+(report/verdict.py decides what it may claim).
 """
 
 from __future__ import annotations
@@ -11,6 +12,17 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from resumedoctor.report.verdict import (
+    DO_NOT_RESUME,
+    NOTHING_CHECKED,
+    NOTHING_TO_RESUME,
+    READ_WARNINGS,
+    TARGET_NOT_CHECKED,
+    judge,
+    not_checked_note,
+    skip_reasons,
+)
 
 if TYPE_CHECKING:
     from resumedoctor.diagnose import FamilyResult, Report
@@ -47,6 +59,34 @@ def _family_line(family: FamilyResult) -> tuple[Text, Text, Text]:
     return Text(f" {mark} ", style=style), Text(f"{family.prefix:<6}{family.name}"), detail
 
 
+def _verdict_line(report: Report, resume: str) -> Text:
+    verdict = judge(report)
+    counts = _counts(report.findings)
+    note = not_checked_note(verdict)
+    if verdict.kind == DO_NOT_RESUME:
+        fixable = [f for f in report.findings if f.fix and f.severity.value == "error"]
+        flags = "--auto --unsafe" if any(f.fix.safety.value == "unsafe" for f in fixable) else "--auto"
+        tail = f" ({len(fixable)} fixable: resumedoctor fix {report.target} {flags})" if fixable else ""
+        return Text(f"✖ Do not resume: {counts}{tail}.", style="bold red")
+    if verdict.kind == NOTHING_CHECKED:
+        return Text(f"○ Nothing was checked: every check was skipped ({skip_reasons(verdict.skipped)}). "
+                    "This is no verdict on the resume.", style="bold yellow")
+    if verdict.kind == READ_WARNINGS and note:
+        return Text(f"! Read the warnings: {counts}; {note}, so this is no verdict on the resume.", style="yellow")
+    if verdict.kind == READ_WARNINGS:
+        return Text(f"! Resume is possible, but read the warnings: {counts}.", style="yellow")
+    if verdict.kind == NOTHING_TO_RESUME:
+        return Text("✔ Nothing to resume: training starts at step 0.", style="bold green")
+    if verdict.kind == TARGET_NOT_CHECKED:
+        return Text(f"○ No problems found by {verdict.ran_prefixes}, but {note}: "
+                    f"this is no verdict on resuming from {resume}.", style="yellow")
+    progress = report.progress
+    if progress is not None and progress.finished:
+        return Text(f"✔ Safe to resume from {resume}: the run finished there (global step {progress.global_step} "
+                    f"of max_steps {progress.max_steps}); raise max_steps to train longer.", style="bold green")
+    return Text(f"✔ Safe to resume from {resume}.", style="bold green")
+
+
 def render(report: Report, *, color: bool = False, width: int | None = None) -> str:
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=color, no_color=not color, width=width or 100,
@@ -80,21 +120,5 @@ def render(report: Report, *, color: bool = False, width: int | None = None) -> 
         console.print(findings)
 
     console.print()
-    summary = report.summary
-    if summary["error"]:
-        fixable = [f for f in report.findings if f.fix and f.severity.value == "error"]
-        flags = "--auto --unsafe" if any(f.fix.safety.value == "unsafe" for f in fixable) else "--auto"
-        tail = f" ({len(fixable)} fixable: resumedoctor fix {report.target} {flags})" if fixable else ""
-        console.print(Text(f"✖ Do not resume: {_counts(report.findings)}{tail}.", style="bold red"))
-    elif summary["warning"]:
-        console.print(Text(f"! Resume is possible, but read the warnings: {_counts(report.findings)}.", style="yellow"))
-    elif report.resume_from is None:
-        console.print(Text("✔ Nothing to resume: training starts at step 0.", style="bold green"))
-    elif report.progress is not None and report.progress.finished:
-        progress = report.progress
-        console.print(Text(f"✔ Safe to resume from {resume}: the run finished there (global step "
-                           f"{progress.global_step} of max_steps {progress.max_steps}); raise max_steps to train "
-                           "longer.", style="bold green"))
-    else:
-        console.print(Text(f"✔ Safe to resume from {resume}.", style="bold green"))
+    console.print(_verdict_line(report, resume))
     return "\n".join(line.rstrip() for line in buffer.getvalue().split("\n"))
