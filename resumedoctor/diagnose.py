@@ -41,6 +41,8 @@ class FamilyResult:
     reason: str | None = None
     seconds: float = 0.0
     findings: tuple[Finding, ...] = ()
+    # Codes of the family that --select left out: the family ran, but only in part.
+    not_selected: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,10 @@ def _run_family(family: CheckFamily, ctx: RunContext, registry: Registry) -> Fam
                 fix=finding.fix or fix_info_of(registry, finding),
             )
         )
-    return FamilyResult(family.name, family.prefix, family.title, "ran",
+    # Ignored codes are the user's decision about what matters; a narrow --select is a narrow check.
+    left_out = tuple(rule.code for rule in family.rules
+                     if not ctx.settings.is_enabled(rule.code) and not ctx.settings.is_ignored(rule.code))
+    return FamilyResult(family.name, family.prefix, family.title, "ran", not_selected=left_out,
                         seconds=time.perf_counter() - started, findings=tuple(findings))
 
 
@@ -128,7 +133,8 @@ def run_checks(ctx: RunContext, registry: Registry) -> Report:
     results = []
     for family in registry.families:
         if not any(ctx.settings.is_enabled(rule.code) for rule in family.rules):
-            results.append(FamilyResult(family.name, family.prefix, family.title, "skipped", "not selected"))
+            reason = "ignored" if all(ctx.settings.is_ignored(rule.code) for rule in family.rules) else "not selected"
+            results.append(FamilyResult(family.name, family.prefix, family.title, "skipped", reason))
             continue
         missing = family.missing_requirements()
         if missing:

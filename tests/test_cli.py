@@ -136,14 +136,25 @@ def test_a_select_that_runs_nothing_does_not_say_safe(full_run):
     assert {check["status"] for check in document["checks"]} == {"skipped"}
 
 
-@pytest.mark.parametrize("args", [["--select", "ENV"], ["--ignore", "CKPT"]])
-def test_without_the_checkpoint_check_the_verdict_says_what_was_checked(full_run, args):
+@pytest.mark.parametrize(("args", "why"), [(["--select", "ENV"], "not selected"), (["--ignore", "CKPT"], "ignored")])
+def test_without_the_checkpoint_check_the_verdict_says_what_was_checked(full_run, args, why):
     truncate_newest_weights(full_run)
     result = run_cli("diagnose", full_run, *args)
     assert result.returncode == 0, result.stderr
     verdict = " ".join(result.stdout.split())
     assert "Safe to resume" not in verdict
-    assert "No problems found by ENV, but the checkpoint itself was not checked (CKPT: not selected)" in verdict
+    assert f"No problems found by ENV, but the checkpoint itself was not checked (CKPT: {why})" in verdict
+
+
+def test_a_narrow_select_inside_the_checkpoint_family_is_no_pass(full_run):
+    truncate_newest_weights(full_run)
+    result = run_cli("diagnose", full_run, "--select", "CKPT021")
+    assert result.returncode == 0, result.stderr
+    verdict = " ".join(result.stdout.split())
+    assert "Safe to resume" not in verdict and "rules not selected" in verdict
+    # Ignoring a code is the user's decision about what matters: the rest of CKPT still judges.
+    ignoring = run_cli("diagnose", full_run, "--ignore", "CKPT021")
+    assert ignoring.returncode == 1 and "CKPT003" in ignoring.stdout
 
 
 def test_unknown_code_in_a_settings_file_is_exit_2_for_every_command(full_run, tmp_path):
@@ -208,7 +219,7 @@ def test_launch_select_and_ignore_gate_as_diagnose_does(full_run, tmp_path):
     ignored = run_cli("launch", "--config", recipe, "--dry-run", "--ignore", "CKPT,CFG", cwd=tmp_path)
     assert ignored.returncode == 0, ignored.stdout[-2000:] + ignored.stderr[-2000:]
     verdict = " ".join(ignored.stdout.split())
-    assert "the checkpoint itself was not checked (CKPT: not selected)" in verdict
+    assert "the checkpoint itself was not checked (CKPT: ignored)" in verdict
     assert "Safe to resume" not in verdict
     assert f"resume from: {full_run / 'checkpoint-6'}" in ignored.stdout  # the plan, printed by --dry-run
 

@@ -40,7 +40,8 @@ class Verdict:
 def judge(report: Report) -> Verdict:
     ran = tuple(family for family in report.families if family.status != "skipped")
     skipped = tuple(family for family in report.families if family.status == "skipped")
-    target_skipped = tuple(family for family in skipped if family.prefix in TARGET_PREFIXES)
+    target_skipped = tuple(family for family in report.families if family.prefix in TARGET_PREFIXES
+                           and (family.status == "skipped" or family.not_selected))
     summary = report.summary
     if summary["error"]:
         kind = DO_NOT_RESUME
@@ -61,6 +62,9 @@ def skip_reasons(families: tuple[FamilyResult, ...]) -> str:
     """`CKPT, ENV: not selected; LEN: no recipe (--config RECIPE)`: families grouped by their reason."""
     by_reason: dict[str, list[str]] = {}
     for family in families:
+        if family.status != "skipped":  # ran in part
+            by_reason.setdefault(f"{len(family.not_selected)} of its rules not selected", []).append(family.prefix)
+            continue
         by_reason.setdefault(family.reason or "skipped", []).append(family.prefix)
     return "; ".join(f"{', '.join(prefixes)}: {reason}" for reason, prefixes in by_reason.items())
 
