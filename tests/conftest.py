@@ -128,3 +128,20 @@ def wandb_world(tmp_path_factory) -> dict:
     ours = next(log for log in logs if other_id not in log.name)
     return {"root": root, "output_dir": output_dir, "wandb_dir": root / "wandb", "log": ours,
             "run_id": ours.stem.removeprefix("run-"), "other_id": other_id}
+
+
+CURRICULUM_RULE = dict(thresholds=[8e-4, 5e-4, 2e-4], metric="learning_rate", window=2, mode="min")
+
+
+@pytest.fixture(scope="session")
+def built_curriculum_run(tmp_path_factory) -> Path:
+    """The 6-step GRPO run of `built_runs["full"]`, trained with resumedoctor's CurriculumCallback.
+
+    The promotion metric is the logged learning rate (the same in every run): stage 1 from step 4, stage 2 at step 6.
+    """
+    from resumedoctor.curriculum import CurriculumCallback
+    from resumedoctor.demo import train_demo_run
+
+    root = tmp_path_factory.mktemp("curriculum-run")
+    return train_demo_run(root / "curriculum", max_steps=6, save_steps=2,
+                          callbacks=[CurriculumCallback(**CURRICULUM_RULE)])
