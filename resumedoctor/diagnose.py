@@ -85,12 +85,14 @@ def fix_info_for(registry: Registry, code: str) -> FixInfo | None:
     return FixInfo(fixer.safety, fixer.description)
 
 
-def fix_info_of(registry: Registry, finding: Finding) -> FixInfo | None:
-    """What `fix` will really do about a finding.
+def fix_info_of(registry: Registry, finding: Finding, ctx: RunContext) -> FixInfo | None:
+    """What `fix` will really do about this finding, asked of the fixers in the order `fix` asks them.
 
     A finding caused by others (`extra["caused_by"]`, e.g. an unusable resume target and the damage that
     makes it unusable) disappears once its causes are repaired: when every cause has a safe fix, `fix
-    --auto` resolves it without the finding's own (unsafe) fixer ever running.
+    --auto` resolves it without the finding's own (unsafe) fixer ever running. Otherwise the first safe
+    fixer that has something to change wins, then the first unsafe one; a fixer that cannot act on
+    this finding is not offered.
     """
     causes = finding.extra.get("caused_by") or []
     cause_fixes = [fix_info_for(registry, cause.code) for cause in causes]
@@ -98,7 +100,17 @@ def fix_info_of(registry: Registry, finding: Finding) -> FixInfo | None:
         repaired = ", ".join(sorted({cause.code for cause in causes}))
         return FixInfo(FixSafety.SAFE, f"fixed by the safe fixes of its cause ({repaired}): "
                        + "; ".join(sorted({info.description for info in cause_fixes})))
-    return fix_info_for(registry, finding.code)
+    fixers = registry.fixers_for(finding.code)
+    for fixer in sorted(fixers, key=lambda f: f.safety is not FixSafety.SAFE):
+        if fixer.plan is not None and _plans_a_change(fixer, ctx, finding):
+            return FixInfo(fixer.safety, fixer.description)
+    return None
+
+
+def _plans_a_change(fixer, ctx: RunContext, finding: Finding) -> bool:
+    from resumedoctor.fixing import changes_nothing
+
+    return any(not changes_nothing(op) for op in fixer.plan(ctx, finding) or ())
 
 
 def _run_family(family: CheckFamily, ctx: RunContext, registry: Registry) -> FamilyResult:
@@ -116,7 +128,7 @@ def _run_family(family: CheckFamily, ctx: RunContext, registry: Registry) -> Fam
                 finding,
                 check=family.name,
                 severity=ctx.severity_of(finding),
-                fix=finding.fix or fix_info_of(registry, finding),
+                fix=finding.fix or fix_info_of(registry, finding, ctx),
             )
         )
     # Ignored codes are the user's decision about what matters; a narrow --select is a narrow check.

@@ -72,22 +72,47 @@ def _diagnose(path: Path, settings: Settings, options: Options, registry: Regist
     return ctx, run_checks(ctx, registry)
 
 
-def plan_fixes(ctx: RunContext, report: Report, registry: Registry, *, unsafe: bool) -> FixResult:
-    """Ask the fixers of every finding for their operations."""
+def plan_fixes(ctx: RunContext, report: Report, registry: Registry, *, unsafe: bool,
+               settled_keys: frozenset[str] = frozenset()) -> FixResult:
+    """Ask the fixers of every finding for their operations.
+
+    `settled_keys`: recipe keys an earlier round of this fix run set; a finding about such a key is the
+    consequence of our own edit, and a second fixer must not write the key back. A fixer whose write
+    touches a file another fixer already writes in this round waits for the next round, which plans it
+    on the updated file (two edits of one recipe never overwrite each other).
+    """
     result = FixResult(ctx.target.output_dir, report)
+    written: set[str] = set()
     for finding in report.findings:
+        if finding.extra.get("key") in settled_keys:
+            continue
         for fixer in registry.fixers_for(finding.code):
             if fixer.safety is FixSafety.UNSAFE and not unsafe:
                 result.skipped_unsafe.append((finding, fixer))
                 continue
-            operations = tuple(fixer.plan(ctx, finding) or ()) if fixer.plan else ()
+            operations = tuple(op for op in (fixer.plan(ctx, finding) or ()) if not changes_nothing(op)) \
+                if fixer.plan else ()
             if operations:
+                paths = {os.path.abspath(op.path) for op in operations if isinstance(op, WriteFile)}
+                if paths & written:
+                    break  # next round
+                written |= paths
                 stamped = tuple(_stamp(op, finding.code, fixer.name) for op in operations)
                 result.planned.append(PlannedFix(finding, fixer, stamped))
                 break
             result.not_applicable.append((finding, fixer))
     result.operations = merge_operations([op for plan in result.planned for op in plan.operations])
     return result
+
+
+def changes_nothing(operation: Operation) -> bool:
+    """A write of the bytes the file already holds: no change to make, journal or undo."""
+    if not isinstance(operation, WriteFile):
+        return False
+    try:
+        return operation.path.is_file() and operation.path.read_bytes() == operation.content
+    except OSError:
+        return False
 
 
 def _stamp(operation: Operation, code: str, fixer: str) -> Operation:
@@ -219,18 +244,20 @@ def fix(
 
     run_id = new_id()
     current, plan = ctx, safe
+    settled: set[str] = set()
     for _ in range(MAX_ROUNDS):
         if not plan.operations and unsafe:
-            plan = plan_fixes(current, plan.before, registry, unsafe=True)
+            plan = plan_fixes(current, plan.before, registry, unsafe=True, settled_keys=frozenset(settled))
         if not plan.operations:
             result.not_applicable = plan.not_applicable
             break
         ensure_writable(target.output_dir)
         _apply(target.output_dir, result, plan, run_id)
+        settled |= {op.key for op in plan.operations if isinstance(op, WriteFile) and op.key}
         again = path if path.exists() else target.output_dir
         current, report = _diagnose(again, settings, options, registry, environ)
         result.after = report
-        plan = plan_fixes(current, report, registry, unsafe=False)
+        plan = plan_fixes(current, report, registry, unsafe=False, settled_keys=frozenset(settled))
     if result.after is not None and not unsafe:
         result.skipped_unsafe = plan_fixes(current, result.after, registry, unsafe=False).skipped_unsafe
     return result

@@ -45,6 +45,8 @@ class WriteFile:
     reason: str
     code: str = ""
     fixer: str = ""
+    # The recipe key this write sets, when it edits the recipe: later rounds leave it alone.
+    key: str | None = None
 
 
 @dataclass(frozen=True)

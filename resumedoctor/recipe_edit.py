@@ -28,4 +28,4 @@ def recipe_change(ctx: RunContext, key: str, value: Any, reason: str, *, comment
         return []
     data = copy.deepcopy(recipe.data)
     set_key(data, key, value, comment=comment)
-    return [WriteFile(recipe.path, dump_yaml(data), reason)]
+    return [WriteFile(recipe.path, dump_yaml(data), reason, key=key)]
