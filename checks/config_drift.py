@@ -2,13 +2,18 @@
 
 The checkpoint's saved arguments (training_args.bin, through the restricted unpickler) and
 trainer_state.json are compared with the recipe as TrlParser resolves it, with DeepDiff, and every
-difference is classified by what it breaks.
+difference is judged by what it does to this resume: where the data skip lands (TRL's RepeatSampler
+arithmetic), which learning rate each resumed step gets (transformers' own get_scheduler, in a helper
+process), what optimizer.pt and scheduler.pt overwrite. One fact, one finding.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from resumedoctor.checks.checkpoint_integrity import newest_usable_checkpoint
 
@@ -23,18 +28,24 @@ ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 
 DATA_SKIP = Rule(
     "CFG001", "data-skip-broken", ERROR,
-    "A value that decides which samples each step sees differs from the checkpoint's.",
-    "On resume the Trainer skips global_step x (batch size x accumulation x world size) samples of the "
-    "seeded data order. Changing per_device_train_batch_size, gradient_accumulation_steps, "
-    "num_generations, generation_batch_size / steps_per_generation, the world size or the seed makes "
-    "that skip land on the wrong samples: some are trained twice, others never.",
+    "The resume's data skip lands elsewhere than where the run stopped, or the data is reshuffled.",
+    "On resume the Trainer skips global_step x gradient_accumulation_steps batches of the seeded data "
+    "order. TRL's GRPO RepeatSampler cuts that order into generations of generation_batch_size / "
+    "num_generations prompts, each used num_iterations x steps_per_generation micro-steps; so "
+    "per_device_train_batch_size, gradient_accumulation_steps, num_generations, num_iterations, the "
+    "generation batch and the world size decide how many prompts the skip passes, and seed decides the "
+    "order (data_seed too, for trainers with a plain random sampler). When the skip passes another number "
+    "of prompts than the run trained, some are trained twice or never; the message says which positions. "
+    "A change that keeps the skip where it was is CFG005 (training change) or CFG004 (harmless).",
 )
-SCHEDULE = Rule(
-    "CFG002", "schedule-broken", ERROR,
-    "The learning-rate schedule differs from the checkpoint's, or max_steps is below its global_step.",
-    "scheduler.pt restores the scheduler's step counter, not its type or length: a different "
-    "lr_scheduler_type, warmup or max_steps continues on a curve the run was never on, and a max_steps "
-    "at or below global_step ends training at once.",
+NOTHING_TO_TRAIN = Rule(
+    "CFG002", "nothing-to-train", ERROR,
+    "max_steps (or num_train_epochs in steps) was changed to a horizon at or below the checkpoint's global_step.",
+    "The Trainer stops when global_step reaches max_steps (or num_train_epochs x the steps per epoch): a "
+    "resume whose horizon is not beyond the checkpoint's global_step loads everything and ends at once, "
+    "training nothing. `fix --unsafe` sets the checkpoint's own horizon back when that is beyond "
+    "global_step; when the run has reached it, raise max_steps by hand. A finished run resumed with its "
+    "own horizon is CFG011 (info).",
 )
 MODEL_MISMATCH = Rule(
     "CFG003", "model-mismatch", ERROR,
@@ -42,16 +53,21 @@ MODEL_MISMATCH = Rule(
     "model_name_or_path builds the model the checkpoint's weights are loaded into; a different "
     "architecture or size fails to load or, with strict=False, trains a half-random model.",
 )
-COSMETIC = Rule(
-    "CFG004", "cosmetic-change", INFO,
-    "A logging or saving setting differs from the checkpoint's (harmless).",
-    "logging_steps, save_steps, report_to and the like change what is recorded, not what is trained.",
+HARMLESS = Rule(
+    "CFG004", "harmless-change", INFO,
+    "A setting differs from the checkpoint's but changes nothing the resume trains.",
+    "logging_steps, save_steps, report_to and the like change what is recorded, not what is trained; "
+    "num_train_epochs is ignored while max_steps is set; data_seed does not seed GRPO's sampler; a "
+    "schedule setting can give the same learning rate at every resumed step; a batch can be split "
+    "differently over devices and accumulation steps and still train the same prompts per optimizer "
+    "step. The message says why the change is harmless.",
 )
 OTHER_CHANGE = Rule(
     "CFG005", "training-change", WARNING,
-    "A training hyperparameter differs from the checkpoint's.",
-    "The resumed run computes something else than the paused one (learning rate, beta, temperature, "
-    "...). Fine when intended; the report says which values moved.",
+    "A training value differs from the checkpoint's and takes effect from the first resumed step.",
+    "The resumed run computes something else than the paused one (beta, temperature, "
+    "max_completion_length, the shape of the generation batch, ...). Fine when intended; the message "
+    "gives the checkpoint's value and the new one. `fix --unsafe` writes the checkpoint's values back.",
 )
 NO_RESUME = Rule(
     "CFG006", "recipe-does-not-resume", ERROR,
@@ -72,19 +88,64 @@ OUTPUT_DIR_DIFFERS = Rule(
     "The recipe's output_dir is not the folder being diagnosed.",
     "The checks looked at one folder and training would resume (and save) in another.",
 )
+SCHEDULE_CHANGED = Rule(
+    "CFG009", "schedule-changed", WARNING,
+    "The learning-rate schedule the resume follows differs from the checkpoint's (horizon, type or warmup).",
+    "optimizer.pt and scheduler.pt restore the step counter, the base learning rate and the current "
+    "rate, but the Trainer builds the curve from the recipe's lr_scheduler_type, warmup and max_steps: "
+    "the first resumed step still runs at the checkpoint's rate, every later one on the new curve. A "
+    "raised max_steps on a decaying schedule (linear, cosine, ...) stretches the decay, so the rates are "
+    "higher than the run would have used; a lowered one shortens the run. The message gives the rates "
+    "under both schedules, computed with transformers' get_scheduler (or says they could not be). "
+    "Nothing to fix when intended: the recipe asks for it.",
+)
+TRAINING_EXTENDED = Rule(
+    "CFG010", "training-extended", INFO,
+    "max_steps or num_train_epochs was raised on a schedule whose rates do not depend on it.",
+    "On a constant schedule (or constant_with_warmup past its warmup) a longer horizon changes no rate: "
+    "the resume trains the steps the run had planned exactly as planned, then more at the same rate.",
+)
+RUN_FINISHED = Rule(
+    "CFG011", "run-finished", INFO,
+    "The checkpoint has reached the horizon the recipe keeps: resuming it trains nothing.",
+    "global_step equals the run's max_steps and the recipe does not raise it: a resume loads the "
+    "checkpoint and ends at once. Raise max_steps (or num_train_epochs) to train on; CFG009 or CFG010 "
+    "then says what the longer schedule does.",
+)
+OPTIMIZER_KEPT = Rule(
+    "CFG012", "optimizer-value-ignored", ERROR,
+    "learning_rate, weight_decay or an Adam setting differs from the checkpoint's, but a resume keeps the checkpoint's.",
+    "On resume the Trainer loads optimizer.pt, whose parameter groups carry lr, weight_decay, betas and "
+    "eps, and scheduler.pt, whose base_lrs carry the learning rate; both overwrite what the recipe asks "
+    "(seen with transformers 5.24 and torch 2.13: a resume with learning_rate doubled logs the "
+    "checkpoint's rates). The run trains on with the old values while the recipe says otherwise. `fix "
+    "--auto` writes the checkpoint's values into the recipe so that it states what the resume really "
+    "uses; training does not change. To train with new values, start a new run from the checkpoint's "
+    "weights (model_name_or_path) instead of resuming.",
+)
 
-RULES = (DATA_SKIP, SCHEDULE, MODEL_MISMATCH, COSMETIC, OTHER_CHANGE, NO_RESUME, RESUME_TARGET_WRONG,
-         OUTPUT_DIR_DIFFERS)
+RULES = (DATA_SKIP, NOTHING_TO_TRAIN, MODEL_MISMATCH, HARMLESS, OTHER_CHANGE, NO_RESUME, RESUME_TARGET_WRONG,
+         OUTPUT_DIR_DIFFERS, SCHEDULE_CHANGED, TRAINING_EXTENDED, RUN_FINISHED, OPTIMIZER_KEPT)
 
-DATA_SKIP_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_generations",
-                  "generation_batch_size", "steps_per_generation", "seed", "data_seed", "dataloader_drop_last")
-SCHEDULE_KEYS = ("lr_scheduler_type", "warmup_steps", "warmup_ratio", "max_steps", "num_train_epochs")
+# What each compared key decides; every difference is then judged by its consequence for this resume.
+DATA_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_generations", "num_iterations",
+             "generation_batch_size", "steps_per_generation")
+ORDER_KEYS = ("seed", "data_seed")
+SCHEDULE_KEYS = ("lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "warmup_ratio", "max_steps",
+                 "num_train_epochs")
+OPTIMIZER_KEYS = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon")
 COSMETIC_KEYS = ("logging_steps", "logging_strategy", "logging_first_step", "save_steps", "save_strategy",
                  "save_total_limit", "report_to", "run_name", "eval_steps", "push_to_hub", "disable_tqdm",
                  "logging_dir", "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "hub_model_id")
-TRAINING_KEYS = ("learning_rate", "beta", "temperature", "top_p", "top_k", "epsilon", "epsilon_high",
-                 "loss_type", "scale_rewards", "max_completion_length", "weight_decay", "max_grad_norm",
-                 "optim", "adam_beta1", "adam_beta2", "reward_weights", "num_iterations", "bf16", "fp16")
+# The training value each key sets, for the message.
+TRAINING_KEYS = {
+    "beta": "KL coefficient", "temperature": "sampling temperature", "top_p": "nucleus sampling top_p",
+    "top_k": "sampling top_k", "epsilon": "lower clip range", "epsilon_high": "upper clip range",
+    "loss_type": "loss", "scale_rewards": "reward scaling", "max_completion_length": "completion budget (tokens)",
+    "max_grad_norm": "gradient clipping norm", "optim": "optimizer", "reward_weights": "reward weights",
+    "bf16": "bf16 precision", "fp16": "fp16 precision", "dataloader_drop_last": "last partial batch of an epoch",
+}
+DATA_SKIP_KEYS = DATA_KEYS + ORDER_KEYS
 ARCHITECTURE_KEYS = ("model_type", "architectures", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "num_key_value_heads", "intermediate_size", "vocab_size")
 # GRPOConfig derives these when the recipe leaves them unset; the saved value is the derived one.
@@ -92,6 +153,8 @@ DERIVED_WHEN_UNSET = ("generation_batch_size", "steps_per_generation")
 
 
 def normalize(key: str, value):
+    if key == "lr_scheduler_kwargs" and value in (None, "", {}):
+        return {}
     if key == "report_to":
         if value in (None, "none"):
             return []
@@ -105,7 +168,8 @@ def drift(ctx: RunContext, saved: dict, recipe) -> dict[str, tuple]:
     """key -> (saved value, resolved value, source) for every compared key that differs (DeepDiff)."""
     from deepdiff import DeepDiff
 
-    keys = [k for k in (*DATA_SKIP_KEYS, *SCHEDULE_KEYS, *COSMETIC_KEYS, *TRAINING_KEYS) if k in saved]
+    compared = (*DATA_KEYS, *ORDER_KEYS, *SCHEDULE_KEYS, *OPTIMIZER_KEYS, *COSMETIC_KEYS, *TRAINING_KEYS)
+    keys = [k for k in compared if k in saved]
     resolved = {key: recipe.resolve(key) for key in keys}
     keys = [k for k in keys if not (k in DERIVED_WHEN_UNSET and resolved[k].source == "default")]
     # A default of None (bf16, fp16, ...) is decided by GRPOConfig at start-up: not a drift by itself.
@@ -115,7 +179,8 @@ def drift(ctx: RunContext, saved: dict, recipe) -> dict[str, tuple]:
     after = {key: normalize(key, resolved[key].value) for key in keys}
     difference = DeepDiff(before, after, ignore_order=True, ignore_numeric_type_changes=True)
     changed = set()
-    for section in ("values_changed", "type_changes", "iterable_item_added", "iterable_item_removed"):
+    for section in ("values_changed", "type_changes", "iterable_item_added", "iterable_item_removed",
+                    "dictionary_item_added", "dictionary_item_removed"):
         for path in difference.get(section, {}):
             changed.add(path.split("'")[1])
     return {key: (saved[key], resolved[key].value, resolved[key].source) for key in keys if key in changed}
@@ -134,6 +199,48 @@ def checkpoint_world_size(checkpoint: Path) -> int:
             pass
     ranks = list(checkpoint.glob("rng_state_*.pth"))
     return len(ranks) if ranks else 1
+
+
+def optimizer_state_restored(checkpoint: Path) -> bool:
+    """Whether a resume loads optimizer and scheduler state (the Trainer loads both or neither)."""
+    if not (checkpoint / "scheduler.pt").is_file():
+        return False
+    try:
+        return any(p.name.startswith("optimizer") or (p.is_dir() and p.name.startswith("global_step"))
+                   for p in checkpoint.iterdir())
+    except OSError:
+        return False
+
+
+@dataclass
+class Resume:
+    """Everything a judgement needs about the resume of one checkpoint with one recipe."""
+
+    checkpoint: Path
+    saved: dict
+    state: dict
+    recipe: Any
+    changes: dict  # key -> (saved value, recipe value, source)
+    recipe_path: str
+    world_saved: int
+    world_new: int
+
+    @property
+    def global_step(self) -> int | None:
+        step = self.state.get("global_step")
+        return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+    @property
+    def grpo(self) -> bool:
+        return "num_generations" in self.saved
+
+    def describe(self, keys) -> str:
+        """`key: checkpoint-4 was trained with 4, the recipe says 8 (file)` for each key, `; `-joined."""
+        parts = []
+        for key in keys:
+            before, after, source = self.changes[key]
+            parts.append(f"{key}: {self.checkpoint.name} was trained with {before!r}, the recipe says {after!r} ({source})")
+        return "; ".join(parts)
 
 
 def run(ctx: RunContext) -> Iterator[Finding]:
@@ -157,23 +264,368 @@ def run(ctx: RunContext) -> Iterator[Finding]:
         state = ctx.read_json(checkpoint / "trainer_state.json")
     except JsonFileError:
         state = {}
-    for key, (before, after, source) in sorted(drift(ctx, saved, recipe).items()):
-        rule = (DATA_SKIP if key in DATA_SKIP_KEYS else SCHEDULE if key in SCHEDULE_KEYS
-                else COSMETIC if key in COSMETIC_KEYS else OTHER_CHANGE)
-        finding = rule.finding(f"{key}: {checkpoint.name} was trained with {before!r}, the recipe says {after!r} ({source})",
-                               path=recipe_path, hint=None if rule is COSMETIC else "fix --unsafe writes the checkpoint's value into the recipe")
-        finding.extra.update(key=key, saved=before)
-        yield finding
-    global_step = state.get("global_step") if isinstance(state, dict) else None
-    max_steps = recipe.get("max_steps")
-    if isinstance(global_step, int) and isinstance(max_steps, int) and 0 < max_steps <= global_step:
-        yield SCHEDULE.finding(f"max_steps={max_steps} is not beyond global_step {global_step}: training ends at once",
-                               path=recipe_path)
     world = ctx.environ.get("WORLD_SIZE")
-    saved_world = checkpoint_world_size(checkpoint)
-    if world and world.isdigit() and int(world) != saved_world:
-        yield DATA_SKIP.finding(f"world size: {checkpoint.name} was trained on {saved_world} process(es), "
-                                f"WORLD_SIZE is {world}", path=recipe_path)
+    world_saved = checkpoint_world_size(checkpoint)
+    resume = Resume(checkpoint, saved, state if isinstance(state, dict) else {}, recipe, drift(ctx, saved, recipe),
+                    recipe_path, world_saved, int(world) if world and world.isdigit() else world_saved)
+    yield from data_findings(resume)
+    yield from order_findings(resume)
+    yield from schedule_findings(ctx, resume)
+    yield from optimizer_findings(resume)
+    yield from value_findings(resume)
+
+
+# ---- the data skip ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """How a run walks its seeded data order: TRL's RepeatSampler for GRPO, one sample per item otherwise."""
+
+    per_device: int
+    accumulation: int
+    world: int
+    generations: int = 0  # 0: not GRPO
+    iterations: int = 1
+    steps_per_generation: int = 1
+    generation_batch: int = 0
+
+    @property
+    def per_step(self) -> int:
+        """Samples (GRPO: completions) per optimizer step over all processes."""
+        return self.per_device * self.accumulation * self.world
+
+    def skipped(self, step: int) -> int:
+        """Positions of the seeded order a resume at `step` passes before it trains again."""
+        if not self.generations:
+            return step * self.per_step
+        per_generation = self.generation_batch // self.generations
+        return step * self.accumulation // (self.iterations * self.steps_per_generation) * per_generation
+
+    def shape(self) -> str:
+        if not self.generations:
+            return f"{_count(self.per_step, 'sample')} per optimizer step"
+        reuse = f", each generation used {self.iterations}x" if self.iterations > 1 else ""
+        return (f"{_count(self.generation_batch // self.generations, 'prompt')} x {self.generations} completions "
+                f"per generation, {_count(self.per_step, 'completion')} per optimizer step{reuse}")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def _positive_ints(*values) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+
+
+def saved_plan(resume: Resume) -> DataPlan | None:
+    get = resume.saved.get
+    per_device, accumulation = get("per_device_train_batch_size"), get("gradient_accumulation_steps")
+    if not resume.grpo:
+        return DataPlan(per_device, accumulation, resume.world_saved) if _positive_ints(per_device, accumulation) else None
+    values = (get("num_generations"), get("num_iterations", 1), get("steps_per_generation"), get("generation_batch_size"))
+    if not _positive_ints(per_device, accumulation, *values):
+        return None
+    return DataPlan(per_device, accumulation, resume.world_saved, *values)
+
+
+def recipe_plan(resume: Resume) -> DataPlan | None:
+    """The recipe's plan, with generation_batch_size / steps_per_generation derived as GRPOConfig does."""
+    get, world = resume.recipe.get, resume.world_new
+    per_device, accumulation = get("per_device_train_batch_size"), get("gradient_accumulation_steps")
+    if not _positive_ints(per_device, accumulation):
+        return None
+    if not resume.grpo:
+        return DataPlan(per_device, accumulation, world)
+    batch, steps = get("generation_batch_size"), get("steps_per_generation")
+    if batch is None:
+        steps = steps or accumulation
+        batch = per_device * world * steps
+    elif steps is None:
+        steps = batch // (per_device * world)
+    generations, iterations = get("num_generations"), get("num_iterations") or 1
+    if not _positive_ints(generations, iterations, steps, batch):
+        return None
+    return DataPlan(per_device, accumulation, world, generations, iterations, steps, batch)
+
+
+def data_findings(resume: Resume) -> Iterator[Finding]:
+    keys = [k for k in DATA_KEYS if k in resume.changes]
+    world_changed = resume.world_new != resume.world_saved
+    if not keys and not world_changed:
+        return
+    what = "; ".join(filter(None, [resume.describe(keys), world_changed and (
+        f"world size: {resume.checkpoint.name} was trained on {resume.world_saved} process(es), "
+        f"WORLD_SIZE is {resume.world_new}")]))
+    hint = (f"relaunch on {resume.world_saved} process(es)" if world_changed else None)
+    old, new, step = saved_plan(resume), recipe_plan(resume), resume.global_step
+    if old is None or new is None or step is None:
+        yield _finding(resume, OTHER_CHANGE, keys, what, "could not work out where the data skip lands "
+                       "(a batch value or global_step is missing or not a positive integer)", hint)
+        return
+    finding = _data_finding(resume, keys, what, hint, old, new, step)
+    finding.extra["positions"] = (old.skipped(step), new.skipped(step))
+    yield finding
+
+
+def _data_finding(resume: Resume, keys, what: str, hint: str | None, old: DataPlan, new: DataPlan,
+                  step: int) -> Finding:
+    """Error when the skip moves, warning when only what a step trains changes, info when neither does."""
+    before, after = old.skipped(step), new.skipped(step)
+    unit = "prompts" if resume.grpo else "samples"
+    fix_hint = "; ".join(filter(None, ["fix --unsafe writes the checkpoint's values back" if keys else None, hint]))
+    if before != after:
+        low, high = sorted((before, after))
+        fate = "are never trained" if after > before else "are trained twice"
+        return _finding(resume, DATA_SKIP, keys, what, f"the resume skips {after} {unit} of the seeded order, the "
+                        f"checkpoint's values skip {before}: the {high - low} {unit} at positions {low}-{high - 1} "
+                        f"{fate} ({new.shape()} instead of {old.shape()})", fix_hint)
+    if old.shape() != new.shape():
+        return _finding(resume, OTHER_CHANGE, keys, what, f"the skip still lands on position {after}, but from step "
+                        f"{step + 1} on: {new.shape()} instead of {old.shape()}", fix_hint)
+    return _finding(resume, HARMLESS, keys, what, f"the same {new.shape()}, split differently over devices and "
+                    f"accumulation steps; the skip still lands on position {after}", None, restore=False)
+
+
+def _finding(resume: Resume, rule: Rule, keys, what: str, consequence: str, hint: str | None,
+             *, restore: bool = True) -> Finding:
+    """A finding whose subject may include the world size, which has no recipe key to restore."""
+    finding = rule.finding(f"{what}: {consequence}", path=resume.recipe_path, hint=hint)
+    if restore and keys:
+        finding.extra["restore"] = {key: resume.changes[key][0] for key in keys}
+    finding.extra["keys"] = list(keys)
+    return finding
+
+
+def order_seed(values, grpo: bool):
+    """The seed of the data order: RepeatSampler takes seed; transformers' random sampler data_seed, else seed."""
+    if grpo:
+        return values("seed")
+    data_seed = values("data_seed")
+    return data_seed if data_seed is not None else values("seed")
+
+
+def order_findings(resume: Resume) -> Iterator[Finding]:
+    keys = [k for k in ORDER_KEYS if k in resume.changes]
+    if not keys:
+        return
+    before, after = order_seed(resume.saved.get, resume.grpo), order_seed(resume.recipe.get, resume.grpo)
+    what = resume.describe(keys)
+    if before != after:
+        plan, step = saved_plan(resume), resume.global_step
+        passed = f" {plan.skipped(step)} positions" if plan is not None and step is not None else ""
+        yield _finding(resume, DATA_SKIP, keys, what, f"the data order is shuffled with seed {after!r} instead of "
+                       f"{before!r}: the resume skips{passed} of another permutation, so prompts the run already "
+                       f"trained come again and others are never reached", "fix --unsafe writes the checkpoint's values back")
+        return
+    why = ("TRL's RepeatSampler shuffles with seed alone" if resume.grpo
+           else f"data_seed={after!r} shuffles the data")
+    yield _finding(resume, HARMLESS, keys, what, f"the data order does not change ({why}); the random state comes "
+                   f"from {resume.checkpoint.name}'s rng_state", None, restore=False)
+
+
+# ---- the learning-rate schedule -----------------------------------------------------------------
+
+HORIZON_KEYS = ("max_steps", "num_train_epochs")
+MAX_COMPARED_STEPS = 600  # a longer run is compared on a sample of its steps
+
+
+def old_horizon(resume: Resume) -> int | None:
+    """The run's horizon in steps: trainer_state's max_steps (the Trainer's own count), else the argument."""
+    for value in (resume.state.get("max_steps"), resume.saved.get("max_steps")):
+        if _positive_ints(value):
+            return value
+    return None
+
+
+def steps_per_epoch(resume: Resume) -> int | None:
+    """Optimizer steps per epoch, from an epoch-based run's horizon or from the state's fractional epoch."""
+    epochs, horizon = resume.saved.get("num_train_epochs"), resume.state.get("max_steps")
+    saved_max_steps = resume.saved.get("max_steps")
+    if (isinstance(saved_max_steps, int) and saved_max_steps <= 0 and _positive_ints(horizon)
+            and isinstance(epochs, (int, float)) and float(epochs).is_integer() and epochs > 0 and horizon % int(epochs) == 0):
+        return horizon // int(epochs)
+    epoch, step = resume.state.get("epoch"), resume.global_step
+    if isinstance(epoch, (int, float)) and epoch > 0 and step:
+        return math.ceil(round(step / epoch, 6))
+    return None
+
+
+def new_horizon(resume: Resume, old: int) -> tuple[int | None, str]:
+    """The recipe's horizon in steps and how it comes about, or (None, why it cannot be known)."""
+    if not any(key in resume.changes for key in HORIZON_KEYS):
+        return old, f"max_steps {old}"
+    max_steps = resume.recipe.get("max_steps")
+    if isinstance(max_steps, int) and max_steps > 0:
+        return max_steps, f"max_steps={max_steps}"
+    epochs = resume.recipe.get("num_train_epochs")
+    old_plan, new_plan = saved_plan(resume), recipe_plan(resume)
+    if old_plan is None or new_plan is None or old_plan.shape() != new_plan.shape():
+        return None, "the steps per epoch change with the batch"
+    per_epoch = steps_per_epoch(resume)
+    if per_epoch is None or not isinstance(epochs, (int, float)) or epochs <= 0:
+        return None, "the steps per epoch are not known from the checkpoint"
+    return math.ceil(epochs * per_epoch), f"num_train_epochs={epochs:g} x {per_epoch} steps per epoch"
+
+
+def schedule_findings(ctx: RunContext, resume: Resume) -> Iterator[Finding]:
+    step, keys = resume.global_step, [k for k in SCHEDULE_KEYS if k in resume.changes]
+    old = old_horizon(resume)
+    if step is None or old is None:
+        if keys:
+            yield _finding(resume, SCHEDULE_CHANGED, keys, resume.describe(keys), "could not judge: global_step or "
+                           "max_steps is missing from trainer_state.json", None, restore=False)
+        return
+    new, how = new_horizon(resume, old)
+    if new is None:
+        yield _finding(resume, SCHEDULE_CHANGED, keys, resume.describe(keys),
+                       f"could not work out the new horizon in steps ({how})", None, restore=False)
+    elif new <= step:
+        yield horizon_reached(resume, keys, step, old, new, how)
+    elif keys and set(keys) <= set(HORIZON_KEYS) and new == old:
+        yield _finding(resume, HARMLESS, keys, resume.describe(keys), f"the horizon stays {new} steps ({how} decides "
+                       "it): no step trains differently", None, restore=False)
+    elif keys:
+        yield judge_schedule(ctx, resume, keys, step, old, new)
+
+
+def horizon_reached(resume: Resume, keys, step: int, old: int, new: int, how: str) -> Finding:
+    """The resume trains nothing: info for a finished run kept as it is, an error for a changed horizon."""
+    name = resume.checkpoint.name
+    if new == old:
+        finding = RUN_FINISHED.finding(f"{name} is at step {step} of the run's {old}: resuming it with {how} trains "
+                                       "nothing", path=resume.recipe_path, hint=f"raise max_steps above {step} to train on")
+        return finding
+    horizon_keys = [k for k in keys if k in HORIZON_KEYS]
+    restorable = old > step
+    hint = (f"fix --unsafe sets the checkpoint's horizon back ({old} steps), or raise max_steps above {step}" if restorable
+            else f"the run has finished its {old} steps: raise max_steps above {step} to train on")
+    return _finding(resume, NOTHING_TO_TRAIN, horizon_keys, resume.describe(horizon_keys),
+                    f"{how} is not beyond global_step {step}: the resume loads {name} and trains nothing",
+                    hint, restore=restorable)
+
+
+def schedule_of(values, horizon: int, learning_rate: float):
+    """transformers' schedule from TrainingArguments-named values (the base rate is the checkpoint's)."""
+    import json
+
+    from resumedoctor.lr_schedule import Schedule
+
+    kwargs = values("lr_scheduler_kwargs")
+    if isinstance(kwargs, str):
+        kwargs = json.loads(kwargs) if kwargs.strip() else {}
+    return Schedule(str(values("lr_scheduler_type")), float(learning_rate), horizon,
+                    float(values("warmup_steps") or 0), float(values("warmup_ratio") or 0), dict(kwargs or {}))
+
+
+def compared_steps(step: int, old: int, new: int) -> list[int]:
+    """Scheduler step counts to compare: the resume's own, then every one (or a sample) up to both horizons."""
+    last = max(old, new)
+    span = range(step + 1, last + 1)
+    if len(span) > MAX_COMPARED_STEPS:
+        stride = len(span) / MAX_COMPARED_STEPS
+        span = [step + 1 + int(i * stride) for i in range(MAX_COMPARED_STEPS)]
+    return sorted({step, *span, max(old - 1, 0), old, new - 1})
+
+
+def _rate(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def judge_schedule(ctx: RunContext, resume: Resume, keys, step: int, old: int, new: int) -> Finding:
+    """Warning or info by the learning rates the resume really uses, under the checkpoint's schedule and the recipe's."""
+    from resumedoctor.lr_schedule import ScheduleError, learning_rates
+
+    what, name = resume.describe(keys), resume.checkpoint.name
+    length = (f"the resume trains {_count(new - step, 'step')} (to {new}) instead of {max(old - step, 0)}; "
+              if new != old else "")
+    if not optimizer_state_restored(resume.checkpoint):
+        return _finding(resume, SCHEDULE_CHANGED, keys, what, f"{length}the rates are not judged: {name} has no "
+                        "optimizer.pt / scheduler.pt, so the resume starts a fresh schedule", None, restore=False)
+    base = resume.saved.get("learning_rate")  # scheduler.pt restores base_lrs: the recipe's learning_rate is not used
+    steps = compared_steps(step, old, new)
+    try:
+        schedules = [schedule_of(resume.saved.get, old, base), schedule_of(resume.recipe.get, new, base)]
+        rates = ctx.memo(("lr-schedule", repr(schedules), tuple(steps)), lambda: learning_rates(schedules, steps),
+                         "lr_schedule")
+    except ScheduleError as exc:
+        return _finding(resume, SCHEDULE_CHANGED, keys, what, f"{length}the learning rates could not be computed "
+                        f"({exc.reason})", None, restore=False)
+    except (TypeError, ValueError) as exc:  # a learning_rate or lr_scheduler_kwargs that is not what it should be
+        return _finding(resume, SCHEDULE_CHANGED, keys, what, f"{length}the learning rates could not be computed "
+                        f"({type(exc).__name__}: {exc})", None, restore=False)
+    old_rates, new_rates = dict(zip(steps, rates[0])), dict(zip(steps, rates[1]))
+
+    def planned(count: int) -> float:  # the checkpoint's schedule, held at its end rate past its horizon
+        return old_rates[min(count, old)]
+
+    kept = planned(step)
+    differs = next((n for n in steps if step < n < new
+                    and not math.isclose(new_rates[n], planned(n), rel_tol=1e-9, abs_tol=1e-15)), None)
+    if differs is None and new > old:
+        return _finding(resume, TRAINING_EXTENDED, keys, what, f"{length}every step runs at the rate the checkpoint's "
+                        f"schedule gives it: {_rate(kept)} at step {step + 1}, {_rate(new_rates[new - 1])} at step {new}",
+                        None, restore=False)
+    if differs is None and new == old:
+        return _finding(resume, HARMLESS, keys, what, f"the same learning rate at each of the {new - step} resumed "
+                        f"steps ({_rate(kept)} at step {step + 1})", None, restore=False)
+    parts = [f"{length}step {step + 1} keeps {_rate(kept)} (restored from {name}'s optimizer.pt)"]
+    if differs is not None:
+        ended = f" (the checkpoint's {old}-step schedule ended at step {old})" if differs >= old else ""
+        parts.append(f"step {differs + 1} runs at {_rate(new_rates[differs])} instead of {_rate(planned(differs))}{ended}")
+    else:
+        parts.append(f"no step changes its rate; the run ends {_count(old - new, 'step')} earlier")
+    if new > step + 1:
+        parts.append(f"the last step, {new}, runs at {_rate(new_rates[new - 1])} (the checkpoint's schedule ended at "
+                     f"{_rate(old_rates[old - 1])} at step {old})")
+    finding = _finding(resume, SCHEDULE_CHANGED, keys, what, "; ".join(parts),
+                       "nothing to fix if intended; the checkpoint's values are in the message", restore=False)
+    finding.extra.update(lr_kept=kept, lr_step=None if differs is None else differs + 1,
+                         lr_old=None if differs is None else planned(differs),
+                         lr_new=None if differs is None else new_rates[differs])
+    return finding
+
+
+# ---- the optimizer and every other value --------------------------------------------------------
+
+
+def optimizer_findings(resume: Resume) -> Iterator[Finding]:
+    keys = [k for k in OPTIMIZER_KEYS if k in resume.changes]
+    if not keys:
+        return
+    what, name = resume.describe(keys), resume.checkpoint.name
+    if optimizer_state_restored(resume.checkpoint):
+        kept = ", ".join(f"{key}={resume.changes[key][0]!r}" for key in keys)
+        scheduler = " and scheduler.pt the base learning rate" if "learning_rate" in keys else ""
+        yield _finding(resume, OPTIMIZER_KEPT, keys, what, f"the resume keeps {kept}: {name}'s optimizer.pt restores "
+                       f"the optimizer's parameter groups{scheduler}, so the recipe's value has no effect",
+                       "fix --auto writes the checkpoint's values into the recipe (training does not change); to "
+                       "train with new values, start a new run from the checkpoint's weights")
+        return
+    step = resume.global_step
+    yield _finding(resume, OTHER_CHANGE, keys, what, f"{name} has no optimizer state, so the resume builds a fresh "
+                   f"optimizer with the recipe's values{f' from step {step + 1}' if step is not None else ''}", None)
+
+
+def value_findings(resume: Resume) -> Iterator[Finding]:
+    """One finding per remaining key: harmless (logging, saving) or a training value that takes effect."""
+    step = resume.global_step
+    from_step = f"from step {step + 1} on" if step is not None else "from the first resumed step"
+    for key in sorted(resume.changes):
+        if key in COSMETIC_KEYS:
+            yield _finding(resume, HARMLESS, [key], resume.describe([key]), "changes what is logged or saved, not "
+                           "what is trained", None, restore=False)
+        elif key == "dataloader_drop_last" and resume.grpo:
+            yield _finding(resume, HARMLESS, [key], resume.describe([key]), "TRL's RepeatSampler yields whole "
+                           "generation batches only: there is no partial batch to drop", None, restore=False)
+        elif key == "optim":
+            before, after, _ = resume.changes[key]
+            yield _finding(resume, OTHER_CHANGE, [key], resume.describe([key]), f"{resume.checkpoint.name}'s "
+                           f"optimizer.pt holds {before}'s state and is loaded into {after} {from_step}; whether "
+                           "that loads and what it computes is not judged here", "fix --unsafe writes the checkpoint's value back")
+        elif key in TRAINING_KEYS:
+            yield _finding(resume, OTHER_CHANGE, [key], resume.describe([key]), f"the resumed run trains with this "
+                           f"{TRAINING_KEYS[key]} {from_step}", "fix --unsafe writes the checkpoint's value back")
 
 
 def check_resume_setting(ctx: RunContext, recipe, recipe_path: str) -> Iterator[Finding]:

@@ -15,7 +15,6 @@ from resumedoctor.findings import Finding, Rule, Severity
 from resumedoctor.prompt_lengths import DatasetError, looks_local, measure, tokenizer_files
 from resumedoctor.recipe import REMOVED_KEYS, Recipe, RecipeError
 from resumedoctor.registry import CheckFamily
-from resumedoctor.safe_pickle import PickleReadError, UnsafePickleError
 
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 
@@ -76,19 +75,21 @@ NOT_MEASURED = Rule(
     "resumedoctor never downloads: a dataset or tokenizer that exists only on the hub is not "
     "measured. Point the recipe at local copies to have every prompt checked.",
 )
+# Retired: drift against the checkpoint is the CFG family's (one fact, one finding, one severity).
+# The code stays registered so that `explain LEN010` and settings naming it keep working.
 BUDGET_CHANGED = Rule(
-    "LEN010", "budget-changed", WARNING,
-    "A length or generation budget differs from the one the checkpoint was trained with.",
-    "max_completion_length, num_generations and the generation batch were saved in the checkpoint's "
-    "training_args.bin (read with a restricted unpickler). Changing them mid-run changes the "
-    "advantage estimates and the token budget per step: the resumed run is not the run you paused.",
+    "LEN010", "budget-changed", INFO,
+    "Retired, never reported: a budget that differs from the checkpoint's is reported by CFG.",
+    "max_completion_length, num_generations and the generation batch saved in the checkpoint's "
+    "training_args.bin are compared with the recipe by the CFG family, which judges each change once "
+    "by its consequence: CFG001 when it moves the data skip (num_generations, the generation batch), "
+    "CFG005 when it changes what a step trains (max_completion_length). LEN judges whether the "
+    "budgets fit the window.",
 )
 
 RULES = (RECIPE_INVALID, UNKNOWN_KEY, REMOVED_KEY, COMPLETION_EXCEEDS_WINDOW, PROMPTS_EXCEED_WINDOW,
          DATASET_UNAVAILABLE, GENERATION_BATCH_INDIVISIBLE, GENERATION_BATCH_AND_STEPS, NOT_MEASURED,
          BUDGET_CHANGED)
-BUDGET_KEYS = ("max_completion_length", "num_generations", "generation_batch_size", "steps_per_generation",
-               "vllm_max_model_length")
 
 
 
@@ -158,8 +159,6 @@ def run(ctx: RunContext) -> Iterator[Finding]:
         yield GENERATION_BATCH_INDIVISIBLE.finding(
             f"generation_batch_size={batch.value} is not a multiple of num_generations={generations}", path=recipe_path)
 
-    yield from check_against_checkpoint(ctx, recipe, recipe_path)
-
     folder = model_folder(ctx, recipe)
     if folder is None:
         yield NOT_MEASURED.finding("no local config.json and tokenizer (checkpoint or model_name_or_path)", path=recipe_path)
@@ -204,24 +203,6 @@ def run(ctx: RunContext) -> Iterator[Finding]:
 def _budget(finding: Finding, window: int, folder: Path, lengths) -> Finding:
     finding.extra.update(window=window, model_folder=str(folder), lengths=lengths)
     return finding
-
-
-def check_against_checkpoint(ctx: RunContext, recipe: Recipe, recipe_path: str) -> Iterator[Finding]:
-    checkpoint = ctx.target.checkpoint
-    if checkpoint is None or not (checkpoint / "training_args.bin").is_file():
-        return
-    try:
-        saved = ctx.training_args(checkpoint / "training_args.bin")
-    except (UnsafePickleError, PickleReadError):
-        return  # the CKPT family reports it
-    for key in BUDGET_KEYS:
-        resolved = recipe.resolve(key)
-        if resolved.source == "default" and key in ("generation_batch_size", "steps_per_generation"):
-            continue  # GRPOConfig derives these when unset; the saved value is the derived one
-        if key in saved and saved[key] != resolved.value:
-            yield BUDGET_CHANGED.finding(
-                f"{key}: {checkpoint.name} was trained with {saved[key]!r}, the recipe now says {resolved.value!r} "
-                f"({resolved.source})", path=recipe_path)
 
 
 FAMILY = CheckFamily(

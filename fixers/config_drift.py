@@ -1,11 +1,19 @@
-"""Fixers of the CFG family: edit the recipe (comments and order kept) to resume what was trained."""
+"""Fixers of the CFG family: edit the recipe (comments and order kept) to resume what was trained.
+
+Each finding names the keys of its one fact and, in `extra["restore"]`, the checkpoint's values of
+the keys it is honest to write back; a finding without them plans nothing (a world-size change, a
+run that has finished its horizon, a schedule the recipe means to change).
+"""
 
 from __future__ import annotations
 
+import copy
+
 from resumedoctor.context import RunContext
 from resumedoctor.findings import Finding, FixSafety
-from resumedoctor.journal import Operation
-from resumedoctor.recipe_edit import recipe_change
+from resumedoctor.journal import Operation, WriteFile
+from resumedoctor.recipe import RecipeError, dump_yaml
+from resumedoctor.recipe_edit import recipe_change, set_key
 from resumedoctor.registry import Fixer
 
 FAMILY = "config-drift"
@@ -18,17 +26,40 @@ def plan_set_resume_path(ctx: RunContext, finding: Finding) -> list[Operation]:
     return recipe_change(ctx, "resume_from_checkpoint", newest, f"resume_from_checkpoint: {newest}")
 
 
-def plan_restore_saved_value(ctx: RunContext, finding: Finding) -> list[Operation]:
-    key, saved = finding.extra.get("key"), finding.extra.get("saved")
-    if key is None:
+def plan_restore_saved_values(ctx: RunContext, finding: Finding) -> list[Operation]:
+    """One write of the recipe with every key of the finding set to the checkpoint's value."""
+    restore = finding.extra.get("restore") or {}
+    try:
+        recipe = ctx.recipe()
+    except RecipeError:
         return []
-    return recipe_change(ctx, key, saved, f"{key}: {saved!r}, the checkpoint's value")
+    changed = {key: value for key, value in restore.items() if not (key in recipe.data and recipe.data[key] == value)}
+    if not changed:
+        return []
+    data = copy.deepcopy(recipe.data)
+    for key, value in changed.items():
+        set_key(data, key, value)
+    reason = ", ".join(f"{key}: {value!r}" for key, value in changed.items()) + " (the checkpoint's values)"
+    return [WriteFile(recipe.path, dump_yaml(data), reason)]
 
 
 FIXERS = (
     Fixer("set-resume-from-checkpoint", FAMILY, ("CFG006", "CFG007"), FixSafety.SAFE,
           "set resume_from_checkpoint in the recipe to the newest usable checkpoint's path (the diff is shown)",
           plan_set_resume_path),
-    Fixer("restore-checkpoint-values", FAMILY, ("CFG001", "CFG002", "CFG005"), FixSafety.UNSAFE,
-          "write the checkpoint's saved value of the key back into the recipe", plan_restore_saved_value),
+    Fixer("restore-data-values", FAMILY, ("CFG001",), FixSafety.UNSAFE,
+          "write the checkpoint's batch, generation and seed values back into the recipe, so that the data skip "
+          "lands where the run stopped (a WORLD_SIZE change has no key to write: relaunch on the checkpoint's "
+          "number of processes)", plan_restore_saved_values),
+    Fixer("restore-horizon", FAMILY, ("CFG002",), FixSafety.UNSAFE,
+          "set max_steps / num_train_epochs back to the checkpoint's when its horizon is beyond global_step (the "
+          "original schedule continues); a run that has reached its horizon gets nothing: raise max_steps by hand",
+          plan_restore_saved_values),
+    Fixer("restore-training-values", FAMILY, ("CFG005",), FixSafety.UNSAFE,
+          "write the checkpoint's value back into the recipe: the resume then computes what the paused run did",
+          plan_restore_saved_values),
+    Fixer("restore-optimizer-values", FAMILY, ("CFG012",), FixSafety.SAFE,
+          "write the checkpoint's learning_rate / weight_decay / Adam values into the recipe, so that it states "
+          "what the resume really uses (optimizer.pt and scheduler.pt restore them: training does not change)",
+          plan_restore_saved_values),
 )

@@ -19,15 +19,17 @@ class ConfigRow:
     source: str  # cli, env, file, default
     checkpoint: object = None
     in_checkpoint: bool = False
-    drift: str = ""  # what a difference breaks: data-skip, schedule, training, cosmetic
+    drift: str = ""  # what the key decides when it differs: data-skip, schedule, optimizer-state, training, cosmetic
 
 
 def config_rows(recipe_path: Path, path: Path | None = None, recipe_args: tuple[str, ...] = (),
                 environ: dict | None = None) -> list[ConfigRow]:
     from resumedoctor.checks import config_drift
 
+    # What a key decides; `diagnose` judges each difference by its consequence for the resume.
     classes = {**{k: "cosmetic" for k in config_drift.COSMETIC_KEYS},
                **{k: "training" for k in config_drift.TRAINING_KEYS},
+               **{k: "optimizer-state" for k in config_drift.OPTIMIZER_KEYS},
                **{k: "schedule" for k in config_drift.SCHEDULE_KEYS},
                **{k: "data-skip" for k in config_drift.DATA_SKIP_KEYS}}
     target = resolve_target(path) if path is not None else resolve_target(recipe_path.parent)

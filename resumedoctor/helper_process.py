@@ -19,8 +19,13 @@ class HelperError(ReasonError):
     """The helper process failed; `reason` is its last line of output."""
 
 
-def run_json(module: str, payload: Any) -> Any:
-    completed = subprocess.run([sys.executable, "-m", module, json.dumps(payload)], capture_output=True, text=True)
+def run_json(module: str, payload: Any, *, timeout: float | None = None) -> Any:
+    """The helper's JSON answer; HelperError when it fails, prints no JSON or runs past `timeout` seconds."""
+    try:
+        completed = subprocess.run([sys.executable, "-m", module, json.dumps(payload)], capture_output=True,
+                                   text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise HelperError(f"{module} did not answer within {timeout:g} s") from None
     if completed.returncode != 0:
         lines = (completed.stderr or completed.stdout).strip().splitlines()
         raise HelperError(lines[-1] if lines else f"{module} exited with {completed.returncode}")

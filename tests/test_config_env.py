@@ -73,29 +73,106 @@ def test_the_runs_own_arguments_give_no_drift(full_run, recipe_for):
         ("per_device_train_batch_size", 8, "CFG001"),
         ("seed", 1, "CFG001"),
         ("num_generations", 2, "CFG001"),
-        ("learning_rate", "2.0e-3", "CFG005"),
+        ("learning_rate", "2.0e-3", "CFG012"),
+        ("max_completion_length", 16, "CFG005"),
         ("logging_steps", 5, "CFG004"),
+        ("save_steps", 3, "CFG004"),
     ],
 )
 def test_each_drift_is_classified(full_run, recipe_for, key, value, code):
     report = report_of(full_run, recipe_for(**{key: value}))
-    finding = next(f for f in report.findings if f.message.startswith(f"{key}:"))
+    (finding,) = [f for f in report.findings if f.message.startswith(f"{key}:")]
     assert finding.code == code
     assert "checkpoint-4 was trained with" in finding.message and "(file)" in finding.message
 
 
+def sampler_position(global_step: int, *, per_device: int, generations: int, accumulation: int = 1,
+                     rows: int = 64, seed: int = 0) -> int:
+    """Oracle: where TRL's own RepeatSampler, batched and skipped as the Trainer does, resumes.
+
+    GRPOTrainer batches per_device x steps_per_generation samples from RepeatSampler; on resume the
+    Trainer skips global_step x gradient_accumulation_steps batches (accelerate's skip_first_batches)
+    and generates for the batch it meets. Returns that batch's first prompt as a position in the
+    seeded permutation.
+    """
+    import torch
+    from accelerate.data_loader import skip_first_batches
+    from torch.utils.data import DataLoader
+    from trl.trainer.utils import RepeatSampler
+
+    steps = accumulation  # GRPOConfig's default steps_per_generation
+    batch = per_device * steps  # generation_batch_size on one process
+    sampler = RepeatSampler(range(rows), mini_repeat_count=generations, batch_size=batch // generations,
+                            repeat_count=steps, shuffle=True, seed=seed)
+    loader = DataLoader(list(range(rows)), batch_size=per_device * steps, sampler=sampler)
+    first = int(next(iter(skip_first_batches(loader, global_step * accumulation)))[0])
+    return torch.randperm(rows, generator=torch.Generator().manual_seed(seed)).tolist().index(first)
+
+
+@pytest.mark.parametrize(
+    ("changes", "code"),
+    [
+        ({"num_generations": 2}, "CFG001"),  # 2 prompts per step instead of 1: the skip passes 8, not 4
+        ({"per_device_train_batch_size": 8}, "CFG001"),
+        ({"num_generations": 8, "per_device_train_batch_size": 8}, "CFG005"),  # same prompts, more completions
+        ({"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2}, "CFG004"),  # same step, split
+    ],
+)
+def test_data_skip_severity_follows_trls_sampler(full_run, recipe_for, changes, code):
+    extra = "".join(f"{key}: {value}\n" for key, value in changes.items() if key == "gradient_accumulation_steps")
+    recipe = recipe_for(extra=extra, **{k: v for k, v in changes.items() if k != "gradient_accumulation_steps"})
+    (finding,) = report_of(full_run, recipe).findings  # one fact, one finding, however many keys
+    assert finding.code == code
+    before, after = finding.extra["positions"]
+    assert before == sampler_position(4, per_device=4, generations=4)
+    assert after == sampler_position(4, per_device=changes.get("per_device_train_batch_size", 4),
+                                     generations=changes.get("num_generations", 4),
+                                     accumulation=changes.get("gradient_accumulation_steps", 1))
+    if code == "CFG001":
+        assert f"skips {after} prompts of the seeded order, the checkpoint's values skip {before}" in finding.message
+
+
+def test_num_generations_is_reported_once_across_families(full_run, recipe_for):
+    report = diagnose(full_run / "checkpoint-4", settings=Settings(select=("CFG", "LEN")),
+                      options=Options(recipe=recipe_for(num_generations=2)), environ={})
+    about = [f for f in report.findings if "num_generations" in f.message]
+    assert [(f.code, f.severity.value) for f in about] == [("CFG001", "error")]
+
+
+def test_data_seed_does_not_seed_grpos_sampler(full_run, recipe_for):
+    import inspect
+
+    from trl import GRPOTrainer
+
+    source = inspect.getsource(GRPOTrainer._get_train_sampler)
+    assert "seed=self.args.seed" in source and "data_seed" not in source  # why the change is harmless
+    (finding,) = report_of(full_run, recipe_for(extra="data_seed: 3\n")).findings
+    assert finding.code == "CFG004" and "RepeatSampler shuffles with seed alone" in finding.message
+
+
+def test_learning_rate_change_is_kept_by_the_checkpoint_and_the_fix_makes_the_recipe_say_so(full_run, recipe_for):
+    # tests/test_schedule.py shows with a real resume that the recipe's learning_rate is not used.
+    recipe = recipe_for(learning_rate="2.0e-3")
+    (finding,) = report_of(full_run, recipe).findings
+    assert finding.code == "CFG012" and "the resume keeps learning_rate=0.001" in finding.message
+    assert finding.fix.safety.value == "safe"
+    fix(full_run / "checkpoint-4", settings=Settings(select=("CFG",)), options=Options(recipe=recipe), environ={})
+    assert report_of(full_run, recipe).findings == ()
+    assert recipe.read_text().startswith("# recipe of the demo run")
+
+
 def test_scheduler_type_and_max_steps(full_run, recipe_for):
-    report = report_of(full_run, recipe_for(extra="lr_scheduler_type: cosine\n"))
-    assert by_code(report, "CFG002")[0].message.startswith("lr_scheduler_type:")
-    report = report_of(full_run, recipe_for(max_steps=4))
-    assert any("not beyond global_step 4" in f.message for f in by_code(report, "CFG002"))
+    (finding,) = report_of(full_run, recipe_for(extra="lr_scheduler_type: cosine\n")).findings
+    assert finding.code == "CFG009" and finding.message.startswith("lr_scheduler_type:")
+    (finding,) = report_of(full_run, recipe_for(max_steps=4)).findings
+    assert finding.code == "CFG002" and "max_steps=4 is not beyond global_step 4" in finding.message
 
 
 def test_unset_key_falls_back_to_trl_default_and_that_is_drift(full_run, recipe_for):
     recipe = recipe_for()
     recipe.write_text(recipe.read_text().replace("seed: 0\n", ""))
     finding = by_code(report_of(full_run, recipe), "CFG001")[0]
-    assert finding.message == "seed: checkpoint-4 was trained with 0, the recipe says 42 (default)"
+    assert finding.message.startswith("seed: checkpoint-4 was trained with 0, the recipe says 42 (default): ")
 
 
 def test_cli_override_is_the_source(full_run, recipe_for):
@@ -145,7 +222,7 @@ def test_resume_target_missing_older_or_the_string_true(full_run, recipe_for):
 
 def test_yaml_boolean_true_resumes_the_newest(full_run, recipe_for):
     report = report_of(full_run, recipe_for(resume_from_checkpoint="true", max_steps=8), checkpoint=None)
-    assert codes(report) == ["CFG002"]  # only the longer schedule: no complaint about the resume target
+    assert codes(report) == ["CFG009"]  # only the longer schedule: no complaint about the resume target
 
 
 def test_restoring_the_checkpoint_value_is_unsafe_and_undoes_the_drift(full_run, recipe_for):

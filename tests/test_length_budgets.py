@@ -210,17 +210,19 @@ def test_generation_batch_rules(budget_run):
     assert sorted(codes(len_report(budget_run, recipe))) == ["LEN007", "LEN008"]
 
 
-def test_budget_changed_against_the_checkpoint(budget_run):
+def test_budget_changed_against_the_checkpoint_is_reported_once_by_cfg(budget_run):
     short = write_prompts(budget_run["tmp"] / "short.jsonl", [4])
     recipe = budget_run["recipe"](dataset_name=short, extra="")
     text = recipe.read_text().replace("num_generations: 4", "num_generations: 2")
     recipe.write_text(text)
-    report = diagnose(budget_run["run"], settings=Settings(select=("LEN010",)), options=Options(recipe=recipe),
+    report = diagnose(budget_run["run"], settings=Settings(select=("LEN", "CFG")), options=Options(recipe=recipe),
                       environ={})
-    messages = [f.message for f in report.findings]
-    # The demo run was trained with max_completion_length 8 and num_generations 4.
-    assert any(m.startswith("max_completion_length: checkpoint-6 was trained with 8") for m in messages)
-    assert any(m.startswith("num_generations: checkpoint-6 was trained with 4, the recipe now says 2") for m in messages)
+    # The demo run was trained with max_completion_length 8 and num_generations 4: one finding each, from CFG
+    # (LEN010 is retired; LEN judges whether the budgets fit, CFG judges drift against the checkpoint).
+    about = {key: [(f.code, f.severity.value) for f in report.findings if f.message.startswith(f"{key}:")]
+             for key in ("max_completion_length", "num_generations")}
+    assert about == {"max_completion_length": [("CFG005", "warning")], "num_generations": [("CFG001", "error")]}
+    assert "LEN010" not in codes(report)
 
 
 @pytest.mark.parametrize("kind", ["parquet", "csv", "save_to_disk"])
