@@ -264,6 +264,7 @@ def test_save_steps_of_a_resume_are_the_checkpoints_own(full_run, recipe_for, mo
 def test_fractional_save_steps_of_a_new_run(tmp_path):
     """Without a saved save_steps (a run's start), a value below 1 is ceil(max_steps * save_steps)."""
     from resumedoctor.checks.environment import SaveSettings, saves_to_come
+
     from resumedoctor.demo import train_demo_run
 
     settings = SaveSettings(global_step=0, max_steps=5, save_steps=0.5, strategy="steps", limit=None,
