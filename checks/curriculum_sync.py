@@ -6,6 +6,7 @@ checkpoint, or curriculum state in `trainer_state.json`'s `stateful_callbacks`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,22 +32,36 @@ LIVE_INVALID = Rule(
     "hand-edited file makes the curriculum restart or crash on resume.",
 )
 LIVE_AHEAD = Rule(
-    "CURR003", "live-state-ahead", ERROR,
+    "CURR003", "live-state-ahead", WARNING,
     "The live curriculum state is ahead of the checkpoint being resumed.",
     "The run was killed after the last save, so the live state recorded steps (and maybe promotions) "
-    "that the resumed weights never saw. A curriculum that reads it runs a stage ahead of the model.",
+    "that the resumed weights never saw: the normal state of a crashed run. CurriculumCallback "
+    "rewrites the live file from the checkpoint's state when the run resumes, so how much this "
+    "matters depends on how it resumes. Info when the recipe adds CurriculumCallback (`resumedoctor: "
+    "curriculum:` or `callbacks:`, what `resumedoctor launch` runs) and the checkpoint holds a state "
+    "it can take (its snapshot, or stateful_callbacks with restore_callback_states_from_checkpoint). "
+    "Warning without a recipe: it cannot be known how the run resumes. Error when nothing restores "
+    "it: the recipe adds no CurriculumCallback, the callback would find no state and start over at "
+    "stage 0, or the live state is not an earlier state of this run. Anything that reads the live "
+    "file before then (a data sampler, a reward server) runs a stage ahead of the model; `fix --auto` "
+    "restores the checkpoint's state now.",
 )
 LIVE_BEHIND = Rule(
     "CURR004", "live-state-behind", ERROR,
     "The live curriculum state is behind the checkpoint being resumed.",
-    "The live file is older than the checkpoint (restored from a backup, or written by another run): "
-    "a curriculum that reads it repeats stages the model already passed.",
+    "A live file that is not an earlier state of this run (restored from a backup, or written by "
+    "another run) makes a curriculum that reads it repeat stages the model already passed. A live "
+    "state that is an earlier state of the same run (logging_steps sparser than save_steps: the "
+    "callback writes the live file when it logs, the snapshot when it saves) is judged like CURR003: "
+    "CurriculumCallback rewrites it on resume.",
 )
 HISTORY_AFTER_CHECKPOINT = Rule(
-    "CURR005", "history-after-checkpoint", ERROR,
+    "CURR005", "history-after-checkpoint", WARNING,
     "The curriculum history has entries after the checkpoint's step.",
     "Those entries belong to steps that will be trained again; kept, they count twice in the "
-    "promotion window and can promote a stage early.",
+    "promotion window and can promote a stage early. Like CURR003 (the same crash leaves both), "
+    "info when the resume runs CurriculumCallback, which drops them, warning when how the run "
+    "resumes is unknown, error when nothing drops them.",
 )
 STAGE_INCONSISTENT = Rule(
     "CURR006", "stage-inconsistent", ERROR,
@@ -66,7 +81,8 @@ RESTORE_OFF = Rule(
     "The recipe leaves restore_callback_states_from_checkpoint false while the checkpoint holds callback state.",
     "transformers restores stateful callbacks only when restore_callback_states_from_checkpoint=True "
     "(default False): a curriculum, early stopping or any ExportableState callback silently restarts "
-    "from its initial state. `fix --auto` sets it in the recipe.",
+    "from its initial state. Not reported for CurriculumCallback when the checkpoint has its "
+    "curriculum_state.json snapshot, which the callback restores itself. `fix --auto` sets it in the recipe.",
 )
 SNAPSHOT_MISSING = Rule(
     "CURR009", "snapshot-missing", WARNING,
@@ -127,6 +143,61 @@ def _fixable(finding: Finding, **extra) -> Finding:
     return finding
 
 
+def _at(finding: Finding, severity: Severity) -> Finding:
+    """The finding at another severity than its rule's default (the user's settings still override it)."""
+    return dataclasses.replace(finding, severity=severity)
+
+
+def recipe_adds_curriculum(ctx: RunContext) -> str | None:
+    """Where the recipe adds CurriculumCallback (the launcher's `resumedoctor:` section), or None."""
+    from resumedoctor.launcher import LAUNCHER_SECTION
+
+    section = ctx.recipe().data.get(LAUNCHER_SECTION)
+    if not isinstance(section, dict):
+        return None
+    if section.get("curriculum"):
+        return f"`{LAUNCHER_SECTION}: curriculum:` in the recipe"
+    callbacks = section.get("callbacks")
+    if isinstance(callbacks, list) and any(str(path).rsplit(".", 1)[-1] == CALLBACK_NAME for path in callbacks):
+        return f"`{LAUNCHER_SECTION}: callbacks:` in the recipe"
+    return None
+
+
+def on_resume(ctx: RunContext, checkpoint: Path, saved: dict | None, source: str) -> tuple[Severity, str]:
+    """What a resume does to a live state that is only out of step with the checkpoint, and how much it matters."""
+    if saved is None:
+        return ERROR, (f"{checkpoint.name} holds no curriculum state: a resume with {CALLBACK_NAME} starts over at "
+                       f"stage 0")
+    from_trainer = source == "stateful_callbacks"  # no snapshot: only the Trainer's restore brings it back
+    if ctx.options.recipe is None:
+        condition = " and restore_callback_states_from_checkpoint: true" if from_trainer else ""
+        return WARNING, (f"restored from {checkpoint.name}'s {source} if the run resumes with {CALLBACK_NAME}"
+                         f"{condition} (resumedoctor launch with `resumedoctor: curriculum:` in the recipe); "
+                         f"no recipe given, so how it resumes is unknown")
+    try:
+        where = recipe_adds_curriculum(ctx)
+        restores = recipe_restore_flag(ctx) if from_trainer and where else True
+    except (RecipeError, ImportError):
+        return WARNING, "the recipe cannot be read: whether the resume restores it is unknown"
+    if where is None:
+        return ERROR, (f"the recipe adds no {CALLBACK_NAME} (`resumedoctor: curriculum:` or `callbacks:`): nothing "
+                       f"rewrites it when the run resumes")
+    if not restores:
+        return ERROR, (f"{checkpoint.name} has no {STATE_FILE} snapshot and restore_callback_states_from_checkpoint "
+                       f"is false: {CALLBACK_NAME} starts over at stage 0")
+    return INFO, f"{CALLBACK_NAME} ({where}) rewrites it from {checkpoint.name}'s {source} when the run resumes"
+
+
+def recipe_restore_flag(ctx: RunContext) -> bool:
+    return bool(ctx.recipe().resolve("restore_callback_states_from_checkpoint").value)
+
+
+def earlier_state(earlier: dict, later: dict) -> bool:
+    """Is `earlier` a state this run had before `later` (its history a prefix of the later one's)?"""
+    history = earlier["history"]
+    return later["history"][:len(history)] == history
+
+
 def run(ctx: RunContext) -> Iterator[Finding]:
     checkpoint = ctx.target.checkpoint
     output_dir = ctx.target.output_dir
@@ -150,18 +221,7 @@ def run(ctx: RunContext) -> Iterator[Finding]:
         yield _fixable(SNAPSHOT_MISSING.finding(f"{checkpoint.name} has no {STATE_FILE}", path=str(snapshot_path)),
                        **fix_args)
     if snapshot_path.is_file() and stored is not None:
-        try:
-            snapshot = ctx.load(read_state, snapshot_path)
-            attributes = stored.get("attributes") or {}
-            keys = ("global_step", "stage", "history")
-            if any(snapshot.get(key) != attributes.get(key) for key in keys):
-                yield SNAPSHOT_DISAGREES.finding(
-                    f"{STATE_FILE} says stage {snapshot.get('stage')} at step {snapshot.get('global_step')}, "
-                    f"stateful_callbacks says stage {attributes.get('stage')} at step {attributes.get('global_step')}",
-                    path=str(snapshot_path))
-        except ValueError as exc:
-            yield SNAPSHOT_DISAGREES.finding(f"{STATE_FILE} is unreadable ({exc}) while stateful_callbacks holds state",
-                                             path=str(snapshot_path))
+        yield from check_snapshot(ctx, snapshot_path, stored)
 
     if not live_path.exists():
         if saved is not None:
@@ -174,24 +234,53 @@ def run(ctx: RunContext) -> Iterator[Finding]:
         yield _fixable(LIVE_INVALID.finding(f"{STATE_FILE}: {exc}", path=str(live_path)), **fix_args)
         return
     fix_args["live_state"] = live
+    yield from (_fixable(finding, **fix_args) for finding in check_live(ctx, checkpoint, step, live, saved, source))
+
+
+def check_snapshot(ctx: RunContext, snapshot_path: Path, stored: dict) -> Iterator[Finding]:
+    try:
+        snapshot = ctx.load(read_state, snapshot_path)
+        attributes = stored.get("attributes") or {}
+        keys = ("global_step", "stage", "history")
+        if any(snapshot.get(key) != attributes.get(key) for key in keys):
+            yield SNAPSHOT_DISAGREES.finding(
+                f"{STATE_FILE} says stage {snapshot.get('stage')} at step {snapshot.get('global_step')}, "
+                f"stateful_callbacks says stage {attributes.get('stage')} at step {attributes.get('global_step')}",
+                path=str(snapshot_path))
+    except ValueError as exc:
+        yield SNAPSHOT_DISAGREES.finding(f"{STATE_FILE} is unreadable ({exc}) while stateful_callbacks holds state",
+                                         path=str(snapshot_path))
+
+
+def check_live(ctx: RunContext, checkpoint: Path, step: int, live: dict, saved: dict | None,
+               source: str) -> Iterator[Finding]:
+    """The live state against the checkpoint's: ahead (a crash after the save), behind, or inconsistent."""
+    live_path = str(ctx.target.output_dir / STATE_FILE)
     where = f"{checkpoint.name} (from its {source})" if source else checkpoint.name
-    if live["global_step"] > step:
-        yield _fixable(LIVE_AHEAD.finding(
-            f"live state is at step {live['global_step']} (stage {live['stage']}), {where} at step {step}"
-            + (f" (stage {saved['stage']})" if saved else ""), path=str(live_path),
-            hint="fix --auto restores the checkpoint's state"), **fix_args)
-    elif live["global_step"] < step:
-        yield _fixable(LIVE_BEHIND.finding(
-            f"live state is at step {live['global_step']}, {where} at step {step}", path=str(live_path),
-            hint="fix --auto restores the checkpoint's state"), **fix_args)
+    hint = "fix --auto restores the checkpoint's state now"
     later = [entry for entry in live["history"] if entry["step"] > step]
-    if later:
-        yield _fixable(HISTORY_AFTER_CHECKPOINT.finding(
-            f"{len(later)} history entries after step {step} (steps {later[0]['step']}-{later[-1]['step']})",
-            path=str(live_path)), **fix_args)
+    ahead, behind = live["global_step"] > step, live["global_step"] < step
+    if ahead or behind or later:
+        # Out of step only (an earlier or later state of this same run): the resume may repair it.
+        same_run = saved is None or (earlier_state(saved, live) if ahead or later else earlier_state(live, saved))
+        severity, why = on_resume(ctx, checkpoint, saved, source) if same_run else (
+            ERROR, f"its history is not {'a continuation' if ahead else 'an earlier state'} of {checkpoint.name}'s: "
+                   f"not this run's state")
+        if ahead:
+            yield _at(LIVE_AHEAD.finding(
+                f"live state is at step {live['global_step']} (stage {live['stage']}), {where} at step {step}"
+                + (f" (stage {saved['stage']})" if saved else "") + f"; {why}", path=live_path, hint=hint), severity)
+        elif behind:
+            yield _at(LIVE_BEHIND.finding(
+                f"live state is at step {live['global_step']}, {where} at step {step}; {why}", path=live_path,
+                hint=hint), severity)
+        if later:
+            yield _at(HISTORY_AFTER_CHECKPOINT.finding(
+                f"{len(later)} history entries after step {step} (steps {later[0]['step']}-{later[-1]['step']}); {why}",
+                path=live_path, hint=hint), severity)
     problem = stage_problem(live)
     if problem:
-        yield _fixable(STAGE_INCONSISTENT.finding(f"live state: {problem}", path=str(live_path)), **fix_args)
+        yield STAGE_INCONSISTENT.finding(f"live state: {problem}", path=live_path)
 
 
 def check_restore_flag(ctx: RunContext, checkpoint: Path) -> Iterator[Finding]:
@@ -204,8 +293,11 @@ def check_restore_flag(ctx: RunContext, checkpoint: Path) -> Iterator[Finding]:
     except (JsonFileError, RecipeError, ImportError):
         return  # unreadable recipe: LEN001; no TRL to know the defaults: nothing to compare
     callbacks = trainer_state.get("stateful_callbacks") if isinstance(trainer_state, dict) else None
-    # TrainerControl is always there; any other entry is a callback whose state would be lost.
-    others = sorted(name for name in (callbacks or {}) if name != "TrainerControl")
+    # TrainerControl is always there; any other entry is a callback whose state would be lost, except
+    # CurriculumCallback with a snapshot: it takes its state from the snapshot when the Trainer does not.
+    source = checkpoint_state(ctx, checkpoint)[1]
+    others = sorted(name for name in (callbacks or {})
+                    if name != "TrainerControl" and not (name == CALLBACK_NAME and source == "snapshot"))
     if others and not resolved.value:
         yield RESTORE_OFF.finding(
             f"{checkpoint.name} holds state of {', '.join(others)}, but restore_callback_states_from_checkpoint is "

@@ -10,12 +10,15 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from resumedoctor.context import JsonFileError, RunContext
 from resumedoctor.findings import Finding, Rule, Severity
 from resumedoctor.recipe import RecipeError, installed_version
 from resumedoctor.registry import CheckFamily
+from resumedoctor.safe_pickle import PickleReadError, UnsafePickleError
+from resumedoctor.target import TargetError, checkpoint_step, list_checkpoints
 
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 DISK_MARGIN = 1.10  # 10% above what the next saves need
@@ -43,8 +46,14 @@ DISK_LOW = Rule(
     "ENV004", "disk-space-low", ERROR,
     "Free disk space is below what the remaining checkpoint saves need.",
     "Each save writes a full checkpoint (weights, optimizer, scheduler, RNG). A save that runs out "
-    "of disk leaves a cut-off checkpoint, exactly the damage this tool exists to catch. The need is "
-    "the checkpoint's size times the saves still to come (or save_total_limit), plus 10%.",
+    "of disk leaves a cut-off checkpoint, exactly the damage this tool exists to catch. The saves "
+    "still to come are counted as transformers counts them: every save_steps steps up to max_steps "
+    "plus the final one (a save_steps below 1 is ceil(max_steps * save_steps)), or one per remaining "
+    "epoch. With save_total_limit L, transformers saves first and then deletes the oldest beyond L "
+    "(keeping the newest and best_model_checkpoint), so at most max(L, kept) + 1 checkpoints exist at "
+    "once: the disk must hold that many minus those that exist now, each the size of the resumed "
+    "one, plus 10%. The values come from the recipe when one is given, else from the checkpoint's "
+    "trainer_state.json and training_args.bin.",
 )
 NOT_WRITABLE = Rule(
     "ENV005", "output-dir-not-writable", ERROR,
@@ -114,26 +123,124 @@ def disk_free(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
-def saves_to_come(ctx: RunContext, state: dict) -> tuple[int, str]:
-    """How many more checkpoints the run will write, and how that was worked out."""
-    max_steps, save_steps, limit = state.get("max_steps"), state.get("save_steps"), None
+@dataclass
+class SaveSettings:
+    """How the resumed run saves: what transformers reads from its arguments, and where each came from."""
+
+    global_step: int
+    max_steps: int | None
+    save_steps: float | None  # as given: below 1 is a fraction of max_steps
+    strategy: str
+    limit: int | None
+    best_kept: bool  # a best_model_checkpoint exists or may (metric_for_best_model): rotation keeps it too
+    epoch: float | None
+    num_train_epochs: float | None
+    source: str  # "recipe" or "checkpoint"
+    later_checkpoints: tuple[int, ...] = ()  # steps of the checkpoint-N folders after global_step
+
+
+def save_settings(ctx: RunContext, checkpoint: Path, state: dict) -> SaveSettings:
+    """How the resumed run saves, as transformers decides it.
+
+    The arguments of the resumed run (the recipe's when one is given, else the checkpoint's own
+    training_args.bin) set save_strategy, save_total_limit and max_steps. The cadence does not come
+    from them: a resume replaces the TrainerState with trainer_state.json, whose save_steps was made
+    absolute when the run first started, so a save_steps changed in the recipe has no effect.
+    """
+    try:
+        saved = ctx.training_args(checkpoint / "training_args.bin")
+    except (UnsafePickleError, PickleReadError, OSError):
+        saved = {}  # CKPT010 / CKPT028 report it
+    keys = ("save_strategy", "save_steps", "save_total_limit", "max_steps", "metric_for_best_model")
+    values = {key: saved.get(key) for key in keys}
+    values["max_steps"] = _int(state.get("max_steps")) or values["max_steps"]  # the real one, epochs counted
+    source = "checkpoint"
     if ctx.options.recipe is not None:
         try:
             recipe = ctx.recipe()
-            max_steps = recipe.get("max_steps") if recipe.resolve("max_steps").source != "default" else max_steps
-            save_steps = recipe.get("save_steps") if recipe.resolve("save_steps").source != "default" else save_steps
-            limit = recipe.get("save_total_limit")
+            values.update({key: recipe.get(key) for key in keys if key != "max_steps"})
+            max_steps = recipe.get("max_steps")
+            if _int(max_steps) and max_steps > 0:  # -1: epochs decide, as they did for the checkpoint's run
+                values["max_steps"] = max_steps
+            source = "recipe"
         except (RecipeError, ImportError):
             pass
-    global_step = state.get("global_step", 0)
-    if not isinstance(max_steps, int) or max_steps <= 0 or not isinstance(save_steps, (int, float)) or save_steps <= 0:
-        return 1, "at least the next save"
-    remaining = max(0, math.ceil((max_steps - global_step) / save_steps))
-    if isinstance(limit, int) and limit > 0:
-        # Rotation deletes the oldest after each save: at most `limit` exist, plus the one being written.
-        existing = len(ctx.target.checkpoints)
-        return max(1, min(remaining, limit + 1 - min(existing, limit))), f"save_total_limit {limit}"
-    return max(remaining, 1), f"{remaining} saves from step {global_step} to {max_steps} every {save_steps}"
+    save_steps = state.get("save_steps")
+    if not isinstance(save_steps, (int, float)) or save_steps <= 0:
+        save_steps = values["save_steps"]  # a trainer_state.json without it: the arguments decide
+    strategy = str(values["save_strategy"] or "steps").lower().rsplit(".", 1)[-1]
+    limit = _int(values["save_total_limit"])
+    return SaveSettings(
+        global_step=_int(state.get("global_step")) or 0,
+        max_steps=_int(values["max_steps"]),
+        save_steps=save_steps if isinstance(save_steps, (int, float)) and not isinstance(save_steps, bool) else None,
+        strategy=strategy,
+        limit=limit if limit and limit > 0 else None,
+        best_kept=bool(state.get("best_model_checkpoint") or values["metric_for_best_model"]),
+        epoch=state.get("epoch") if isinstance(state.get("epoch"), (int, float)) else None,
+        num_train_epochs=state.get("num_train_epochs") if isinstance(state.get("num_train_epochs"), (int, float)) else None,
+        source=source,
+    )
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def absolute_save_steps(save_steps: float, max_steps: int) -> int:
+    """transformers' TrainerState.compute_steps: a value below 1 is a fraction of max_steps."""
+    return math.ceil(max_steps * save_steps) if save_steps < 1 else int(save_steps)
+
+
+def saves_to_come(settings: SaveSettings) -> tuple[int | None, str]:
+    """How many checkpoints the rest of the run saves (None: unknown), and how that was worked out."""
+    if settings.strategy == "no":
+        return 0, "save_strategy no"
+    if settings.strategy == "epoch":
+        if settings.num_train_epochs is None or settings.epoch is None:
+            return None, "one save per epoch"
+        remaining = max(0, math.ceil(settings.num_train_epochs) - math.floor(settings.epoch + 1e-9))
+        return remaining, f"one save per epoch, {remaining} epoch(s) to go"
+    if settings.strategy != "steps":
+        return None, f"save_strategy {settings.strategy}"
+    max_steps, step = settings.max_steps, settings.global_step
+    if max_steps is None or max_steps <= 0 or settings.save_steps is None or settings.save_steps <= 0:
+        return None, "max_steps or save_steps unknown"
+    every = absolute_save_steps(settings.save_steps, max_steps)
+    if max_steps <= step:
+        return 0, f"step {step} is already max_steps {max_steps}"
+    # DefaultFlowCallback: a save at every multiple of save_steps, and one at max_steps.
+    remaining = max_steps // every - step // every + (1 if max_steps % every else 0)
+    # A save into a checkpoint-N that exists (a resume from an older one) overwrites it: no new space.
+    again = sum(1 for n in settings.later_checkpoints if n <= max_steps and (n % every == 0 or n == max_steps))
+    fraction = f" (save_steps {settings.save_steps:g} of max_steps {max_steps})" if settings.save_steps < 1 else ""
+    how = f"{remaining} save(s) from step {step} to {max_steps} every {every} steps{fraction}"
+    if again:
+        how += f", {again} of them over an existing checkpoint"
+    return remaining - again, how
+
+
+@dataclass
+class DiskNeed:
+    checkpoints: int  # checkpoints the disk must hold beyond those that exist now
+    explanation: str
+
+
+def disk_need(settings: SaveSettings, existing: int) -> DiskNeed:
+    """Extra checkpoints the disk must hold: the saves to come, bounded by save_total_limit rotation."""
+    remaining, how = saves_to_come(settings)
+    if settings.limit is None:
+        if remaining is None:
+            return DiskNeed(1, f"at least the next save ({how})")
+        return DiskNeed(remaining, how)
+    # rotate_checkpoints runs after each save and keeps max(limit, newest + best) checkpoints.
+    kept = max(settings.limit, 2 if settings.best_kept else 1)
+    at_once = max(existing, kept) + 1
+    bound = at_once - existing
+    extra = bound if remaining is None else min(remaining, bound)
+    best = " and best_model_checkpoint" if settings.best_kept and kept > settings.limit else ""
+    return DiskNeed(extra, f"{how}; save_total_limit {settings.limit}{best}: at most {at_once} checkpoints at once "
+                           f"while a save is written, {existing} exist now")
 
 
 def run(ctx: RunContext) -> Iterator[Finding]:
@@ -178,14 +285,36 @@ def check_disk(ctx: RunContext, checkpoint: Path) -> Iterator[Finding]:
     size = folder_size(checkpoint)
     if size == 0:
         return
-    saves, how = saves_to_come(ctx, state if isinstance(state, dict) else {})
-    needed = int(size * saves * DISK_MARGIN)
+    settings = save_settings(ctx, checkpoint, state if isinstance(state, dict) else {})
+    settings.later_checkpoints = tuple(step for step in map(checkpoint_step, _checkpoints(ctx.target.output_dir))
+                                       if step is not None and step > settings.global_step)
+    need = disk_need(settings, existing_checkpoints(ctx.target.output_dir))
+    if need.checkpoints <= 0:
+        return
+    needed = int(size * need.checkpoints * DISK_MARGIN)
     free = disk_free(ctx.target.output_dir)
     if free < needed:
         yield DISK_LOW.finding(
-            f"{_bytes(free)} free on the disk of {ctx.target.output_dir}; {saves} more checkpoint(s) of "
-            f"{_bytes(size)} need {_bytes(needed)} ({how}, +10%)", path=str(ctx.target.output_dir),
-            hint="free space, lower save_total_limit, or save less often")
+            f"{_bytes(free)} free on the disk of {ctx.target.output_dir}; {need.checkpoints} more checkpoint(s) of "
+            f"{_bytes(size)} need {_bytes(needed)} with 10% margin ({need.explanation}; save settings from the "
+            f"{settings.source})", path=str(ctx.target.output_dir),
+            hint="free space, lower save_total_limit, or save less often" if settings.limit else
+            "free space, set save_total_limit (rotation deletes the oldest checkpoints), or save less often")
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    try:
+        return list_checkpoints(output_dir)
+    except TargetError:
+        return []
+
+
+def existing_checkpoints(output_dir: Path) -> int:
+    """What rotate_checkpoints counts: every `checkpoint-*` folder."""
+    try:
+        return sum(1 for path in output_dir.glob("checkpoint-*") if path.is_dir())
+    except OSError:
+        return 0
 
 
 def _bytes(count: int) -> str:

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 from resumedoctor.context import JsonFileError, RunContext
 from resumedoctor.findings import Finding, Rule, Severity
 from resumedoctor.registry import CheckFamily
-from resumedoctor.wandb_runs import RESUME_VARIABLES, decide, find_runs, read_decision, wandb_dirs
+from resumedoctor.wandb_runs import (
+    RESUME_VARIABLES,
+    SEARCHED,
+    LocalRuns,
+    RunIdVerdict,
+    decide,
+    find_runs,
+    judge_run_id,
+    read_decision,
+    wandb_dirs,
+)
 
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 
@@ -29,9 +40,12 @@ NEW_RUN = Rule(
 )
 RUN_ID_MISMATCH = Rule(
     "WANDB003", "run-id-mismatch", ERROR,
-    "WANDB_RUN_ID names a run that is not this checkpoint's.",
-    "A stale WANDB_RUN_ID from another job makes this resume append to someone else's run and "
-    "corrupt its history. Export the id of this output_dir's run (resumedoctor env does).",
+    "WANDB_RUN_ID names a local run that is not this output_dir's: the resume appends to it.",
+    "A stale WANDB_RUN_ID from another job makes this resume append its steps to someone else's run "
+    "and corrupt its history: an error when that run logged another output_dir. A warning when the "
+    "run is an older run of this output_dir (its newest run holds the later steps) or logged no "
+    "output_dir at all (whose it is cannot be told). Export the id of this output_dir's run "
+    "(resumedoctor env does). An id that names no local run is WANDB010, not this.",
 )
 RESUME_MUST_WITHOUT_ID = Rule(
     "WANDB004", "resume-must-without-run-id", ERROR,
@@ -71,8 +85,18 @@ DECISION_STALE = Rule(
     "would fork or resume at the wrong _step. `resumedoctor fix --auto` records the current one.",
 )
 
+NEW_RUN_ID = Rule(
+    "WANDB010", "new-run-id", INFO,
+    "WANDB_RUN_ID names no local run: a new run with this id will be started.",
+    "An id chosen on purpose for a new run (a new run for the resumed segment, or the id of a fork). "
+    "The earlier run of this output_dir is not continued: its history stays in that run. Only local "
+    "runs can be checked: if a run with this id exists on the W&B server (logged from another "
+    "machine), wandb.init with WANDB_RESUME=allow continues it instead, and WANDB_RESUME=must fails "
+    "unless it exists there (a warning then).",
+)
+
 RULES = (RUN_AHEAD, NEW_RUN, RUN_ID_MISMATCH, RESUME_MUST_WITHOUT_ID, RESUME_CONFLICT, OFFLINE_RUN,
-         LOG_UNREADABLE, DECISION_RECORDED, DECISION_STALE)
+         LOG_UNREADABLE, DECISION_RECORDED, DECISION_STALE, NEW_RUN_ID)
 
 
 def _with_decision(finding: Finding, decision) -> Finding:
@@ -80,48 +104,109 @@ def _with_decision(finding: Finding, decision) -> Finding:
     return finding
 
 
-def run(ctx: RunContext) -> Iterator[Finding]:
-    environ = ctx.environ
+def _at(finding: Finding, severity: Severity) -> Finding:
+    """The finding at another severity than its rule's default (the user's settings still override it)."""
+    return dataclasses.replace(finding, severity=severity)
+
+
+def check_resume_options(environ: dict[str, str]) -> Iterator[Finding]:
     set_resume_options = [name for name in RESUME_VARIABLES if environ.get(name)]
     if len(set_resume_options) > 1:
         yield RESUME_CONFLICT.finding(f"{' and '.join(set_resume_options)} are all set", hint="unset all but one (resumedoctor env prints the lines)")
     if environ.get("WANDB_RESUME") == "must" and not environ.get("WANDB_RUN_ID"):
         yield RESUME_MUST_WITHOUT_ID.finding("WANDB_RESUME=must but WANDB_RUN_ID is not set", hint="unset WANDB_RESUME or export the run id")
 
+
+def run_id_finding(ctx: RunContext, runs: LocalRuns, verdict: RunIdVerdict | None) -> Finding | None:
+    """WANDB003 or WANDB010 for WANDB_RUN_ID, or None when it is this output_dir's run (or not set)."""
+    if verdict is None or verdict.kind in ("ours", "unknown"):
+        return None
+    match = runs.matches[-1] if runs.matches else None
+    wanted = verdict.run_id
+    hint = "resumedoctor env prints the right run id" if match else "unset WANDB_RUN_ID, or export a new id"
+    path = str(match.newest.path) if match else None
+    if verdict.kind == "foreign":
+        ours = f", but this output_dir was logged by run {match.run_id}" if match else ""
+        return RUN_ID_MISMATCH.finding(
+            f"WANDB_RUN_ID={wanted} is the run of {verdict.other_output_dir}{ours}: the resume would append "
+            f"this run's steps to it", path=path, hint=hint)
+    if verdict.kind == "older":
+        return _at(RUN_ID_MISMATCH.finding(
+            f"WANDB_RUN_ID={wanted} is an older run of this output_dir; its newest run is {match.run_id} (up to global "
+            f"step {match.max_global_step}): the resume would continue the older one", path=path, hint=hint), WARNING)
+    if verdict.kind == "unowned":
+        return _at(RUN_ID_MISMATCH.finding(
+            f"WANDB_RUN_ID={wanted} is a local run that logged no output_dir, but this output_dir was logged by run "
+            f"{match.run_id}", path=path, hint=hint), WARNING)
+    # "fresh": names no local run.
+    earlier = (f"; run {match.run_id}, which logged this output_dir up to global step {match.max_global_step}, is not "
+               f"continued" if match else "")
+    if ctx.environ.get("WANDB_RESUME") == "must":
+        return _at(NEW_RUN_ID.finding(
+            f"WANDB_RUN_ID={wanted} names no local run, and WANDB_RESUME=must: wandb.init fails unless run {wanted} "
+            f"exists on the W&B server{earlier}", path=path,
+            hint="WANDB_RESUME=allow starts the new run if the server has none"), WARNING)
+    return NEW_RUN_ID.finding(
+        f"WANDB_RUN_ID={wanted} names no local run: a new run with this id will be started (unless the W&B server "
+        f"has one){earlier}", path=path)
+
+
+def run(ctx: RunContext) -> Iterator[Finding]:
+    environ = ctx.environ
+    yield from check_resume_options(environ)
     checkpoint = ctx.target.checkpoint
-    if checkpoint is None:
+    wanted = environ.get("WANDB_RUN_ID") or None
+    if checkpoint is None and wanted is None:
         return
-    matches, unreadable, everything = find_runs(ctx)
-    for path, reason in unreadable:
+    runs = find_runs(ctx)
+    # With WANDB_FORK_FROM set, WANDB_RUN_ID is the id of the fork, a new run.
+    verdict = None if environ.get("WANDB_FORK_FROM") else judge_run_id(ctx, runs, wanted)
+    identity = run_id_finding(ctx, runs, verdict)
+    if checkpoint is None:
+        # A start from step 0: only another output_dir's run id matters (this run's steps appended to it).
+        if identity is not None and verdict.kind == "foreign":
+            yield identity
+        return
+    for path, reason in runs.unreadable:
         yield LOG_UNREADABLE.finding(f"{path.name}: {reason}", path=str(path))
-    if not matches:
+    if not runs.matches:
+        if identity is not None and verdict.kind in ("foreign", "fresh"):
+            yield identity
         return
     try:
         state = ctx.read_json(checkpoint / "trainer_state.json")
         global_step = int(state["global_step"])
     except (JsonFileError, KeyError, TypeError, ValueError):
+        if identity is not None:
+            yield identity
         return  # the CKPT family reports the broken state
-    match = matches[-1]
+    match = runs.matches[-1]
     decision = decide(match, checkpoint, global_step)
-    path = str(match.newest.path)
-    wanted = environ.get("WANDB_RUN_ID")
-    if wanted and wanted != match.run_id and not environ.get("WANDB_FORK_FROM"):
-        elsewhere = everything.get(wanted)
-        where = f" (it logged {elsewhere.config.get('output_dir')})" if elsewhere and elsewhere.config.get("output_dir") else ""
-        yield _with_decision(RUN_ID_MISMATCH.finding(
-            f"WANDB_RUN_ID={wanted}{where}, but {ctx.target.output_dir} was logged by run {match.run_id}",
-            path=path, hint="resumedoctor env prints the right run id"), decision)
+    fresh = verdict is not None and verdict.kind == "fresh"
+    if identity is not None:
+        yield identity if fresh else _with_decision(identity, decision)
+    if fresh and decision.mode == "resume":
+        return  # a new run chosen on purpose: nothing is logged twice, nothing to record
+    yield from check_decision(ctx, runs, decision, global_step, wanted, fresh)
 
+
+def check_decision(ctx: RunContext, runs: LocalRuns, decision, global_step: int, wanted: str | None,
+                   fresh: bool) -> Iterator[Finding]:
+    """The recorded decision, the run ahead of the checkpoint, a resume without a run id."""
+    environ, checkpoint = ctx.environ, ctx.target.checkpoint
+    match = runs.matches[-1]
+    path = str(match.newest.path)
+    offline = OFFLINE_RUN.finding(f"run {match.run_id} is offline ({match.newest.path.parent.name})", path=path,
+                                  hint=f"wandb sync {match.newest.path.parent}")
     recorded = read_decision(ctx.target.output_dir, ctx)
     if recorded is not None:
-        if recorded == decision:
+        if recorded.same_choice(decision):
             yield DECISION_RECORDED.finding(
                 f"next start: {decision.mode} run {decision.run_id}"
                 + (f" at _step {decision.step}" if decision.step is not None else ""),
                 path=path, hint=f'eval "$(resumedoctor env {ctx.target.path})" before training')
             if decision.offline and decision.mode == "fork":
-                yield OFFLINE_RUN.finding(f"run {match.run_id} is offline ({match.newest.path.parent.name})", path=path,
-                                          hint=f"wandb sync {match.newest.path.parent}")
+                yield offline
             return
         yield _with_decision(DECISION_STALE.finding(
             f"the recorded decision ({recorded.mode} run {recorded.run_id} for {recorded.checkpoint}) does not fit "
@@ -135,6 +220,8 @@ def run(ctx: RunContext) -> Iterator[Finding]:
             duplicated = f"global steps {global_step + 1}-{match.max_global_step}"
             if wanted == match.run_id:
                 outcome = f"resuming run {match.run_id} logs {duplicated} a second time"
+            elif fresh:
+                outcome = f"the new run {wanted} logs {duplicated} again, apart from the history of run {match.run_id}"
             else:
                 outcome = f"a new run starts and the history of run {match.run_id} is split"
             yield _with_decision(RUN_AHEAD.finding(
@@ -142,13 +229,12 @@ def run(ctx: RunContext) -> Iterator[Finding]:
                 f"{checkpoint.name} is global step {global_step}, which W&B logged up to _step {decision.step - 1}: "
                 f"{outcome}", path=path,
                 hint=f"fork at _step {decision.step}: export WANDB_FORK_FROM={moment}"), decision)
-    elif wanted != match.run_id:
+        if match.newest.offline:
+            yield offline
+    elif wanted is None:
         yield _with_decision(NEW_RUN.finding(
             f"run {match.run_id} logged this output_dir, but WANDB_RUN_ID is not set: the resume starts a new run",
             path=path, hint=f"export WANDB_RUN_ID={match.run_id} WANDB_RESUME=allow"), decision)
-    if match.newest.offline and decision.mode == "fork":
-        yield OFFLINE_RUN.finding(f"run {match.run_id} is offline ({match.newest.path.parent.name})", path=path,
-                                  hint=f"wandb sync {match.newest.path.parent}")
 
 
 FAMILY = CheckFamily(
@@ -158,7 +244,7 @@ FAMILY = CheckFamily(
     rules=RULES,
     run=run,
     requires=("wandb",),
-    not_applicable=lambda ctx: None if wandb_dirs(ctx) or _env_set(ctx) else "no wandb folder (--wandb-dir, $WANDB_DIR, ./wandb)",
+    not_applicable=lambda ctx: None if wandb_dirs(ctx) or _env_set(ctx) else f"no wandb folder ({SEARCHED})",
 )
 
 

@@ -37,23 +37,32 @@ def shell_environment(path: str | os.PathLike, *, wandb_dir: Path | None = None,
     if importlib.util.find_spec("wandb") is None:
         result.comments.append("wandb is not installed: no W&B run to match")
         return result
-    from resumedoctor.wandb_runs import decide, env_lines, find_runs, read_decision
+    from resumedoctor.wandb_runs import decide, env_lines, find_runs, judge_run_id, read_decision
 
-    decision = None
+    decision, new_run_id = None, None
     if target.checkpoint is not None:
-        matches, _, _ = find_runs(ctx)
+        runs = find_runs(ctx)
         try:
             global_step = int(ctx.read_json(target.checkpoint / "trainer_state.json")["global_step"])
         except (JsonFileError, KeyError, TypeError, ValueError):
             global_step = None
-        if matches and global_step is not None:
-            decision = decide(matches[-1], target.checkpoint, global_step)
+        if runs.matches and global_step is not None:
+            decision = decide(runs.matches[-1], target.checkpoint, global_step)
             recorded = read_decision(target.output_dir, ctx)
-            if recorded is not None and recorded != decision:
+            if recorded is not None and not recorded.same_choice(decision):
                 result.comments.append(f"the recorded decision ({recorded.mode} for {recorded.checkpoint}) no longer "
                                        f"fits; using the current one (resumedoctor fix --auto records it)")
             result.comments.append(f"W&B: {decision.reason}")
-        elif not matches:
+            wanted = ctx.environ.get("WANDB_RUN_ID")
+            verdict = None if ctx.environ.get("WANDB_FORK_FROM") else judge_run_id(ctx, runs, wanted)
+            if verdict is not None and verdict.kind == "fresh":
+                new_run_id = wanted
+                result.comments.append(
+                    f"WANDB_RUN_ID={wanted} names no local run: kept, " + (
+                        "the fork gets this id" if decision.mode == "fork" else
+                        f"a new run with this id starts (unset WANDB_RUN_ID and run this again to continue "
+                        f"run {decision.run_id})"))
+        elif not runs.matches:
             result.comments.append("no local W&B run logged this output_dir")
-    result.lines = env_lines(decision, ctx.environ)
+    result.lines = env_lines(decision, ctx.environ, new_run_id=new_run_id)
     return result

@@ -51,22 +51,46 @@ class WandbDecision:
     def moment(self) -> str | None:
         return f"{self.run_id}?_step={self.step}" if self.mode == "fork" else None
 
+    def same_choice(self, other: WandbDecision) -> bool:
+        """The same resume point, run, mode and _step: where the wandb folder was found does not matter."""
+        keys = ("checkpoint", "global_step", "run_id", "mode", "step")
+        return all(getattr(self, key) == getattr(other, key) for key in keys)
+
+
+ANCESTOR_LEVELS = 3  # how far above the output_dir a training's working directory (and its wandb/) may be
+SEARCHED = "--wandb-dir, $WANDB_DIR, <output_dir>/wandb, the wandb/ folders of 3 folders above it, ./wandb"
+
 
 def wandb_dirs(ctx: RunContext) -> list[Path]:
-    """Where the runs of this output_dir may be: --wandb-dir, $WANDB_DIR, ./wandb, <output_dir>/wandb."""
+    """Where the runs of this output_dir may be, as absolute paths, the first place that names a folder first.
+
+    --wandb-dir, $WANDB_DIR (wandb writes into $WANDB_DIR/wandb), <output_dir>/wandb, then the wandb/
+    folder of the output_dir's parents: wandb writes to the training's working directory by default,
+    and a relative output_dir lies below it. Found from the output_dir, not from where this command
+    runs, so the verdict does not depend on the working directory; ./wandb is searched last, for a
+    run trained from here with an output_dir elsewhere.
+    """
     candidates = []
     if ctx.options.wandb_dir is not None:
         candidates += [ctx.options.wandb_dir, ctx.options.wandb_dir / "wandb"]
     if ctx.environ.get("WANDB_DIR"):
-        # wandb writes into $WANDB_DIR/wandb; accept the wandb folder itself too.
         candidates += [Path(ctx.environ["WANDB_DIR"]) / "wandb", Path(ctx.environ["WANDB_DIR"])]
-    candidates += [Path.cwd() / "wandb", ctx.target.output_dir / "wandb"]
+    output_dir = absolute_output_dir(ctx)
+    candidates.append(output_dir / "wandb")
+    candidates += [parent / "wandb" for parent in output_dir.parents[:ANCESTOR_LEVELS]]
+    candidates.append(Path.cwd() / "wandb")
     seen, found = set(), []
     for candidate in candidates:
+        candidate = Path(os.path.abspath(candidate))
         if candidate.is_dir() and candidate.resolve() not in seen:
             seen.add(candidate.resolve())
             found.append(candidate)
     return found
+
+
+def absolute_output_dir(ctx: RunContext) -> Path:
+    """The output_dir without `.`/`..`: `diagnose .` inside it must match a run by its name too."""
+    return Path(os.path.abspath(ctx.target.output_dir))
 
 
 def local_runs(folder: Path) -> list[LocalRun]:
@@ -81,14 +105,19 @@ def local_runs(folder: Path) -> list[LocalRun]:
 
 
 def _same_output_dir(logged: object, output_dir: Path, *, by_name: bool = False) -> bool:
-    """Does a run's logged output_dir name this one? `by_name`: the folder name is enough."""
+    """Does a run's logged output_dir name this (absolute) one? `by_name`: the folder name is enough."""
     if not isinstance(logged, str) or not logged:
         return False
     logged_path = Path(logged)
-    if os.path.realpath(logged_path) == os.path.realpath(output_dir):
-        return True
-    # A relative output_dir was relative to wherever training ran; a moved run keeps its name.
-    return (by_name or not logged_path.is_absolute()) and logged_path.name == output_dir.name
+    if logged_path.is_absolute():
+        if os.path.realpath(logged_path) == os.path.realpath(output_dir):
+            return True
+        return by_name and logged_path.name == output_dir.name  # a moved run keeps its name
+    # Relative to wherever training ran, unknown here (never to where this command runs): its tail decides.
+    parts = Path(os.path.normpath(logged_path)).parts
+    if by_name or ".." in parts:
+        return logged_path.name == output_dir.name
+    return bool(parts) and output_dir.parts[-len(parts):] == parts
 
 
 @dataclass
@@ -121,31 +150,44 @@ class RunMatch:
         return combined.first_step_after(global_step)
 
 
-def find_runs(ctx: RunContext) -> tuple[list[RunMatch], list[tuple[Path, str]], dict[str, RunLog]]:
-    """Runs whose logged config names this output_dir (or whose id is $WANDB_RUN_ID).
+@dataclass
+class LocalRuns:
+    """What the local wandb folders hold for this output_dir."""
 
-    Returns the matches (newest last), the logs that could not be read, and every readable log by id.
-    """
+    matches: list[RunMatch]  # the runs that logged this output_dir, newest last
+    unreadable: list[tuple[Path, str]]  # (log, why) for the logs that cannot be read
+    by_id: dict[str, list[RunLog]]  # every readable run, its segments oldest first
+
+    def logged_output_dirs(self, run_id: str) -> list[str]:
+        return [log.config["output_dir"] for log in self.by_id.get(run_id, [])
+                if isinstance(log.config.get("output_dir"), str) and log.config["output_dir"]]
+
+
+def find_runs(ctx: RunContext) -> LocalRuns:
+    """Every local run, and the ones whose logged config names this output_dir."""
     unreadable: list[tuple[Path, str]] = []
     by_id: dict[str, list[tuple[LocalRun, RunLog, Path]]] = {}
-    everything: dict[str, RunLog] = {}
+    seen_folders: set[str] = set()
     for folder in wandb_dirs(ctx):
         for run in local_runs(folder):
+            if run.folder.name in seen_folders:
+                continue  # the same run folder copied into two of the searched places
+            seen_folders.add(run.folder.name)
             try:
                 log = ctx.load(read_run_log, run.log_path)
             except WandbLogError as exc:
                 unreadable.append((run.log_path, exc.reason))
                 continue
-            everything[log.run_id or run.run_id] = log
             by_id.setdefault(log.run_id or run.run_id, []).append((run, log, folder))
     for entries in by_id.values():
         entries.sort(key=lambda entry: entry[0].folder.name.split("-")[-2])  # by start date in the name
+    output_dir = absolute_output_dir(ctx)
 
     def matching(by_name: bool) -> list[RunMatch]:
         return [
             RunMatch(run_id, [log for _, log, _ in entries], entries[-1][2])
             for run_id, entries in by_id.items()
-            if any(_same_output_dir(log.config.get("output_dir"), ctx.target.output_dir, by_name=by_name)
+            if any(_same_output_dir(log.config.get("output_dir"), output_dir, by_name=by_name)
                    for _, log, _ in entries)
         ]
 
@@ -155,7 +197,38 @@ def find_runs(ctx: RunContext) -> tuple[list[RunMatch], list[tuple[Path, str]], 
         by_name = matching(by_name=True)
         matches = by_name if len(by_name) == 1 else []
     matches.sort(key=lambda match: match.newest.path.parent.name.split("-")[-2])
-    return matches, unreadable, everything
+    return LocalRuns(matches, unreadable, {run_id: [log for _, log, _ in entries] for run_id, entries in by_id.items()})
+
+
+@dataclass(frozen=True)
+class RunIdVerdict:
+    """What WANDB_RUN_ID does to this resume. kind: "ours" (the run of this output_dir), "older" (an
+    earlier run of it), "fresh" (names no local run: a new run starts), "foreign" (the run of another
+    output_dir), "unowned" (a local run that logged no output_dir), "unknown" (cannot be told)."""
+
+    kind: str
+    run_id: str
+    other_output_dir: str | None = None
+
+
+def judge_run_id(ctx: RunContext, runs: LocalRuns, wanted: str | None) -> RunIdVerdict | None:
+    """How WANDB_RUN_ID relates to this output_dir's runs; None when it is not set."""
+    if not wanted:
+        return None
+    ours = [match.run_id for match in runs.matches]
+    if ours and wanted == ours[-1]:
+        return RunIdVerdict("ours", wanted)
+    if wanted in ours:
+        return RunIdVerdict("older", wanted)
+    if wanted not in runs.by_id:
+        return RunIdVerdict("fresh", wanted)
+    logged = runs.logged_output_dirs(wanted)
+    if not logged:
+        return RunIdVerdict("unowned" if ours else "unknown", wanted)
+    output_dir = absolute_output_dir(ctx)
+    if any(_same_output_dir(path, output_dir, by_name=True) for path in logged):
+        return RunIdVerdict("unknown", wanted)  # one of several runs of a moved output_dir's name
+    return RunIdVerdict("foreign", wanted, logged[-1])
 
 
 def read_decision(output_dir: Path, ctx: RunContext | None = None) -> WandbDecision | None:
@@ -225,8 +298,13 @@ class EnvLine:
         return f"{self.text}  # {self.why}"
 
 
-def env_lines(decision: WandbDecision | None, environ: dict[str, str]) -> list[EnvLine]:
-    """Shell lines that make the next start log where the decision says (and drop stale variables)."""
+def env_lines(decision: WandbDecision | None, environ: dict[str, str], *,
+              new_run_id: str | None = None) -> list[EnvLine]:
+    """Shell lines that make the next start log where the decision says (and drop stale variables).
+
+    `new_run_id`: a WANDB_RUN_ID that names no local run, kept as the user's choice of a new run
+    (or of the fork's id) instead of being replaced.
+    """
     import shlex
 
     lines: list[EnvLine] = []
@@ -248,10 +326,11 @@ def env_lines(decision: WandbDecision | None, environ: dict[str, str]) -> list[E
     if decision.mode == "fork":
         export("WANDB_FORK_FROM", decision.moment, f"{decision.checkpoint} is global step {decision.global_step}; "
                f"run {decision.run_id} logged past it, so fork it at _step {decision.step}")
-        unset("WANDB_RUN_ID", "a fork is a new run with a new id")
+        if not new_run_id:
+            unset("WANDB_RUN_ID", "a fork is a new run with a new id")
         unset("WANDB_RESUME", "resume and fork_from are mutually exclusive")
         unset("WANDB_RESUME_FROM", "resume_from and fork_from are mutually exclusive")
-    else:
+    elif not new_run_id:
         export("WANDB_RUN_ID", decision.run_id, f"continue run {decision.run_id}, which ends at {decision.checkpoint}")
         export("WANDB_RESUME", "allow", "resume that run if it exists")
         unset("WANDB_FORK_FROM", "resume and fork_from are mutually exclusive")

@@ -294,9 +294,104 @@ def test_torch_older_than_2_6(full_run, monkeypatch):
 def test_disk_space_below_the_remaining_saves(full_run, monkeypatch):
     from resumedoctor.checks import environment
 
-    monkeypatch.setattr(environment, "disk_free", lambda path: 1024)
+    shutil.rmtree(full_run / "checkpoint-6")  # killed after the save of step 4: one save (step 6) to come
+    monkeypatch.setattr(environment, "disk_free", lambda path: 1024)  # a full disk, simulated
     finding = by_code(env_report(full_run), "ENV004")[0]
-    assert "1.0 KiB free" in finding.message and "checkpoint(s)" in finding.message
+    assert "1.0 KiB free" in finding.message and "1 more checkpoint(s)" in finding.message
+    assert "1 save(s) from step 4 to 6 every 2 steps" in finding.message
+
+
+def test_finished_run_needs_no_disk(full_run, monkeypatch):
+    from resumedoctor.checks import environment
+
+    monkeypatch.setattr(environment, "disk_free", lambda path: 1024)
+    assert env_report(full_run).findings == ()  # checkpoint-6 is max_steps: a resume saves nothing
+
+
+def test_resume_from_an_older_checkpoint_saves_over_the_newer_ones(full_run, monkeypatch):
+    from resumedoctor.checks import environment
+
+    monkeypatch.setattr(environment, "disk_free", lambda path: 1024)
+    assert env_report(full_run / "checkpoint-4").findings == ()  # step 6's save rewrites checkpoint-6
+
+
+def resumed_checkpoints(run: Path, **arguments) -> list[str]:
+    """Resume the run for real with transformers (the oracle) and list the checkpoints it leaves."""
+    from resumedoctor.demo import train_demo_run
+
+    before = {p.name for p in run.glob("checkpoint-*")}
+    train_demo_run(run, resume_from_checkpoint=True, **arguments)
+    return sorted(p.name for p in run.glob("checkpoint-*") if p.name not in before)
+
+
+def test_save_steps_of_a_resume_are_the_checkpoints_own(full_run, recipe_for, monkeypatch):
+    """A recipe's save_steps below 1 is a fraction of max_steps, but a resume takes trainer_state.json's
+    absolute save_steps: transformers replaces its state with the checkpoint's."""
+    from resumedoctor.checks import environment
+
+    recipe = recipe_for(max_steps=12, save_steps=0.25)  # ceil(12 * 0.25) = 3 for a new run
+    monkeypatch.setattr(environment, "disk_free", lambda path: 1024)
+    finding = by_code(env_report(full_run, recipe), "ENV004")[0]
+    assert "3 more checkpoint(s)" in finding.message
+    assert "3 save(s) from step 6 to 12 every 2 steps" in finding.message  # not (12 - 6) / 0.25 = 24
+    assert resumed_checkpoints(full_run, max_steps=12, save_steps=0.25) == ["checkpoint-10", "checkpoint-12",
+                                                                             "checkpoint-8"]
+
+
+def test_fractional_save_steps_of_a_new_run(tmp_path):
+    """Without a saved save_steps (a run's start), a value below 1 is ceil(max_steps * save_steps)."""
+    from resumedoctor.checks.environment import SaveSettings, saves_to_come
+
+    from resumedoctor.demo import train_demo_run
+
+    settings = SaveSettings(global_step=0, max_steps=5, save_steps=0.5, strategy="steps", limit=None,
+                            best_kept=False, epoch=None, num_train_epochs=None, source="recipe")
+    assert saves_to_come(settings)[0] == 2  # every ceil(2.5) = 3 steps, and the final save at step 5
+    run = train_demo_run(tmp_path / "fraction", max_steps=5, save_steps=0.5)  # the oracle: transformers
+    assert sorted(int(p.name.split("-")[1]) for p in run.glob("checkpoint-*")) == [3, 5]
+
+
+SMALL_DISK = """
+set -e
+mount -t tmpfs -o size=64m tmpfs "{mount}"
+cp -r "{run}" "{mount}/run"
+used=$(df -k --output=used "{mount}" | tail -1)
+mount -o remount,size=$((used + {room_kib}))k "{mount}"
+"{python}" -m resumedoctor diagnose "{mount}/run" --config "{recipe}" --select ENV --format json > "{out}/report.json" || true
+"{python}" -c "from pathlib import Path; from resumedoctor.demo import train_demo_run; \
+train_demo_run(Path('{mount}/run'), max_steps=12, save_steps=2, resume_from_checkpoint=True, save_total_limit={limit})" \
+    > "{out}/train.log" 2>&1 && echo 0 > "{out}/train.rc" || echo 1 > "{out}/train.rc"
+ls "{mount}/run" > "{out}/left.txt"
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("limit", [2, None])
+def test_rotation_bounds_the_disk_a_resume_needs_on_a_real_small_disk(built_runs, recipe_for, tmp_path, limit):
+    """A real tmpfs in a private mount namespace with room for 1.6 more checkpoints; the run is resumed
+    from step 6 to 12 (three saves) for real on it: transformers' own rotation is the oracle."""
+    from resumedoctor.checks.environment import folder_size
+
+    recipe = recipe_for(max_steps=12, extra=f"save_total_limit: {limit}\n" if limit else "")
+    mount, out = tmp_path / "small-disk", tmp_path / "out"
+    mount.mkdir()
+    out.mkdir()
+    room_kib = folder_size(built_runs["full"] / "checkpoint-6") * 16 // 10 // 1024
+    script = SMALL_DISK.format(mount=mount, run=built_runs["full"], room_kib=room_kib, python=sys.executable,
+                               recipe=recipe, out=out, limit=limit)
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    findings = json.loads((out / "report.json").read_text())["findings"]
+    trained = (out / "train.rc").read_text().strip() == "0"
+    if limit:
+        # At most 3 exist, plus the one being written: one more checkpoint than now, and it fits.
+        assert findings == [] and trained, (out / "train.log").read_text()[-2000:]
+        assert "checkpoint-12" in (out / "left.txt").read_text().split()
+    else:
+        assert [f["code"] for f in findings] == ["ENV004"] and "3 more checkpoint(s)" in findings[0]["message"]
+        log = (out / "train.log").read_text()
+        # torch.save reports a full disk as a short write ("unexpected pos"), other writers as ENOSPC.
+        assert not trained and ("No space left on device" in log or "unexpected pos" in log), log[-2000:]
 
 
 def test_nearly_full_disk_on_a_real_small_file_system(built_runs, tmp_path):
@@ -305,9 +400,9 @@ def test_nearly_full_disk_on_a_real_small_file_system(built_runs, tmp_path):
 
     mount = tmp_path / "small-disk"
     mount.mkdir()
-    # Room for the checkpoint and half of another: the next save does not fit.
-    size_kib = folder_size(built_runs["full"] / "checkpoint-6") * 3 // 2 // 1024
-    script = (f'mount -t tmpfs -o size={size_kib}k tmpfs "{mount}" && cp -r "{built_runs["full"]}/checkpoint-6" "{mount}/" && '
+    # Room for the checkpoint and half of another: the next save (step 6 after checkpoint-4) does not fit.
+    size_kib = folder_size(built_runs["full"] / "checkpoint-4") * 3 // 2 // 1024
+    script = (f'mount -t tmpfs -o size={size_kib}k tmpfs "{mount}" && cp -r "{built_runs["full"]}/checkpoint-4" "{mount}/" && '
               f'"{sys.executable}" -m resumedoctor diagnose "{mount}" --select ENV --format json')
     result = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True)
     document = json.loads(result.stdout)

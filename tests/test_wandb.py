@@ -202,3 +202,128 @@ def test_env_cli_is_eval_safe_and_exit_0(wandb_world):
     assert result.returncode == 0
     completed = subprocess.run(["bash", "-n", "-c", result.stdout], capture_output=True)
     assert completed.returncode == 0
+
+
+# ---- WANDB_RUN_ID: this run's, another output_dir's, or a new one; found from any working directory --------
+
+
+def severities(report) -> dict[str, str]:
+    return {finding.code: finding.severity.value for finding in report.findings}
+
+
+def test_fresh_run_id_is_a_new_run_not_an_error(wandb_world):
+    report = run_diagnosis(wandb_world["output_dir"], wandb_world, {"WANDB_RUN_ID": "fresh0run1", "WANDB_RESUME": "allow"})
+    assert severities(report) == {"WANDB010": "info"}  # neither WANDB002 ("not set") nor WANDB003
+    finding = by_code(report, "WANDB010")[0]
+    assert "a new run with this id will be started" in finding.message and wandb_world["run_id"] in finding.message
+    assert report.exit_code == 0
+
+
+def test_fresh_run_id_before_a_run_that_is_ahead_still_names_the_fork(wandb_world):
+    report = run_diagnosis(wandb_world["output_dir"] / "checkpoint-4", wandb_world, {"WANDB_RUN_ID": "fresh0run1"})
+    assert severities(report) == {"WANDB001": "warning", "WANDB006": "info", "WANDB010": "info"}
+    assert "the new run fresh0run1 logs global steps 5-6 again" in by_code(report, "WANDB001")[0].message
+
+
+def test_fresh_run_id_with_resume_must_is_a_warning(wandb_world):
+    report = run_diagnosis(wandb_world["output_dir"], wandb_world, {"WANDB_RUN_ID": "fresh0run1", "WANDB_RESUME": "must"})
+    assert severities(report) == {"WANDB010": "warning"}
+    assert "fails unless run fresh0run1 exists on the W&B server" in by_code(report, "WANDB010")[0].message
+
+
+def test_another_output_dirs_run_id_is_an_error_even_for_a_fresh_start(wandb_world, tmp_path):
+    fresh_output_dir = tmp_path / "new-run"
+    fresh_output_dir.mkdir()
+    report = run_diagnosis(fresh_output_dir, wandb_world, {"WANDB_RUN_ID": wandb_world["other_id"]})
+    assert severities(report) == {"WANDB003": "error"}
+    assert "someone-elses-run" in by_code(report, "WANDB003")[0].message
+    assert run_diagnosis(fresh_output_dir, wandb_world, {"WANDB_RUN_ID": "fresh0run1"}).findings == ()
+
+
+def test_env_keeps_a_fresh_run_id_and_wandb_init_uses_it(wandb_world):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(WANDB_RUN_ID="fresh0run1", WANDB_RESUME="allow")
+    read_settings = (f'"{sys.executable}" -c "import os, wandb; s = wandb.Settings(); '
+                     f"s.update_from_env_vars(dict(os.environ)); print(s.run_id, s.resume, s.fork_from and s.fork_from.run)\"")
+    for target, expected in ((wandb_world["output_dir"], ["fresh0run1", "allow", "None"]),
+                             (wandb_world["output_dir"] / "checkpoint-4", ["fresh0run1", "None", wandb_world["run_id"]])):
+        script = f'eval "$("{sys.executable}" -m resumedoctor env "{target}" --wandb-dir "{wandb_world["wandb_dir"]}")" && {read_settings}'
+        result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == expected  # the new run keeps its id; a fork takes it as its own
+
+
+@pytest.fixture
+def older_run_world(wandb_world, tmp_path) -> dict:
+    """The demo run's wandb folder plus a later run of the same output_dir started without WANDB_RUN_ID."""
+    from conftest import OTHER_RUN, _offline_env
+
+    root = tmp_path / "world"
+    shutil.copytree(wandb_world["wandb_dir"], root / "wandb", symlinks=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(_offline_env(root))
+    later = subprocess.run([sys.executable, "-c", OTHER_RUN, str(wandb_world["output_dir"])], capture_output=True,
+                           text=True, check=True, env=env)
+    return {**wandb_world, "wandb_dir": root / "wandb", "later_id": later.stdout.strip().splitlines()[-1]}
+
+
+def test_older_run_of_this_output_dir_is_a_warning(older_run_world):
+    report = run_diagnosis(older_run_world["output_dir"], older_run_world, {"WANDB_RUN_ID": older_run_world["run_id"]})
+    assert severities(report)["WANDB003"] == "warning" and "WANDB002" not in severities(report)
+    assert f"its newest run is {older_run_world['later_id']}" in by_code(report, "WANDB003")[0].message
+
+
+RELATIVE_RUN = """
+import sys, wandb
+run = wandb.init(config={"output_dir": sys.argv[1]})  # as the Trainer logs a relative output_dir
+run.define_metric("train/global_step")
+run.define_metric("*", step_metric="train/global_step", step_sync=True)
+for step in range(1, 4):
+    run.log({"train/loss": 1.0 / step, "train/global_step": step})
+run.finish()
+print(run.id)
+"""
+
+
+def test_verdict_does_not_depend_on_the_working_directory(built_runs, tmp_path):
+    """Trained from `project/` with `output_dir: runs/grpo` and wandb's default `./wandb`, then diagnosed from
+    the project, from inside the output_dir (`diagnose .`) and from an unrelated folder."""
+    from conftest import _offline_env
+
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copytree(built_runs["full"], project / "runs" / "grpo")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    wandb_env = {k: v for k, v in _offline_env(project).items() if k != "WANDB_DIR"}  # wandb writes to ./wandb
+    run_id = subprocess.run([sys.executable, "-c", RELATIVE_RUN, "runs/grpo"], capture_output=True, text=True,
+                            check=True, cwd=project, env={**env, **wandb_env}).stdout.strip().splitlines()[-1]
+    assert (project / "wandb").is_dir()
+
+    def verdict(cwd: Path, path: Path | str, **extra) -> list[tuple]:
+        result = subprocess.run([sys.executable, "-m", "resumedoctor", "diagnose", str(path), "--select", "WANDB",
+                                 "--format", "json"], capture_output=True, text=True, cwd=cwd, env={**env, **extra})
+        assert result.returncode in (0, 1), result.stderr
+        return [(f["code"], f["severity"], f["message"]) for f in json.loads(result.stdout)["findings"]]
+
+    expected = verdict(project, "runs/grpo")
+    assert [code for code, _, _ in expected] == ["WANDB002"] and run_id in expected[0][2]
+    assert verdict(project / "runs" / "grpo", ".") == expected
+    assert verdict(elsewhere, project / "runs" / "grpo") == expected
+    fresh = verdict(elsewhere, project / "runs" / "grpo", WANDB_RUN_ID="fresh0run1")
+    assert [(code, severity) for code, severity, _ in fresh] == [("WANDB010", "info")]
+    assert verdict(project / "runs" / "grpo", ".", WANDB_RUN_ID="fresh0run1") == fresh
+
+
+def test_recorded_decision_still_fits_from_another_working_directory(wandb_world, tmp_path):
+    run = tmp_path / "grpo-demo-run"
+    shutil.copytree(wandb_world["output_dir"], run)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    assert run_cli("fix", run, "--auto", "--wandb-dir", wandb_world["wandb_dir"], cwd=wandb_world["root"],
+                   env=env).returncode == 0
+    recorded = json.loads((run / ".resumedoctor" / "wandb.json").read_text())
+    assert Path(recorded["wandb_dir"]).is_absolute()
+    recorded["wandb_dir"] = "wandb-folder-as-found-by-an-older-version"
+    (run / ".resumedoctor" / "wandb.json").write_text(json.dumps(recorded))
+    report = diagnose(run, settings=Settings(select=("WANDB",)), options=Options(wandb_dir=wandb_world["wandb_dir"]),
+                      environ={})
+    assert [f.code for f in report.findings] == ["WANDB008"]
