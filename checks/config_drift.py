@@ -252,7 +252,7 @@ def run(ctx: RunContext) -> Iterator[Finding]:
         return  # LEN001 reports it
     recipe_path = str(ctx.options.recipe)
     yield from check_resume_setting(ctx, recipe, recipe_path)
-    checkpoint = ctx.target.checkpoint
+    checkpoint = ctx.resume_point()
     if checkpoint is None:
         return
     yield from check_model(ctx, recipe, checkpoint, recipe_path)

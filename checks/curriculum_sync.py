@@ -199,7 +199,7 @@ def earlier_state(earlier: dict, later: dict) -> bool:
 
 
 def run(ctx: RunContext) -> Iterator[Finding]:
-    checkpoint = ctx.target.checkpoint
+    checkpoint = ctx.resume_point()
     output_dir = ctx.target.output_dir
     live_path = output_dir / STATE_FILE
     if checkpoint is None:

@@ -244,7 +244,7 @@ def disk_need(settings: SaveSettings, existing: int) -> DiskNeed:
 
 
 def run(ctx: RunContext) -> Iterator[Finding]:
-    checkpoint = ctx.target.checkpoint
+    checkpoint = ctx.resume_point()
     yield from check_writable(ctx)
     yield from check_gpus(ctx, checkpoint)
     if checkpoint is None:

@@ -12,7 +12,12 @@ from pathlib import Path
 
 from resumedoctor.context import JsonFileError, RunContext
 from resumedoctor.findings import Finding, Rule, Severity
-from resumedoctor.prompt_lengths import DatasetError, looks_local, measure, tokenizer_files
+from resumedoctor.prompt_lengths import (
+    DatasetError,
+    looks_local,
+    measure,
+    tokenizer_files,
+)
 from resumedoctor.recipe import REMOVED_KEYS, Recipe, RecipeError
 from resumedoctor.registry import CheckFamily
 
@@ -97,8 +102,8 @@ RULES = (RECIPE_INVALID, UNKNOWN_KEY, REMOVED_KEY, COMPLETION_EXCEEDS_WINDOW, PR
 def model_folder(ctx: RunContext, recipe: Recipe) -> Path | None:
     """Where config.json and the tokenizer are: the checkpoint being resumed, else a local model path."""
     candidates = []
-    if ctx.target.checkpoint is not None:
-        candidates.append(ctx.target.checkpoint)
+    if ctx.resume_point() is not None:
+        candidates.append(ctx.resume_point())
     model = recipe.get("model_name_or_path")
     if isinstance(model, str) and model:
         candidates.append(Path(model).expanduser())

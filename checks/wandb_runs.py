@@ -154,7 +154,7 @@ def run_id_finding(ctx: RunContext, runs: LocalRuns, verdict: RunIdVerdict | Non
 def run(ctx: RunContext) -> Iterator[Finding]:
     environ = ctx.environ
     yield from check_resume_options(environ)
-    checkpoint = ctx.target.checkpoint
+    checkpoint = ctx.resume_point()
     wanted = environ.get("WANDB_RUN_ID") or None
     if checkpoint is None and wanted is None:
         return
@@ -193,7 +193,7 @@ def run(ctx: RunContext) -> Iterator[Finding]:
 def check_decision(ctx: RunContext, runs: LocalRuns, decision, global_step: int, wanted: str | None,
                    fresh: bool) -> Iterator[Finding]:
     """The recorded decision, the run ahead of the checkpoint, a resume without a run id."""
-    environ, checkpoint = ctx.environ, ctx.target.checkpoint
+    environ, checkpoint = ctx.environ, ctx.resume_point()
     match = runs.matches[-1]
     path = str(match.newest.path)
     offline = OFFLINE_RUN.finding(f"run {match.run_id} is offline ({match.newest.path.parent.name})", path=path,

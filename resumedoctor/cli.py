@@ -235,7 +235,12 @@ def env(path: Path, wandb_dir: Path | None) -> int:
 def launch(recipe: Path, apply_fixes: bool, unsafe: bool, dry_run: bool, wandb_dir: Path | None,
            select: str | None, ignore: str | None, recipe_args: tuple[str, ...]) -> int:
     """Run every check, then GRPO training through TRL from the right checkpoint and W&B step."""
-    from resumedoctor.launcher import LaunchError, apply_environment, prepare, run_training
+    from resumedoctor.launcher import (
+        LaunchError,
+        apply_environment,
+        prepare,
+        run_training,
+    )
     from resumedoctor.report import render
 
     if not recipe.is_file():

@@ -13,7 +13,7 @@ from resumedoctor.context import Options, Progress, RunContext
 from resumedoctor.findings import Finding, FixInfo, FixSafety, Severity, summarize
 from resumedoctor.registry import CheckFamily, Registry, load_registry
 from resumedoctor.settings import Settings, find_settings
-from resumedoctor.target import resolve_target
+from resumedoctor.target import Target, resolve_target
 
 
 class CheckCrashed(Exception):
@@ -166,7 +166,7 @@ def run_checks(ctx: RunContext, registry: Registry) -> Report:
         for family, rule in registry.rules()
         if ctx.settings.is_enabled(rule.code)
     )
-    checkpoint = ctx.target.checkpoint
+    checkpoint = ctx.resume_point() if ctx._explicit_resume_path() is not None else ctx.target.checkpoint
     return Report(
         target=str(ctx.target.path),
         resume_from=str(checkpoint) if checkpoint is not None else None,
@@ -175,6 +175,15 @@ def run_checks(ctx: RunContext, registry: Registry) -> Report:
         rules=rules,
         progress=ctx.progress(checkpoint),
     )
+
+
+def new_context(target: Target, settings: Settings | None = None, options: Options | None = None,
+                environ: Mapping[str, str] | None = None, registry: Registry | None = None) -> RunContext:
+    """A run context whose shared verdicts are offered by the installed families."""
+    ctx = RunContext(target, settings, options, environ)
+    for family in (registry or load_registry()).families:
+        ctx.services.update(family.services)
+    return ctx
 
 
 def diagnose(
@@ -189,5 +198,5 @@ def diagnose(
     target = resolve_target(path)
     if settings is None:
         settings = find_settings(Path(path), Path.cwd())
-    ctx = RunContext(target, settings, options or Options(), environ)
-    return run_checks(ctx, registry or load_registry())
+    registry = registry or load_registry()
+    return run_checks(new_context(target, settings, options or Options(), environ, registry), registry)

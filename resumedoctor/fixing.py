@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from resumedoctor.context import Options, RunContext
-from resumedoctor.diagnose import Report, run_checks
+from resumedoctor.diagnose import Report, new_context, run_checks
 from resumedoctor.findings import Finding, FixSafety
 from resumedoctor.journal import (
     JournalError,
@@ -68,7 +68,7 @@ class FixResult:
 
 def _diagnose(path: Path, settings: Settings, options: Options, registry: Registry,
               environ: Mapping[str, str] | None) -> tuple[RunContext, Report]:
-    ctx = RunContext(resolve_target(path), settings, options, environ)
+    ctx = new_context(resolve_target(path), settings, options, environ, registry)
     return ctx, run_checks(ctx, registry)
 
 

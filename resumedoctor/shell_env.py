@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resumedoctor.context import JsonFileError, Options, RunContext
+from resumedoctor.context import Options
 from resumedoctor.settings import Settings
 from resumedoctor.target import resolve_target
 
@@ -31,23 +31,31 @@ def shell_environment(path: str | os.PathLike, *, wandb_dir: Path | None = None,
     """Decide the W&B identity of the next start (the recorded decision when it still fits)."""
     import importlib.util
 
+    from resumedoctor.diagnose import new_context
+
     target = resolve_target(path)
-    ctx = RunContext(target, Settings(), Options(wandb_dir=wandb_dir), environ)
-    result = ShellEnvironment(str(target.path), target.checkpoint.name if target.checkpoint else None)
+    ctx = new_context(target, Settings(), Options(wandb_dir=wandb_dir), environ)
+    # The checkpoint the resume really starts from (the newest usable one): the same plan as diagnose and fix.
+    checkpoint = ctx.resume_point()
+    result = ShellEnvironment(str(target.path), checkpoint.name if checkpoint else None)
     if importlib.util.find_spec("wandb") is None:
         result.comments.append("wandb is not installed: no W&B run to match")
         return result
-    from resumedoctor.wandb_runs import decide, env_lines, find_runs, judge_run_id, read_decision
+    from resumedoctor.wandb_runs import (
+        decide,
+        env_lines,
+        find_runs,
+        judge_run_id,
+        read_decision,
+    )
 
     decision, new_run_id = None, None
-    if target.checkpoint is not None:
+    if checkpoint is not None:
         runs = find_runs(ctx)
-        try:
-            global_step = int(ctx.read_json(target.checkpoint / "trainer_state.json")["global_step"])
-        except (JsonFileError, KeyError, TypeError, ValueError):
-            global_step = None
+        progress = ctx.progress(checkpoint)
+        global_step = progress.global_step if progress is not None else None
         if runs.matches and global_step is not None:
-            decision = decide(runs.matches[-1], target.checkpoint, global_step)
+            decision = decide(runs.matches[-1], checkpoint, global_step)
             recorded = read_decision(target.output_dir, ctx)
             if recorded is not None and not recorded.same_choice(decision):
                 result.comments.append(f"the recorded decision ({recorded.mode} for {recorded.checkpoint}) no longer "

@@ -6,11 +6,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from resumedoctor.diagnose import diagnose
 from resumedoctor.findings import Severity
 from resumedoctor.target import resolve_target
-from conftest import run_cli
 
 
 @pytest.fixture(scope="session")

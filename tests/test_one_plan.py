@@ -1,0 +1,90 @@
+"""One plan: the resume target, the W&B decision and the recipe edit name the same checkpoint.
+
+The oracle for "the right W&B decision" is the decision for a run that simply ends at that checkpoint
+(the same run with the later checkpoints removed): the plan for a damaged run must equal it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+from conftest import run_cli
+
+from resumedoctor.context import Options
+from resumedoctor.diagnose import diagnose
+from resumedoctor.fixing import fix
+from resumedoctor.settings import Settings
+from resumedoctor.shell_env import shell_environment
+
+RECIPE = """\
+# the demo run's arguments, resuming a checkpoint that is gone
+output_dir: {output_dir}
+use_cpu: true
+bf16: false
+seed: 0
+max_steps: 6
+save_steps: 2
+logging_steps: 1
+per_device_train_batch_size: 4
+num_generations: 4
+max_completion_length: 8
+learning_rate: 1.0e-3
+disable_tqdm: true
+report_to: wandb
+resume_from_checkpoint: {resume}
+"""
+
+
+def _decision_of(report):
+    decisions = [f.extra["decision"] for f in report.findings if f.extra.get("decision") is not None]
+    assert decisions, [f.code for f in report.findings]
+    assert len({(d.checkpoint, d.mode, d.step) for d in decisions}) == 1  # one decision per report
+    return decisions[0]
+
+
+def _copy(world: dict, tmp_path: Path) -> Path:
+    run = tmp_path / world["output_dir"].name  # moved: matched to its W&B run by name
+    shutil.copytree(world["output_dir"], run)
+    return run
+
+
+def test_a_damaged_newest_checkpoint_moves_the_whole_plan(wandb_world, tmp_path):
+    run = _copy(wandb_world, tmp_path / "damaged")
+    with open(run / "checkpoint-6" / "model.safetensors", "r+b") as handle:
+        handle.truncate(100)
+    options = Options(wandb_dir=wandb_world["wandb_dir"])
+    decision = _decision_of(diagnose(run, settings=Settings(), options=options, environ={}))
+
+    oracle_run = _copy(wandb_world, tmp_path / "oracle")
+    shutil.rmtree(oracle_run / "checkpoint-6")
+    oracle = _decision_of(diagnose(oracle_run, settings=Settings(), options=options, environ={}))
+    assert oracle.checkpoint == "checkpoint-4" and oracle.mode == "fork"
+    assert (decision.checkpoint, decision.mode, decision.step) == (oracle.checkpoint, oracle.mode, oracle.step)
+    # `env` exports the same plan.
+    rendered = shell_environment(run, wandb_dir=wandb_world["wandb_dir"], environ={}).render()
+    assert rendered.splitlines()[0].endswith("-> checkpoint-4")
+    assert f"WANDB_FORK_FROM='{wandb_world['run_id']}?_step={oracle.step}'" in rendered
+
+
+def test_a_safe_recipe_fix_and_the_recorded_decision_agree(wandb_world, tmp_path):
+    run = _copy(wandb_world, tmp_path)
+    with open(run / "checkpoint-6" / "model.safetensors", "r+b") as handle:
+        handle.truncate(100)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE.format(output_dir=run, resume=tmp_path / "gone" / "checkpoint-6"))
+    options = Options(recipe=recipe, wandb_dir=wandb_world["wandb_dir"])
+    result = fix(run, settings=Settings(select=("CFG", "WANDB")), options=options, environ={})
+
+    resumed = Path(yaml.safe_load(recipe.read_text())["resume_from_checkpoint"])
+    assert resumed.name == "checkpoint-4"  # the safe CFG007 fix: the newest usable checkpoint
+    recorded = json.loads((run / ".resumedoctor" / "wandb.json").read_text())
+    assert recorded["checkpoint"] == resumed.name and recorded["global_step"] == 4
+    assert recorded["mode"] == "fork"  # the run logged up to step 6: continuing it would log 5-6 twice
+    after = result.final
+    assert not [f for f in after.findings if f.code in ("WANDB009", "CFG007")], [f.code for f in after.findings]
+    assert after.resume_from == str(resumed)
+    env = run_cli("env", run, "--wandb-dir", wandb_world["wandb_dir"], env={"WANDB_RUN_ID": ""})
+    assert f"_step={recorded['step']}" in env.stdout
