@@ -39,10 +39,22 @@ train_demo_run(Path(sys.argv[1]), max_steps=6, save_steps=2, callbacks=[SealCall
 """
 
 TWO_PROCESSES = """
-import os, sys
+import os, sys, time
 from pathlib import Path
+from transformers import Trainer
 import resumedoctor.seal_callback as seal_callback
 from resumedoctor.demo import train_demo_run
+
+save_rng_state = Trainer._save_rng_state
+
+def late_rng_state(self, output_dir):
+    # Rank 1 writes its rng_state_1.pth late: nothing in the Trainer waits for it before the main
+    # process writes trainer_state.json and calls on_save.
+    if self.args.process_index == 1:
+        time.sleep(3)
+    save_rng_state(self, output_dir)
+
+Trainer._save_rng_state = late_rng_state
 
 write = seal_callback.atomic_write
 
@@ -155,14 +167,15 @@ def test_seal_command_seals_after_the_fact_and_undo_removes_it(built_runs, tmp_p
     assert not list(run.glob(f"checkpoint-*/{SEAL_FILE}"))
 
 
-def test_two_processes_write_one_seal_per_checkpoint(tmp_path):
-    # A real two-process CPU run (torchrun, gloo): only the world's main process seals.
+def test_two_processes_write_one_whole_seal_per_checkpoint(tmp_path):
+    # A real two-process CPU run (torchrun, gloo): only the world's main process seals, after every
+    # process has written its part of the save (rank 1 writes its RNG state late here).
     run = tmp_path / "run"
-    torchrun = Path(sys.executable).parent / "torchrun"
     script = tmp_path / "train_two.py"
     script.write_text(TWO_PROCESSES)
     write_log = tmp_path / "seal-writes.log"
-    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), str(run)],
+    torchrun = [sys.executable, "-m", "torch.distributed.run"]  # the venv may hold no torchrun script
+    result = subprocess.run([*torchrun, "--standalone", "--nproc_per_node", "2", str(script), str(run)],
                             capture_output=True, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "SEAL_WRITE_LOG": str(write_log)})
     assert result.returncode == 0, f"torchrun exit {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
@@ -172,6 +185,8 @@ def test_two_processes_write_one_seal_per_checkpoint(tmp_path):
     assert sorted({folder for _, folder in writes}) == ["checkpoint-2", "checkpoint-4"]
     seal = read_seal(run / "checkpoint-4")
     assert seal["world_size"] == 2 and {"rng_state_0.pth", "rng_state_1.pth"} <= set(seal["files"])
+    assert verify(run / "checkpoint-4", seal, deep=True) == []
+    assert diagnose(run, settings=Settings(select=("CKPT",)), options=Options(deep=True)).findings == ()
 
 
 def test_seal_sizes_are_written_before_the_save_returns(tmp_path):
