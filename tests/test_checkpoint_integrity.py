@@ -514,10 +514,12 @@ def test_fsdp_full_state_dict_layout(full_run):
 
 
 def make_deepspeed_run_checkpoint(source: Path, processes: int = 2) -> Path:
-    """A ZeRO-2 save of `processes` processes, laid out as DeepSpeed's engine.save_checkpoint writes it (from its
-    source: DeepSpeed does not run on these CPU machines) over the files transformers writes beside it: the
-    weights from save_model, no optimizer.pt (DeepSpeed keeps it), no scheduler.pt (DeepSpeed's scheduler
-    wrapper), one rng_state_<rank>.pth per process. Every .pt is a real torch.save."""
+    """A ZeRO-2 save of `processes` processes, laid out as DeepSpeed's engine.save_checkpoint writes it, over the
+    files transformers writes beside it: the weights from save_model, no optimizer.pt (DeepSpeed keeps it), no
+    scheduler.pt (with a scheduler in the DeepSpeed config, DeepSpeed keeps that too), one rng_state_<rank>.pth
+    per process. Every .pt is a real torch.save. DeepSpeed is not in the project's extras (its setup.py needs
+    torch at build time), so CI builds the layout from DeepSpeed's source; the names match a real DeepSpeed
+    0.19.8 save (test_real_deepspeed_save, run where DeepSpeed is installed)."""
     import torch
 
     (source / "optimizer.pt").unlink()
@@ -556,3 +558,61 @@ def test_deepspeed_rng_file_of_one_process_missing(full_run):
     report = diagnose(checkpoint, settings=Settings())
     assert codes(report) == ["CKPT011"]
     assert "global_step6/ holds the optimizer states of 2 processes" in report.findings[0].message
+
+
+DEEPSPEED_TRAIN = """
+import sys
+from pathlib import Path
+from resumedoctor.demo import train_demo_run
+
+config = {"zero_optimization": {"stage": 2}, "zero_allow_untested_optimizer": True,
+          "train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto", "gradient_accumulation_steps": "auto",
+          "gradient_clipping": "auto", "bf16": {"enabled": False}, "fp16": {"enabled": False}}
+train_demo_run(Path(sys.argv[1]), max_steps=int(sys.argv[2]), save_steps=2, deepspeed=config, use_cpu=True,
+               resume_from_checkpoint=sys.argv[2] != "2")
+"""
+
+
+def run_deepspeed(script: Path, run: Path, max_steps: int):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(run), str(max_steps)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="session")
+def deepspeed_save(tmp_path_factory) -> dict:
+    """A real two-process DeepSpeed ZeRO-2 GRPO run on CPU (gloo), saved at step 2."""
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("DeepSpeed is not installed (not in the extras: its setup.py imports torch at build time); "
+                    "pip install wheel && DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed")
+    root = tmp_path_factory.mktemp("deepspeed")
+    script = root / "train_deepspeed.py"
+    script.write_text(DEEPSPEED_TRAIN)
+    result = run_deepspeed(script, root / "run", 2)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return {"script": script, "run": root / "run"}
+
+
+def test_real_deepspeed_save(deepspeed_save, tmp_path):
+    import shutil
+
+    run = deepspeed_save["run"]
+    tag = run / "checkpoint-2" / "global_step2"
+    assert (run / "checkpoint-2" / "latest").read_text() == "global_step2"
+    assert {p.name for p in tag.iterdir()} == {"mp_rank_00_model_states.pt",
+                                                "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+                                                "zero_pp_rank_1_mp_rank_00_optim_states.pt"}
+    assert diagnose(run, settings=Settings()).findings == ()
+    lost = Path(shutil.copytree(run, tmp_path / "lost"))
+    (lost / "checkpoint-2" / "global_step2" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink()
+    report = diagnose(lost, settings=Settings())
+    assert set(codes(report)) == {"CKPT024", "CKPT018"}
+    assert "but not 1; rng_state_1.pth says 2 processes saved" in by_code(report, "CKPT024")[0].message
+    # The oracle: DeepSpeed itself cannot resume from it.
+    resumed = run_deepspeed(deepspeed_save["script"], lost, 4)
+    assert resumed.returncode != 0 and "zero_pp_rank_1_mp_rank_00_optim_states.pt" in resumed.stderr
