@@ -12,12 +12,30 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resumedoctor.context import CHECKPOINT_ERRORS, JsonFileError, RunContext
+from resumedoctor.dcp_metadata import (
+    METADATA_FILE,
+    DcpIndex,
+    DcpMetadataError,
+    read_dcp_index,
+)
 from resumedoctor.findings import Finding, Rule, Severity
 from resumedoctor.registry import CheckFamily
 from resumedoctor.safe_pickle import PickleReadError, UnsafePickleError
 from resumedoctor.safetensors_header import SafetensorsError, count_non_finite
-from resumedoctor.seal import SEAL_FILE, read_seal, verify
-from resumedoctor.target import TMP_CHECKPOINT_NAME, checkpoint_step, list_checkpoints
+from resumedoctor.seal import (
+    SEAL_FILE,
+    SEAL_TEMP_FILE,
+    TMP_SUFFIX,
+    read_seal,
+    sealing_was_on,
+    verify,
+)
+from resumedoctor.target import (
+    TMP_CHECKPOINT_NAME,
+    TargetError,
+    checkpoint_step,
+    list_checkpoints,
+)
 
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 
@@ -93,10 +111,14 @@ TRAINING_ARGS_DAMAGED = Rule(
 )
 RESUME_STATE_INCOMPLETE = Rule(
     "CKPT011", "resume-state-incomplete", ERROR,
-    "Some but not all of optimizer.pt, scheduler.pt and rng_state*.pth are present.",
-    "A full checkpoint holds the optimizer, the LR scheduler and the RNG state, written in that "
-    "order before trainer_state.json. When only part of them is there the save was interrupted or "
-    "files were lost; the resume fails or restarts the optimizer or the schedule silently.",
+    "Part of the resume state is missing: the optimizer, scheduler.pt, or a process's RNG state file.",
+    "A full checkpoint holds the optimizer (optimizer.pt; with FSDP optimizer.bin or an optimizer_0/ "
+    "folder; with DeepSpeed its global_step folder), the LR scheduler (scheduler.pt) and the RNG state "
+    "(rng_state.pth, or one rng_state_<rank>.pth per process of a multi-process run), all written before "
+    "trainer_state.json. transformers loads the optimizer only when scheduler.pt is there too, and "
+    "restores each process's RNG only from that process's own file. With part of them missing the "
+    "optimizer or the schedule restarts silently, or a process draws other random numbers than the run "
+    "it continues.",
 )
 MODEL_ONLY = Rule(
     "CKPT012", "model-only-checkpoint", WARNING,
@@ -220,15 +242,18 @@ SEAL_MISMATCH = Rule(
 )
 UNSEALED_SAVE = Rule(
     "CKPT030", "unsealed-save", ERROR,
-    "The checkpoint has no seal while an older checkpoint of the run has one: its save did not finish.",
-    "With SealCallback the seal is the last file of every save. A newer checkpoint without one was cut "
-    "off during its save, even if every file it has looks whole. `fix --unsafe` quarantines it.",
+    "No seal while the run sealed its saves, and the save is not whole: it did not finish.",
+    "With SealCallback every save ends with its seal. A newer checkpoint without one whose files are "
+    "damaged, or lack files that the earlier sealed save wrote (another process's file, a callback's "
+    "state), was cut off during its save. A checkpoint whose files are all whole and only lacks the seal "
+    "is CKPT034 instead. `fix --unsafe` quarantines it.",
 )
 SEAL_INVALID = Rule(
     "CKPT031", "seal-invalid", WARNING,
     "resumedoctor.seal.json cannot be read.",
     "The seal is JSON written atomically; an unreadable one was damaged after the save. The checkpoint "
-    "is checked as if it had no seal.",
+    "is checked as if it had no seal. `fix --auto` replaces it with a seal made after the fact (marked "
+    "so) when the checkpoint has no error.",
 )
 
 SEAL_WITHOUT_HASHES = Rule(
@@ -239,6 +264,33 @@ SEAL_WITHOUT_HASHES = Rule(
     "compared with the seal; `resumedoctor seal` does not re-hash it (it could bless a changed file).",
 )
 
+SHARDED_STATE_INCOMPLETE = Rule(
+    "CKPT033", "sharded-state-incomplete", ERROR,
+    "An FSDP sharded-state folder (pytorch_model_fsdp_N/ or optimizer_N/) is incomplete or damaged.",
+    "With SHARDED_STATE_DICT, accelerate saves the model and the optimizer through "
+    "torch.distributed.checkpoint: every process writes its __<rank>_<n>.distcp files, then the main "
+    "process writes .metadata (temp file, then rename), which says where every tensor's bytes are. "
+    "Without .metadata the save was cut off and the load fails; a .distcp file that is missing or "
+    "shorter than .metadata says loses a process's shard. torch loads .metadata with pickle: resumedoctor "
+    "reads it with a reader that runs nothing, and reports one that names code to run.",
+)
+SEAL_INTERRUPTED = Rule(
+    "CKPT034", "seal-interrupted", WARNING,
+    "The save finished but its seal was not written: the process died while sealing.",
+    "SealCallback writes the seal right after the Trainer's last file. A checkpoint of a sealing run "
+    "whose files are all present and whole, but that has no seal (a half-written seal temp file, or "
+    "none while the previous save was sealed), was saved completely and the process died before the "
+    "seal was in place. Resuming from it is fine; without a seal later diagnoses cannot compare its "
+    "files with what was saved. `fix --auto` seals it after the fact (marked so in the seal).",
+)
+SEALING_STOPPED = Rule(
+    "CKPT035", "sealing-stopped", INFO,
+    "Later checkpoints have no seal: the run stopped sealing its saves.",
+    "An earlier checkpoint was sealed at save time and more than one save since has none, so the saves "
+    "went on without SealCallback (removed from the script, or a resume without it). These checkpoints "
+    "are checked like any unsealed one; `resumedoctor seal` seals them after the fact.",
+)
+
 RULES = (
     TRAINER_STATE_MISSING, WEIGHTS_MISSING, SAFETENSORS_SIZE, SAFETENSORS_HEADER, SHARD_MISSING,
     SHARD_INDEX_INCOMPLETE, SHARD_INDEX_MISSING, SHARD_INDEX_INVALID, ARCHIVE_DAMAGED,
@@ -247,8 +299,15 @@ RULES = (
     RESUME_TARGET_UNUSABLE, OLDER_CHECKPOINT_UNUSABLE, NO_CHECKPOINT, TMP_CHECKPOINT_DEBRIS,
     NON_FINITE_WEIGHTS, ADAPTER_CONFIG_INVALID, DEEPSPEED_INCOMPLETE, LEGACY_PICKLE,
     MODEL_CONFIG_INVALID, FILE_UNREADABLE, TRAINING_ARGS_UNSAFE, SEAL_MISMATCH, UNSEALED_SAVE, SEAL_INVALID,
-    SEAL_WITHOUT_HASHES,
+    SEAL_WITHOUT_HASHES, SHARDED_STATE_INCOMPLETE, SEAL_INTERRUPTED, SEALING_STOPPED,
 )
+# Findings that mean a file of the save is missing or damaged (not merely inconsistent state).
+WHOLENESS_CODES = frozenset({
+    TRAINER_STATE_MISSING.code, WEIGHTS_MISSING.code, SAFETENSORS_SIZE.code, SAFETENSORS_HEADER.code,
+    SHARD_MISSING.code, SHARD_INDEX_INCOMPLETE.code, SHARD_INDEX_MISSING.code, SHARD_INDEX_INVALID.code,
+    ARCHIVE_DAMAGED.code, RESUME_STATE_INCOMPLETE.code, TRAINER_STATE_INVALID.code, ADAPTER_CONFIG_INVALID.code,
+    DEEPSPEED_INCOMPLETE.code, FILE_UNREADABLE.code, SHARDED_STATE_INCOMPLETE.code,
+})
 
 SHARD_NAME = re.compile(r"^(model|adapter_model)-\d+-of-\d+\.safetensors$")
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -257,6 +316,13 @@ WEIGHT_FILES = (
     "adapter_model.safetensors", "adapter_model.bin",
 )
 ARCHIVE_SUFFIXES = (".pt", ".pth", ".bin")
+RNG_NAME = re.compile(r"^rng_state(?:_(\d+))?\.pth$")
+TAG_DIR = re.compile(r"^global_step\d+$")
+# accelerate's save_fsdp_model / save_fsdp_optimizer with SHARDED_STATE_DICT: torch.distributed.checkpoint folders.
+DCP_DIR = re.compile(r"^(pytorch_model_fsdp|optimizer)_\d+$")
+XLA_OPTIMIZER = re.compile(r"^rank\d+-of-\d+-optimizer\.pt$")
+DEEPSPEED_OPTIM = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
+DEEPSPEED_ZERO3_MODEL = re.compile(r"^zero_pp_rank_(\d+)_mp_rank_(\d+)_model_states\.pt$")
 
 
 @dataclass(frozen=True)
@@ -267,6 +333,7 @@ class CheckpointLayout:
     files: frozenset[str]
     deepspeed_tag_dirs: tuple[str, ...]
     fsdp: bool
+    dirs: frozenset[str] = frozenset()
 
     @property
     def shards(self) -> list[str]:
@@ -286,14 +353,31 @@ class CheckpointLayout:
 
     @property
     def rng_files(self) -> list[str]:
-        return sorted(name for name in self.files if re.match(r"^rng_state(_\d+)?\.pth$", name))
+        return sorted(name for name in self.files if RNG_NAME.match(name))
+
+    @property
+    def rng_ranks(self) -> list[int]:
+        """The ranks of the per-process rng_state_<rank>.pth files (a multi-process save)."""
+        return sorted(int(m.group(1)) for name in self.files if (m := RNG_NAME.match(name)) and m.group(1))
+
+    @property
+    def dcp_dirs(self) -> list[str]:
+        return sorted(name for name in self.dirs if DCP_DIR.match(name))
+
+    @property
+    def optimizer_state(self) -> list[str]:
+        """Where the optimizer is, found as transformers' _load_optimizer_and_scheduler looks for it."""
+        found = [name for name in ("optimizer.pt", "optimizer.bin") if name in self.files]
+        found += sorted(name for name in self.dirs if "optimizer" in name)
+        return found + sorted(name for name in self.files if XLA_OPTIMIZER.match(name))
 
 
 def detect_layout(folder: Path) -> CheckpointLayout:
-    files, tag_dirs, fsdp = set(), [], False
+    files, dirs, tag_dirs, fsdp = set(), set(), [], False
     for entry in sorted(folder.iterdir()):
         if entry.is_dir():
-            if re.match(r"^global_step\d+$", entry.name):
+            dirs.add(entry.name)
+            if TAG_DIR.match(entry.name):
                 tag_dirs.append(entry.name)
             if entry.name.startswith("pytorch_model_fsdp"):
                 fsdp = True
@@ -301,7 +385,7 @@ def detect_layout(folder: Path) -> CheckpointLayout:
             files.add(entry.name)
             if entry.name.startswith("pytorch_model_fsdp"):
                 fsdp = True
-    return CheckpointLayout(folder, frozenset(files), tuple(tag_dirs), fsdp)
+    return CheckpointLayout(folder, frozenset(files), tuple(tag_dirs), fsdp, frozenset(dirs))
 
 
 def _json_rule(error: JsonFileError, rule: Rule) -> Rule:
@@ -331,43 +415,84 @@ class CheckpointInspector:
         if self.unreadable:
             yield self.finding(FILE_UNREADABLE, f"the folder cannot be listed: {self.unreadable}")
             return
-        yield from self.check_save_completed()
-        yield from self.check_weights_present()
-        yield from self.check_safetensors_files()
-        yield from self.check_shard_index()
-        yield from self.check_adapter_and_config()
-        yield from self.check_torch_archives()
-        yield from self.check_resume_state()
-        yield from self.check_deepspeed()
-        yield from self.check_trainer_state()
-        yield from self.check_seal()
+        found: list[Finding] = []
+        for check in (self.check_save_completed, self.check_weights_present, self.check_safetensors_files,
+                      self.check_shard_index, self.check_adapter_and_config, self.check_torch_archives,
+                      self.check_sharded_state, self.check_resume_state, self.check_deepspeed,
+                      self.check_trainer_state):
+            found += check()
+        yield from found
+        yield from self.check_seal(found)
 
-    def check_seal(self) -> Iterator[Finding]:
-        seal_path = self.folder / SEAL_FILE
+    def check_seal(self, found: list[Finding]) -> Iterator[Finding]:
+        """The seal against the files; for an unsealed save of a sealing run, whether the save finished."""
         if SEAL_FILE in self.layout.files:
-            try:
-                seal = read_seal(self.folder)
-            except ValueError as exc:
-                yield self.finding(SEAL_INVALID, str(exc), seal_path)
-                return
-            problems = verify(self.folder, seal, deep=self.ctx.options.deep)
-            if self.ctx.options.deep and not seal.get("hashes_complete", True) and not problems:
-                yield self.finding(SEAL_WITHOUT_HASHES, "the seal has sizes but no content hashes (the process ended "
-                                   "before hashing finished): contents not verified", seal_path)
-            if problems:
-                more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-                yield self.finding(SEAL_MISMATCH, f"{problems[0]}{more}", seal_path,
-                                   hint="the checkpoint changed after its save; use an earlier one or a good copy")
+            yield from self.check_sealed()
             return
         step = checkpoint_step(self.folder)
-        if step is None:
+        interrupted = SEAL_TEMP_FILE in self.layout.files
+        reference = _reference_seal(self.ctx, self.folder, step) if step is not None else None
+        if reference is None and not interrupted:
+            return  # this run never sealed at save time (seals after the fact prove nothing about later saves)
+        broken = [f for f in found if f.code in WHOLENESS_CODES]
+        if reference is not None and not interrupted:
+            since = _saved_without_sealing_since(self.ctx, self.folder.parent, checkpoint_step(reference[0]))
+            if len(since) > 1:  # the run went on saving without sealing: the callback was gone, not cut off
+                if not broken:  # a broken one is reported by its own findings
+                    yield self.finding(SEALING_STOPPED, f"no seal: {reference[0].name} was sealed at save time, and "
+                                       f"{len(since)} saves since have none ({_names(f.name for f in since)})",
+                                       hint=f"resumedoctor seal {self.folder.parent} seals them after the fact")
+                return
+        yield self.unsealed_save(step, broken, reference, interrupted)
+
+    def unsealed_save(self, step: int | None, broken: list[Finding], reference: tuple[Path, dict] | None,
+                      interrupted: bool) -> Finding:
+        """A save of a sealing run without its seal: unfinished (CKPT030) unless every file is whole (CKPT034)."""
+        lost = self.files_lost_since(*reference) if reference is not None else []
+        if broken or lost:
+            verb = "is" if len(lost) == 1 else "are"
+            evidence = _error_summary(broken) if broken else (
+                f"{_names(lost)}, which the save of {reference[0].name} wrote, {verb} missing")
+            why = (f"its seal write was cut off: {SEAL_TEMP_FILE} is left" if interrupted
+                   else f"{reference[0].name} was sealed at save time")
+            return self.finding(UNSEALED_SAVE, f"no {SEAL_FILE} ({why}) and the save is not whole ({evidence}): "
+                                f"the save{f' of step {step}' if step is not None else ''} did not finish",
+                                self.folder / lost[0] if lost else self.folder,
+                                hint="resume from the previous checkpoint (fix --unsafe quarantines this one)")
+        how = (f"only the half-written {SEAL_TEMP_FILE}: the process died while writing the seal" if interrupted
+               else f"while {reference[0].name} was sealed at save time: the process died before sealing this save")
+        finding = self.finding(SEAL_INTERRUPTED, f"no {SEAL_FILE}, {how}; every file of the save is whole",
+                               self.folder / SEAL_FILE, hint="safe to resume from; fix --auto seals it after the fact")
+        finding.extra["seal_reason"] = "seal-interrupted"
+        return finding
+
+    def check_sealed(self) -> Iterator[Finding]:
+        seal_path = self.folder / SEAL_FILE
+        try:
+            seal = seal_of(self.ctx, self.folder)
+        except ValueError as exc:
+            finding = self.finding(SEAL_INVALID, str(exc), seal_path,
+                                   hint="fix --auto replaces it with a seal made after the fact "
+                                        "if the checkpoint is usable")
+            finding.extra["seal_reason"] = "seal-unreadable"
+            yield finding
             return
-        older_sealed = [c for c in list_checkpoints(self.folder.parent)
-                        if (checkpoint_step(c) or 0) < step and (c / SEAL_FILE).is_file()]
-        if older_sealed:
-            yield self.finding(UNSEALED_SAVE, f"no {SEAL_FILE}, while {older_sealed[-1].name} has one: the save of "
-                               f"step {step} did not finish", seal_path,
-                               hint="resume from the previous checkpoint (fix --unsafe quarantines this one)")
+        problems = verify(self.folder, seal, deep=self.ctx.options.deep)
+        if self.ctx.options.deep and not seal.get("hashes_complete", True) and not problems:
+            yield self.finding(SEAL_WITHOUT_HASHES, "the seal has sizes but no content hashes (the process ended "
+                               "before hashing finished): contents not verified", seal_path)
+        if problems:
+            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+            yield self.finding(SEAL_MISMATCH, f"{problems[0]}{more}", seal_path,
+                               hint="the checkpoint changed after its save; use an earlier one or a good copy")
+
+    def files_lost_since(self, reference: Path, seal: dict) -> list[str]:
+        """Top-level files and folders the reference save wrote that this one lacks (per-process RNG
+        files aside: a resume on fewer processes writes fewer of them)."""
+        wrote = {_top_level(name) for name in seal["files"]}
+        here = {_top_level(name) for name in self.layout.files | self.layout.dirs}
+        return sorted(name for name in wrote - here if not RNG_NAME.match(name) and name != SEAL_FILE
+                      and not name.endswith(TMP_SUFFIX))
 
     def check_save_completed(self) -> Iterator[Finding]:
         if "trainer_state.json" not in self.layout.files:
@@ -521,22 +646,91 @@ class CheckpointInspector:
             yield self.finding(TRAINING_ARGS_DAMAGED, f"training_args.bin: {exc.reason}", path)
 
     def check_resume_state(self) -> Iterator[Finding]:
-        if self.layout.is_deepspeed:
-            return  # DeepSpeed keeps the optimizer in its own folder: check_deepspeed
-        present = {
-            "optimizer.pt": "optimizer.pt" in self.layout.files,
-            "scheduler.pt": "scheduler.pt" in self.layout.files,
-            "rng_state*.pth": bool(self.layout.rng_files),
-        }
-        if not any(present.values()):
-            yield self.finding(
-                MODEL_ONLY,
-                "no optimizer.pt, scheduler.pt or rng_state.pth: a resume restarts the optimizer, the LR schedule and the data order",
-                hint="expected with save_only_model=True; otherwise the save lost its training state",
-            )
-        elif not all(present.values()):
-            missing = ", ".join(name for name, ok in present.items() if not ok)
-            yield self.finding(RESUME_STATE_INCOMPLETE, f"missing {missing}", hint="resume from the previous checkpoint")
+        layout = self.layout
+        if not layout.is_deepspeed:  # DeepSpeed keeps the optimizer (and often the schedule) in its folder
+            optimizer = "the FSDP optimizer (optimizer.bin or optimizer_0/)" if layout.fsdp else "optimizer.pt"
+            present = {optimizer: bool(layout.optimizer_state), "scheduler.pt": "scheduler.pt" in layout.files,
+                       "rng_state*.pth": bool(layout.rng_files)}
+            if not any(present.values()):
+                yield self.finding(
+                    MODEL_ONLY,
+                    "no optimizer.pt, scheduler.pt or rng_state.pth: a resume restarts the optimizer, the LR schedule and the data order",
+                    hint="expected with save_only_model=True; otherwise the save lost its training state",
+                )
+                return
+            if not all(present.values()):
+                missing = ", ".join(name for name, ok in present.items() if not ok)
+                also = (" (transformers loads the optimizer only with scheduler.pt: both restart)"
+                        if present[optimizer] and not present["scheduler.pt"] else "")
+                yield self.finding(RESUME_STATE_INCOMPLETE, f"missing {missing}{also}",
+                                   hint="resume from the previous checkpoint")
+        if layout.rng_files:
+            yield from self.check_rank_files()
+
+    def check_rank_files(self) -> Iterator[Finding]:
+        """One rng_state_<rank>.pth per process: none may be missing between 0 and the last process."""
+        ranks = self.layout.rng_ranks
+        expected, why = (max(ranks) + 1, f"rng_state_{max(ranks)}.pth is here") if ranks else (0, "")
+        counted = self.process_count()
+        if counted is not None and counted[0] > max(expected, 1):
+            expected, why = counted
+        missing = [rank for rank in range(expected) if rank not in ranks]
+        if missing:
+            names = _names([f"rng_state_{rank}.pth" for rank in missing])
+            yield self.finding(RESUME_STATE_INCOMPLETE, f"missing {names} of a save by {expected} processes ({why})",
+                               self.folder / f"rng_state_{missing[0]}.pth",
+                               hint="that process's RNG is not restored on resume; resume from the previous checkpoint")
+
+    def process_count(self) -> tuple[int, str] | None:
+        """How many processes at least wrote this save, from the per-process files of FSDP or DeepSpeed."""
+        counts = []
+        for name in self.layout.dcp_dirs:
+            try:
+                ranks = self.ctx.load(read_dcp_index, self.folder / name).ranks
+            except DcpMetadataError:
+                continue  # reported by check_sharded_state
+            if ranks:
+                counts.append((max(ranks) + 1, f"{name}/ holds the files of {max(ranks) + 1} processes"))
+        for tag in self.deepspeed_tags():
+            ranks = _deepspeed_ranks(self.folder / tag, DEEPSPEED_OPTIM)
+            if ranks:
+                dp = max(max(values) for values in ranks.values()) + 1
+                counts.append((dp, f"{tag}/ holds the optimizer states of {dp} processes"))
+        return max(counts) if counts else None
+
+    def deepspeed_tags(self) -> tuple[str, ...]:
+        """The tag folder `latest` names (what DeepSpeed resumes from), or every one when it names none here."""
+        try:
+            with open(self.folder / "latest", encoding="utf-8") as handle:
+                tag = handle.read(256).strip()
+        except (OSError, UnicodeDecodeError):
+            return self.layout.deepspeed_tag_dirs
+        return (tag,) if tag in self.layout.deepspeed_tag_dirs else self.layout.deepspeed_tag_dirs
+
+    def check_sharded_state(self) -> Iterator[Finding]:
+        """FSDP's torch.distributed.checkpoint folders: .metadata written, every byte it names present."""
+        for name in self.layout.dcp_dirs:
+            folder = self.folder / name
+            if not (folder / METADATA_FILE).is_file():
+                when = ("while writing it" if (folder / f"{METADATA_FILE}.tmp").exists()
+                        else "before torch.distributed.checkpoint finished it")
+                yield self.finding(SHARDED_STATE_INCOMPLETE, f"{name}/ has no {METADATA_FILE}: the save was cut off {when}",
+                                   folder, hint="resume from the previous checkpoint")
+                continue
+            try:
+                index = self.ctx.load(read_dcp_index, folder)
+            except DcpMetadataError as exc:
+                if exc.unfamiliar:
+                    continue  # a torch this reader does not know: the shards cannot be judged, nor blamed
+                yield self.finding(SHARDED_STATE_INCOMPLETE, f"{name}/{exc.reason}", folder / METADATA_FILE,
+                                   hint="do not load this checkpoint; find out where it came from" if exc.unsafe
+                                   else "resume from the previous checkpoint")
+                continue
+            problems = _dcp_problems(folder, index)
+            if problems:
+                more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+                yield self.finding(SHARDED_STATE_INCOMPLETE, f"{name}/{problems[0]}{more}", folder,
+                                   hint="a process's shard is lost or cut off; resume from the previous checkpoint")
 
     def check_deepspeed(self) -> Iterator[Finding]:
         if not self.layout.is_deepspeed:
@@ -551,7 +745,7 @@ class CheckpointInspector:
             yield self.finding(DEEPSPEED_INCOMPLETE, f"`latest` cannot be read: {exc}", latest_path)
             return
         tag_dir = self.folder / tag
-        if not tag or not tag_dir.is_dir():
+        if not tag or "/" in tag or not tag_dir.is_dir():
             yield self.finding(DEEPSPEED_INCOMPLETE, f"`latest` names {tag!r}, which is not a folder here", latest_path)
             return
         try:
@@ -563,9 +757,28 @@ class CheckpointInspector:
             yield self.finding(DEEPSPEED_INCOMPLETE, f"{tag}/ holds no *model_states.pt", tag_dir)
         if not any(name.endswith("optim_states.pt") for name in names):
             yield self.finding(DEEPSPEED_INCOMPLETE, f"{tag}/ holds no *optim_states.pt", tag_dir)
+        yield from self.check_deepspeed_ranks(tag, names)
         for name in names:
             if name.endswith(ARCHIVE_SUFFIXES):
                 yield from self._archive_findings(tag_dir / name, f"{tag}/{name}")
+
+    def check_deepspeed_ranks(self, tag: str, names: list[str]) -> Iterator[Finding]:
+        """Every data-parallel rank's optimizer (and ZeRO-3 model) file: DeepSpeed loads all of them."""
+        # Without tensor or pipeline parallelism every process is a data-parallel rank with its own RNG file.
+        pure_data_parallel = not any(name.startswith("layer_") for name in names)
+        rng = self.layout.rng_ranks
+        for pattern, what in ((DEEPSPEED_OPTIM, "optimizer states"), (DEEPSPEED_ZERO3_MODEL, "ZeRO-3 model states")):
+            by_mp = _deepspeed_ranks(self.folder / tag, pattern, names)
+            for mp_rank, dp_ranks in sorted(by_mp.items()):
+                count, why = max(dp_ranks) + 1, ""
+                if pure_data_parallel and list(by_mp) == [0] and rng and max(rng) + 1 > count:
+                    count, why = max(rng) + 1, f"; rng_state_{max(rng)}.pth says {max(rng) + 1} processes saved"
+                missing = [rank for rank in range(count) if rank not in dp_ranks]
+                if missing:
+                    yield self.finding(DEEPSPEED_INCOMPLETE, f"{tag}/ holds the {what} of data-parallel ranks "
+                                       f"{_names(map(str, sorted(dp_ranks)))} (model-parallel rank {mp_rank}) but not "
+                                       f"{_names(map(str, missing))}{why}: DeepSpeed loads every rank's file",
+                                       self.folder / tag)
 
     def check_trainer_state(self) -> Iterator[Finding]:
         path = self.folder / "trainer_state.json"
@@ -609,6 +822,93 @@ class CheckpointInspector:
                     path,
                     hint="fix --auto sets it to null",
                 )
+
+
+def _names(names) -> str:
+    names = list(names)
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+
+def _top_level(relative: str) -> str:
+    """A seal's path reduced to what comparing two saves needs: its top-level name, any tag folder alike."""
+    first = relative.split("/", 1)[0]
+    return "global_step*" if TAG_DIR.match(first) else first
+
+
+def _deepspeed_ranks(tag_dir: Path, pattern: re.Pattern, names: list[str] | None = None) -> dict[int, set[int]]:
+    """Per model-parallel rank, the data-parallel ranks that wrote a file of this kind."""
+    if names is None:
+        try:
+            names = [entry.name for entry in tag_dir.iterdir()]
+        except OSError:
+            return {}
+    ranks: dict[int, set[int]] = {}
+    for name in names:
+        if match := pattern.match(name):
+            ranks.setdefault(int(match.group(2)), set()).add(int(match.group(1)))
+    return ranks
+
+
+def _dcp_problems(folder: Path, index: DcpIndex) -> list[str]:
+    """The files .metadata names that are missing, outside the folder, or shorter than it says."""
+    problems = []
+    for relative, needed in sorted(index.needed_bytes.items()):
+        if Path(relative).name != relative or relative in ("", ".", ".."):
+            problems.append(f"{METADATA_FILE} names {relative!r}, which is not a file of this folder")
+            continue
+        try:
+            size = (folder / relative).stat().st_size
+        except OSError:
+            problems.append(f"{relative} is missing ({METADATA_FILE} names it)")
+            continue
+        if size < needed:
+            problems.append(f"{relative} is {size} bytes, {METADATA_FILE} needs {needed}: cut off")
+    return problems
+
+
+def seal_of(ctx: RunContext, folder: Path) -> dict:
+    """The checkpoint's seal, read once per run; ValueError when it has none or it cannot be read."""
+    return ctx.memo(("seal", folder), lambda: read_seal(folder), "read_seal")
+
+
+def _readable_seal(ctx: RunContext, folder: Path) -> dict | None:
+    try:
+        return seal_of(ctx, folder)
+    except ValueError:
+        return None
+
+
+def _reference_seal(ctx: RunContext, folder: Path, step: int) -> tuple[Path, dict] | None:
+    """The newest older checkpoint sealed while the run was sealing its saves, with its seal."""
+    try:
+        checkpoints = list_checkpoints(folder.parent)
+    except TargetError:
+        return None
+    for older in reversed(checkpoints):
+        if (checkpoint_step(older) or 0) >= step:
+            continue
+        seal = _readable_seal(ctx, older)
+        if seal is not None and sealing_was_on(seal):
+            return older, seal
+    return None
+
+
+def _sealed_while_sealing(ctx: RunContext, folder: Path) -> bool:
+    """Saved while SealCallback was sealing: a seal made then (an unreadable seal was too)."""
+    if not (folder / SEAL_FILE).is_file():
+        return False
+    seal = _readable_seal(ctx, folder)
+    return seal is None or sealing_was_on(seal)
+
+
+def _saved_without_sealing_since(ctx: RunContext, output_dir: Path, step: int) -> list[Path]:
+    """Checkpoints after `step` saved while nothing was sealing (no seal, or one made after the fact)."""
+    try:
+        checkpoints = list_checkpoints(output_dir)
+    except TargetError:
+        return []
+    return [folder for folder in checkpoints
+            if (checkpoint_step(folder) or 0) > step and not _sealed_while_sealing(ctx, folder)]
 
 
 def inspect_checkpoint(ctx: RunContext, folder: Path) -> list[Finding]:

@@ -40,9 +40,32 @@ def plan_quarantine_newer_than_usable(ctx: RunContext, finding: Finding) -> list
     ]
 
 
+QUARANTINE_REASONS = {
+    "CKPT005": "its index names a shard that does not exist",
+    "CKPT030": "its save did not finish (no seal, files missing or damaged)",
+}
+
+
 def plan_quarantine_checkpoint(ctx: RunContext, finding: Finding) -> list[Operation]:
     folder = _checkpoint_of(finding)
-    return [Quarantine(folder, "its index names a shard that does not exist")] if folder else []
+    return [Quarantine(folder, QUARANTINE_REASONS.get(finding.code, "unusable"))] if folder else []
+
+
+def plan_seal_after_the_fact(ctx: RunContext, finding: Finding) -> list[Operation]:
+    """The seal the save did not live to write (or an unreadable one replaced), marked after the fact;
+    nothing for a checkpoint with an error: a seal must not bless a broken save."""
+    from resumedoctor.seal import AFTER_THE_FACT_REASONS, SEAL_FILE
+    from resumedoctor.seal_existing import SealRefused, after_the_fact_seal
+
+    folder = _checkpoint_of(finding)
+    reason = finding.extra.get("seal_reason")
+    if folder is None or reason not in AFTER_THE_FACT_REASONS:
+        return []
+    try:
+        content = after_the_fact_seal(ctx, folder, reason)
+    except SealRefused:
+        return []
+    return [WriteFile(folder / SEAL_FILE, content, f"sealed after the fact: {AFTER_THE_FACT_REASONS[reason]}")]
 
 
 def plan_quarantine_tmp_checkpoint(ctx: RunContext, finding: Finding) -> list[Operation]:
@@ -141,6 +164,13 @@ FIXERS = (
     Fixer("quarantine-missing-shard", FAMILY, ("CKPT005",), FixSafety.UNSAFE,
           "move the checkpoint whose index names a missing shard into .resumedoctor/quarantine/",
           plan_quarantine_checkpoint),
+    Fixer("quarantine-unfinished-save", FAMILY, ("CKPT030",), FixSafety.UNSAFE,
+          "move the checkpoint whose save did not finish into .resumedoctor/quarantine/",
+          plan_quarantine_checkpoint),
+    Fixer("seal-after-the-fact", FAMILY, ("CKPT034", "CKPT031"), FixSafety.SAFE,
+          "write the seal of a checkpoint whose files are whole, marked as made after the fact "
+          "(only when the checkpoint has no error)",
+          plan_seal_after_the_fact),
     Fixer("rebuild-shard-index", FAMILY, ("CKPT007", "CKPT006"), FixSafety.SAFE,
           "rebuild model.safetensors.index.json from the shard headers (only when every shard is whole)",
           plan_rebuild_shard_index),

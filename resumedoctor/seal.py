@@ -8,6 +8,9 @@ the W&B run id and the `_step` at the moment of the save, and the curriculum sta
 
 A save killed before its end has no seal. A seal makes every later diagnosis exact: sizes are always
 compared, hashes with --deep (a flipped byte that keeps the size is caught too).
+
+`resumedoctor seal` (and `fix`, for a save whose seal write was cut off) seals after the fact:
+`after_the_fact` is true and `after_the_fact_reason` says why (AFTER_THE_FACT_REASONS).
 """
 
 from __future__ import annotations
@@ -18,6 +21,15 @@ from pathlib import Path
 from typing import Any
 
 SEAL_FILE = "resumedoctor.seal.json"
+# The temp file journal.atomic_write renames over the seal (journal.TMP_SUFFIX, not imported: the
+# journal's imports would slow every start-up): left behind when the process died while sealing.
+TMP_SUFFIX = ".resumedoctor-tmp"
+SEAL_TEMP_FILE = f".{SEAL_FILE}{TMP_SUFFIX}"
+AFTER_THE_FACT_REASONS = {
+    "never-sealed": "saved without SealCallback",
+    "seal-interrupted": "SealCallback was sealing this run, but the process died before this seal was written",
+    "seal-unreadable": "its seal could not be read and was replaced",
+}
 CHUNK = 16 * 1024 * 1024
 RESUME_ARGUMENTS = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_generations",
                     "generation_batch_size", "steps_per_generation", "seed", "data_seed", "max_completion_length",
@@ -55,7 +67,7 @@ def hash_file(path: Path, name: str) -> str:
 
 def checkpoint_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != SEAL_FILE
-                  and not p.name.endswith(".resumedoctor-tmp"))
+                  and not p.name.endswith(TMP_SUFFIX))
 
 
 def installed_versions() -> dict[str, str]:
@@ -105,7 +117,9 @@ def hash_files(paths: list[Path], name: str) -> dict[Path, str]:
 def build_seal(folder: Path, *, global_step: int, world_size: int, arguments: dict[str, Any],
                dataset_fingerprint: str | None = None, wandb: dict | None = None,
                versions: dict[str, str] | None = None, after_the_fact: bool = False, pipelined: bool = True,
-               with_hashes: bool = True) -> dict:
+               with_hashes: bool = True, after_the_fact_reason: str | None = None) -> dict:
+    if after_the_fact_reason is not None and after_the_fact_reason not in AFTER_THE_FACT_REASONS:
+        raise ValueError(f"unknown after-the-fact reason {after_the_fact_reason!r}")
     name = hash_name()
     paths = checkpoint_files(folder)
     if not with_hashes:
@@ -123,6 +137,7 @@ def build_seal(folder: Path, *, global_step: int, world_size: int, arguments: di
         "version": 1,
         "sealed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "after_the_fact": after_the_fact,
+        "after_the_fact_reason": (after_the_fact_reason or "never-sealed") if after_the_fact else None,
         "hash": name,
         "hashes_complete": with_hashes,
         "global_step": global_step,
@@ -150,6 +165,12 @@ def read_seal(folder: Path) -> dict:
     if not isinstance(data, dict) or not isinstance(data.get("files"), dict) or data.get("hash") not in ("xxh3_128", "sha256"):
         raise ValueError(f"{SEAL_FILE} is not a resumedoctor seal")
     return data
+
+
+def sealing_was_on(seal: dict) -> bool:
+    """Whether SealCallback was sealing the run when this checkpoint was saved: a save-time seal, or an
+    after-the-fact one that only replaces a seal write the process did not live to finish."""
+    return not seal.get("after_the_fact") or seal.get("after_the_fact_reason") == "seal-interrupted"
 
 
 def verify(folder: Path, seal: dict, *, deep: bool) -> list[str]:

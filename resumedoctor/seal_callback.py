@@ -18,10 +18,13 @@ class SealCallback(TrainerCallback):
         trainer = GRPOTrainer(..., callbacks=[SealCallback()])
 
     The Trainer calls on_save after it wrote trainer_state.json, its last file: a checkpoint whose
-    save was cut off has no seal. With `background=True` the seal is written in two steps: the
-    sizes of every file at once (milliseconds: the save counts as finished), then the same seal with
-    content hashes from a background thread (the next save and the end of training wait for it). A
-    crash between the two leaves a size-checked seal without hashes, which --deep says it cannot check.
+    save was cut off has no seal. In a multi-process run every process first waits here for the
+    others: each writes its own rng_state_<rank>.pth and nothing in the Trainer waits for it before
+    the main process writes trainer_state.json, so sealing at once could miss or cut that file.
+    With `background=True` the seal is written in two steps: the sizes of every file at once
+    (milliseconds: the save counts as finished), then the same seal with content hashes from a
+    background thread (the next save and the end of training wait for it). A crash between the two
+    leaves a size-checked seal without hashes, which --deep says it cannot check.
     """
 
     def __init__(self, background: bool = True):
@@ -29,6 +32,7 @@ class SealCallback(TrainerCallback):
         self._pending: threading.Thread | None = None
 
     def on_save(self, args, state, control, **kwargs):
+        wait_for_every_process(args)
         if not state.is_world_process_zero:
             return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -58,6 +62,13 @@ class SealCallback(TrainerCallback):
         if self._pending is not None:
             self._pending.join()
             self._pending = None
+
+
+def wait_for_every_process(args) -> None:
+    """Barrier over the run's processes (every process calls on_save after its part of the save)."""
+    distributed = getattr(args, "distributed_state", None)
+    if distributed is not None and getattr(args, "world_size", 1) > 1:
+        distributed.wait_for_everyone()
 
 
 def seal_checkpoint(folder: Path, inputs: dict, pipelined: bool = False) -> None:

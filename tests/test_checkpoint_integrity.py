@@ -311,3 +311,308 @@ def test_unlistable_checkpoint_folder_is_a_finding(full_run, monkeypatch):
     report = diagnose(full_run, settings=Settings())
     assert set(codes(report)) == {"CKPT027", "CKPT018"}
     assert "Permission denied" in by_code(report, "CKPT027")[0].message
+
+
+# ---- multi-process layouts: FSDP, DeepSpeed, one RNG file per process ---------------------------------
+
+FSDP_SAVE = """
+import random, sys
+from pathlib import Path
+from types import SimpleNamespace
+import numpy as np
+import torch
+from accelerate import FullyShardedDataParallelPlugin, PartialState
+from accelerate.utils import load_fsdp_model, load_fsdp_optimizer, save_fsdp_model, save_fsdp_optimizer
+from torch.distributed.fsdp import fully_shard
+from transformers import get_linear_schedule_with_warmup
+from transformers.trainer_callback import TrainerState
+from resumedoctor.demo import build_model, build_tokenizer
+
+state = PartialState(cpu=True)  # two CPU processes, gloo
+rank, world = state.process_index, state.num_processes
+checkpoint = Path(sys.argv[1])
+
+
+def sharded_model():
+    model = build_model(build_tokenizer())
+    for layer in model.model.layers:
+        fully_shard(layer)
+    return fully_shard(model)
+
+
+model = sharded_model()
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+scheduler = get_linear_schedule_with_warmup(optimizer, 1, 10)
+ids = torch.randint(0, 100, (2, 8))
+model(input_ids=ids, labels=ids).loss.backward()
+optimizer.step()
+scheduler.step()
+# What Trainer._save_checkpoint writes with FSDP and SHARDED_STATE_DICT, in its order, with the same writers:
+# accelerate's save_fsdp_model / save_fsdp_optimizer (no model.safetensors, config or training_args: save_model
+# writes those only for FULL_STATE_DICT), scheduler.pt on the main process, one rng_state_<rank>.pth per process,
+# then trainer_state.json.
+plugin = FullyShardedDataParallelPlugin(fsdp_version=2, state_dict_type="SHARDED_STATE_DICT")
+accelerator = SimpleNamespace(process_index=rank, num_processes=world)
+save_fsdp_model(plugin, accelerator, model, str(checkpoint))
+save_fsdp_optimizer(plugin, accelerator, optimizer, model, str(checkpoint))
+if rank == 0:
+    torch.save(scheduler.state_dict(), checkpoint / "scheduler.pt")
+rng = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()}
+torch.save(rng, checkpoint / f"rng_state_{rank}.pth")
+state.wait_for_everyone()
+if rank == 0:
+    TrainerState(global_step=2, max_steps=10, save_steps=2).save_to_json(str(checkpoint / "trainer_state.json"))
+state.wait_for_everyone()
+# The resume side, as Trainer._load_from_checkpoint / _load_optimizer_and_scheduler run it: a fresh model loads both.
+resumed = sharded_model()
+resumed_optimizer = torch.optim.AdamW(resumed.parameters(), lr=1e-3)
+load_fsdp_model(plugin, state, resumed, str(checkpoint))
+load_fsdp_optimizer(plugin, state, resumed_optimizer, resumed, str(checkpoint))
+for (name, saved), loaded in zip(model.state_dict().items(), resumed.state_dict().values()):
+    assert torch.equal(saved.full_tensor(), loaded.full_tensor()), name
+assert resumed_optimizer.state_dict()["state"], "the optimizer state was not loaded"
+"""
+
+
+@pytest.fixture(scope="session")
+def fsdp_checkpoint(tmp_path_factory) -> Path:
+    """checkpoint-2 of a two-process FSDP2 save on CPU (gloo), written by accelerate's real FSDP savers
+    and the real torch.distributed.checkpoint writer, then loaded back by accelerate's loaders."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("fsdp")
+    script = root / "fsdp_save.py"
+    script.write_text(FSDP_SAVE)
+    checkpoint = root / "run" / "checkpoint-2"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(script), str(checkpoint)], capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    return checkpoint
+
+
+@pytest.fixture
+def fsdp_run(fsdp_checkpoint, tmp_path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(fsdp_checkpoint.parent, tmp_path / "run"))
+
+
+def dcp_load_fails(folder: Path) -> bool:
+    """The oracle: torch.distributed.checkpoint itself reads every tensor of the folder (one process)."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    try:
+        metadata = dcp.FileSystemReader(str(folder)).read_metadata()
+        state = {key: torch.empty(entry.size, dtype=entry.properties.dtype)
+                 for key, entry in metadata.state_dict_metadata.items() if isinstance(entry, TensorStorageMetadata)}
+        dcp.load(state, storage_reader=dcp.FileSystemReader(str(folder)))
+    except (Exception, CheckpointException):  # noqa: BLE001 - any failure of the real loader, not an Exception only
+        return True
+    return False
+
+
+def test_fsdp_sharded_checkpoint_is_whole(fsdp_run):
+    checkpoint = fsdp_run / "checkpoint-2"
+    assert {p.name for p in checkpoint.iterdir()} == {"pytorch_model_fsdp_0", "optimizer_0", "scheduler.pt",
+                                                      "rng_state_0.pth", "rng_state_1.pth", "trainer_state.json"}
+    assert {p.name for p in (checkpoint / "optimizer_0").iterdir()} == {".metadata", "__0_0.distcp", "__1_0.distcp"}
+    # No optimizer.pt, no rng_state.pth, no model.safetensors: nothing is missing for an FSDP resume.
+    assert diagnose(fsdp_run, settings=Settings()).findings == ()
+    assert not dcp_load_fails(checkpoint / "pytorch_model_fsdp_0")
+
+
+@pytest.mark.parametrize("folder", ["pytorch_model_fsdp_0", "optimizer_0"])
+def test_fsdp_shard_cut_off(fsdp_run, folder):
+    shard = fsdp_run / "checkpoint-2" / folder / "__1_0.distcp"
+    truncate(shard, 64)
+    report = diagnose(fsdp_run / "checkpoint-2", settings=Settings())
+    assert codes(report) == ["CKPT033"]
+    assert "__1_0.distcp is" in report.findings[0].message and "cut off" in report.findings[0].message
+    assert dcp_load_fails(shard.parent)
+
+
+def test_fsdp_save_cut_off_before_metadata(fsdp_run):
+    folder = fsdp_run / "checkpoint-2" / "optimizer_0"
+    (folder / ".metadata").rename(folder / ".metadata.tmp")  # DCP writes .metadata.tmp, then renames it
+    report = diagnose(fsdp_run, settings=Settings())
+    assert set(codes(report)) == {"CKPT033", "CKPT018"}
+    message = by_code(report, "CKPT033")[0].message
+    assert "optimizer_0/ has no .metadata: the save was cut off while writing it" in message
+    assert dcp_load_fails(folder)
+
+
+def test_fsdp_metadata_cut_off(fsdp_run):
+    truncate(fsdp_run / "checkpoint-2" / "pytorch_model_fsdp_0" / ".metadata", 200)
+    report = diagnose(fsdp_run / "checkpoint-2", settings=Settings())
+    assert codes(report) == ["CKPT033"]
+    assert "pytorch_model_fsdp_0/`.metadata` is cut off or damaged" in report.findings[0].message
+    assert dcp_load_fails(fsdp_run / "checkpoint-2" / "pytorch_model_fsdp_0")
+
+
+def test_fsdp_lost_shard_file(fsdp_run):
+    (fsdp_run / "checkpoint-2" / "pytorch_model_fsdp_0" / "__0_0.distcp").unlink()
+    report = diagnose(fsdp_run / "checkpoint-2", settings=Settings())
+    assert codes(report) == ["CKPT033"]
+    assert "__0_0.distcp is missing" in report.findings[0].message
+    assert dcp_load_fails(fsdp_run / "checkpoint-2" / "pytorch_model_fsdp_0")
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_fsdp_rng_file_of_one_process_missing(fsdp_run, rank):
+    (fsdp_run / "checkpoint-2" / f"rng_state_{rank}.pth").unlink()
+    report = diagnose(fsdp_run / "checkpoint-2", settings=Settings())
+    assert codes(report) == ["CKPT011"]
+    message = report.findings[0].message
+    assert f"missing rng_state_{rank}.pth of a save by 2 processes" in message
+    if rank == 1:  # rng_state_0.pth alone looks like a whole set; the shards say two processes saved
+        assert "holds the files of 2 processes" in message
+
+
+def test_fsdp_without_scheduler_loses_the_optimizer(fsdp_run):
+    (fsdp_run / "checkpoint-2" / "scheduler.pt").unlink()
+    report = diagnose(fsdp_run / "checkpoint-2", settings=Settings())
+    assert codes(report) == ["CKPT011"]
+    assert "missing scheduler.pt (transformers loads the optimizer only with scheduler.pt" in report.findings[0].message
+
+
+def test_fsdp_metadata_that_would_run_code_is_never_run(fsdp_run, tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    with open(fsdp_run / "checkpoint-2" / "optimizer_0" / ".metadata", "wb") as handle:
+        pickle.dump(RunsACommand(marker), handle)
+    report = diagnose(fsdp_run / "checkpoint-2", settings=Settings())
+    assert not marker.exists(), "a pickle from the checkpoint was run"
+    assert codes(report) == ["CKPT033"]
+    assert "system: torch would run it" in report.findings[0].message
+
+
+def test_fsdp_full_state_dict_layout(full_run):
+    """FULL_STATE_DICT: save_model writes model.safetensors and the rest, accelerate adds pytorch_model_fsdp.bin
+    and optimizer.bin (no optimizer.pt), and each of the two processes its rng_state_<rank>.pth."""
+    import torch
+
+    checkpoint = full_run / "checkpoint-6"
+    (checkpoint / "optimizer.pt").rename(checkpoint / "optimizer.bin")  # the same torch.save of the state dict
+    from safetensors.torch import load_file
+
+    torch.save(load_file(checkpoint / "model.safetensors"), checkpoint / "pytorch_model_fsdp.bin")
+    (checkpoint / "rng_state.pth").unlink()
+    for rank in (0, 1):
+        torch.manual_seed(rank)
+        torch.save({"cpu": torch.random.get_rng_state()}, checkpoint / f"rng_state_{rank}.pth")
+    assert diagnose(full_run, settings=Settings()).findings == ()
+    (checkpoint / "rng_state_0.pth").unlink()
+    report = diagnose(checkpoint, settings=Settings())
+    assert codes(report) == ["CKPT011"]
+    assert "missing rng_state_0.pth of a save by 2 processes (rng_state_1.pth is here)" in report.findings[0].message
+
+
+def make_deepspeed_run_checkpoint(source: Path, processes: int = 2) -> Path:
+    """A ZeRO-2 save of `processes` processes, laid out as DeepSpeed's engine.save_checkpoint writes it, over the
+    files transformers writes beside it: the weights from save_model, no optimizer.pt (DeepSpeed keeps it), no
+    scheduler.pt (with a scheduler in the DeepSpeed config, DeepSpeed keeps that too), one rng_state_<rank>.pth
+    per process. Every .pt is a real torch.save. DeepSpeed is not in the project's extras (its setup.py needs
+    torch at build time), so CI builds the layout from DeepSpeed's source; the names match a real DeepSpeed
+    0.19.8 save (test_real_deepspeed_save, run where DeepSpeed is installed)."""
+    import torch
+
+    (source / "optimizer.pt").unlink()
+    (source / "scheduler.pt").unlink()
+    (source / "rng_state.pth").unlink()
+    tag = source / "global_step6"
+    tag.mkdir()
+    torch.save({"module": {"w": torch.ones(2)}, "dp_world_size": processes}, tag / "mp_rank_00_model_states.pt")
+    for rank in range(processes):
+        torch.save({"optimizer_state_dict": {"rank": rank}}, tag / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
+        torch.save({"cpu": torch.random.get_rng_state()}, source / f"rng_state_{rank}.pth")
+    (source / "latest").write_text("global_step6")
+    (source / "zero_to_fp32.py").write_text("# DeepSpeed's recovery script\n")
+    return source
+
+
+def test_deepspeed_multi_process_layout(full_run):
+    make_deepspeed_run_checkpoint(full_run / "checkpoint-6")
+    assert diagnose(full_run, settings=Settings()).findings == ()  # no CKPT011 for the missing optimizer.pt
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_deepspeed_optimizer_states_of_one_rank_missing(full_run, rank):
+    checkpoint = make_deepspeed_run_checkpoint(full_run / "checkpoint-6")
+    (checkpoint / "global_step6" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").unlink()
+    report = diagnose(checkpoint, settings=Settings())
+    assert codes(report) == ["CKPT024"]
+    assert f"but not {rank}" in report.findings[0].message
+    if rank == 1:  # rank 0 alone looks whole; the RNG files say two processes saved
+        assert "rng_state_1.pth says 2 processes saved" in report.findings[0].message
+
+
+def test_deepspeed_rng_file_of_one_process_missing(full_run):
+    checkpoint = make_deepspeed_run_checkpoint(full_run / "checkpoint-6")
+    (checkpoint / "rng_state_1.pth").unlink()
+    report = diagnose(checkpoint, settings=Settings())
+    assert codes(report) == ["CKPT011"]
+    assert "global_step6/ holds the optimizer states of 2 processes" in report.findings[0].message
+
+
+DEEPSPEED_TRAIN = """
+import sys
+from pathlib import Path
+from resumedoctor.demo import train_demo_run
+
+config = {"zero_optimization": {"stage": 2}, "zero_allow_untested_optimizer": True,
+          "train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto", "gradient_accumulation_steps": "auto",
+          "gradient_clipping": "auto", "bf16": {"enabled": False}, "fp16": {"enabled": False}}
+train_demo_run(Path(sys.argv[1]), max_steps=int(sys.argv[2]), save_steps=2, deepspeed=config, use_cpu=True,
+               resume_from_checkpoint=sys.argv[2] != "2")
+"""
+
+
+def run_deepspeed(script: Path, run: Path, max_steps: int):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(run), str(max_steps)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="session")
+def deepspeed_save(tmp_path_factory) -> dict:
+    """A real two-process DeepSpeed ZeRO-2 GRPO run on CPU (gloo), saved at step 2."""
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("DeepSpeed is not installed (not in the extras: its setup.py imports torch at build time); "
+                    "pip install wheel && DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed")
+    root = tmp_path_factory.mktemp("deepspeed")
+    script = root / "train_deepspeed.py"
+    script.write_text(DEEPSPEED_TRAIN)
+    result = run_deepspeed(script, root / "run", 2)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return {"script": script, "run": root / "run"}
+
+
+def test_real_deepspeed_save(deepspeed_save, tmp_path):
+    import shutil
+
+    run = deepspeed_save["run"]
+    tag = run / "checkpoint-2" / "global_step2"
+    assert (run / "checkpoint-2" / "latest").read_text() == "global_step2"
+    assert {p.name for p in tag.iterdir()} == {"mp_rank_00_model_states.pt",
+                                                "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+                                                "zero_pp_rank_1_mp_rank_00_optim_states.pt"}
+    assert diagnose(run, settings=Settings()).findings == ()
+    lost = Path(shutil.copytree(run, tmp_path / "lost"))
+    (lost / "checkpoint-2" / "global_step2" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink()
+    report = diagnose(lost, settings=Settings())
+    assert set(codes(report)) == {"CKPT024", "CKPT018"}
+    assert "but not 1; rng_state_1.pth says 2 processes saved" in by_code(report, "CKPT024")[0].message
+    # The oracle: DeepSpeed itself cannot resume from it.
+    resumed = run_deepspeed(deepspeed_save["script"], lost, 4)
+    assert resumed.returncode != 0 and "zero_pp_rank_1_mp_rank_00_optim_states.pt" in resumed.stderr

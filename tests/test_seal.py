@@ -1,5 +1,6 @@
-"""Sealed checkpoints on real TRL runs: sealed saves, a save killed before its seal, a flipped byte,
-sealing old runs after the fact, and a two-process run that must write one seal per checkpoint."""
+"""Sealed checkpoints on real TRL runs: sealed saves, a save killed while sealing, a flipped byte,
+sealing old runs after the fact, a run that stopped sealing, and a two-process run that must write one
+whole seal per checkpoint."""
 
 from __future__ import annotations
 
@@ -16,33 +17,60 @@ from conftest import codes, run_cli
 from resumedoctor.context import Options
 from resumedoctor.diagnose import diagnose
 from resumedoctor.fixing import fix, undo
-from resumedoctor.seal import SEAL_FILE, read_seal, verify
+from resumedoctor.seal import SEAL_FILE, SEAL_TEMP_FILE, read_seal, verify
 from resumedoctor.settings import Settings
 from resumedoctor.wandb_log import read_run_log
 
-KILLED_BEFORE_SEAL = """
+KILLED_WHILE_SEALING = """
 import os, signal, sys
 from pathlib import Path
-from transformers.trainer_callback import TrainerState
 from resumedoctor.demo import train_demo_run
 from resumedoctor.seal_callback import SealCallback
 
-save_to_json = TrainerState.save_to_json
+replace = os.replace
 
-def save_then_die(self, path):
-    save_to_json(self, path)  # trainer_state.json is the Trainer's last file...
-    if self.global_step == 4:
-        os.kill(os.getpid(), signal.SIGKILL)  # ...and the process dies before the seal
+def replace_then_die(source, destination):
+    # The seal of step 4 is written to its temp file and fsynced; the process dies before the rename.
+    if Path(destination).name == "resumedoctor.seal.json" and Path(destination).parent.name == "checkpoint-4":
+        os.kill(os.getpid(), signal.SIGKILL)
+    replace(source, destination)
 
-TrainerState.save_to_json = save_then_die
+os.replace = replace_then_die
 train_demo_run(Path(sys.argv[1]), max_steps=6, save_steps=2, callbacks=[SealCallback()])
 """
 
-TWO_PROCESSES = """
-import os, sys
+DIE_AFTER_SAVE = """
+import os, signal, sys
 from pathlib import Path
+from transformers import TrainerCallback
+from resumedoctor.demo import train_demo_run
+from resumedoctor.seal_callback import SealCallback
+
+class DieAfterSave(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == 4:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+train_demo_run(Path(sys.argv[1]), max_steps=6, save_steps=2, callbacks=[SealCallback(), DieAfterSave()])
+"""
+
+TWO_PROCESSES = """
+import os, sys, time
+from pathlib import Path
+from transformers import Trainer
 import resumedoctor.seal_callback as seal_callback
 from resumedoctor.demo import train_demo_run
+
+save_rng_state = Trainer._save_rng_state
+
+def late_rng_state(self, output_dir):
+    # Rank 1 writes its rng_state_1.pth late: nothing in the Trainer waits for it before the main
+    # process writes trainer_state.json and calls on_save.
+    if self.args.process_index == 1:
+        time.sleep(3)
+    save_rng_state(self, output_dir)
+
+Trainer._save_rng_state = late_rng_state
 
 write = seal_callback.atomic_write
 
@@ -124,18 +152,116 @@ def test_flipped_byte_is_caught_only_by_deep(sealed_copy):
     assert "content differs from the seal" in next(f for f in deep.findings if f.code == "CKPT029").message
 
 
-def test_save_killed_before_its_seal_is_an_unfinished_save(tmp_path):
+@pytest.fixture(scope="session")
+def killed_while_sealing(tmp_path_factory) -> Path:
+    """A sealing GRPO run SIGKILLed while writing the seal of checkpoint-4 (every trainer file written)."""
+    run = tmp_path_factory.mktemp("killed") / "run"
+    killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_SEALING, str(run)], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    return run
+
+
+@pytest.fixture
+def killed_copy(killed_while_sealing, tmp_path) -> Path:
+    return Path(shutil.copytree(killed_while_sealing, tmp_path / "run"))
+
+
+def test_save_killed_while_sealing_is_a_warning_and_the_run_goes_on(killed_copy):
+    from resumedoctor.demo import train_demo_run
+    from resumedoctor.seal_callback import SealCallback
+
+    run, checkpoint = killed_copy, killed_copy / "checkpoint-4"
+    assert (checkpoint / "trainer_state.json").is_file() and (checkpoint / SEAL_TEMP_FILE).is_file()
+    assert not (checkpoint / SEAL_FILE).exists()
+    report = diagnose(run, settings=Settings(select=("CKPT",)))
+    assert codes(report) == ["CKPT034"] and report.exit_code == 0
+    finding = report.findings[0]
+    assert finding.severity.value == "warning" and finding.fix.safety.value == "safe"
+    assert "half-written" in finding.message and report.resume_from == str(checkpoint)
+    fix(run, settings=Settings(select=("CKPT",)))  # safe fixes only
+    seal = read_seal(checkpoint)
+    assert seal["after_the_fact"] and seal["after_the_fact_reason"] == "seal-interrupted"
+    assert verify(checkpoint, seal, deep=True) == [] and not (checkpoint / SEAL_TEMP_FILE).exists()
+    assert diagnose(run, settings=Settings(select=("CKPT",))).findings == ()
+    # The oracle: transformers resumes from checkpoint-4 and the run goes on sealing its saves.
+    train_demo_run(run, max_steps=6, save_steps=2, callbacks=[SealCallback()], resume_from_checkpoint=True)
+    assert not read_seal(run / "checkpoint-6")["after_the_fact"]
+    assert diagnose(run, settings=Settings(select=("CKPT",)), options=Options(deep=True)).findings == ()
+
+
+def test_seal_command_accepts_a_save_killed_before_its_seal(killed_copy):
+    checkpoint = killed_copy / "checkpoint-4"
+    (checkpoint / SEAL_TEMP_FILE).unlink()  # what a kill just before the seal write leaves
+    report = diagnose(killed_copy, settings=Settings(select=("CKPT",)))
+    assert codes(report) == ["CKPT034"]
+    message = report.findings[0].message
+    assert "checkpoint-2 was sealed at save time: the process died before sealing this save" in message
+    result = run_cli("seal", killed_copy)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"sealed {checkpoint}" in result.stdout and "already sealed" in result.stdout
+    assert read_seal(checkpoint)["after_the_fact_reason"] == "seal-interrupted"
+    assert diagnose(killed_copy, settings=Settings(select=("CKPT",))).findings == ()
+
+
+@pytest.mark.parametrize("damage", ["lost-file", "cut-optimizer"])
+def test_unsealed_save_that_is_not_whole_did_not_finish(killed_copy, damage):
     from transformers.trainer_utils import get_last_checkpoint
 
-    run = tmp_path / "run"
-    killed = subprocess.run([sys.executable, "-c", KILLED_BEFORE_SEAL, str(run)], capture_output=True, text=True)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert (run / "checkpoint-4" / "trainer_state.json").is_file()  # complete as far as transformers knows
-    assert not (run / "checkpoint-4" / SEAL_FILE).exists()
+    checkpoint = killed_copy / "checkpoint-4"
+    (checkpoint / SEAL_TEMP_FILE).unlink()
+    if damage == "lost-file":
+        (checkpoint / "tokenizer.json").unlink()  # no structure check needs it; checkpoint-2's save wrote it
+    else:
+        with open(checkpoint / "optimizer.pt", "r+b") as handle:
+            handle.truncate(1000)
+    report = diagnose(killed_copy, settings=Settings(select=("CKPT",)))
+    unfinished = next(f for f in report.findings if f.code == "CKPT030")
+    assert unfinished.severity.value == "error" and unfinished.fix.safety.value == "unsafe"
+    if damage == "lost-file":
+        assert "tokenizer.json, which the save of checkpoint-2 wrote, is missing" in unfinished.message
+    else:
+        assert "CKPT009 optimizer.pt" in unfinished.message
+    assert "CKPT018" in codes(report) and report.exit_code == 1
+    fix(killed_copy, unsafe=True, settings=Settings(select=("CKPT",)))
+    assert get_last_checkpoint(str(killed_copy)) == str(killed_copy / "checkpoint-2")
+
+
+def test_seal_after_the_fact_never_makes_later_plain_saves_unfinished(built_runs, tmp_path):
+    """An old run sealed with `resumedoctor seal`, then saved on by plain TRL without SealCallback.
+
+    checkpoint-6 is set aside while the old run is sealed and put back after: the same bytes as a
+    later save by `trl grpo` without the callback (a seal is a separate last file)."""
+    run = Path(shutil.copytree(built_runs["full"], tmp_path / "run"))
+    (run / "checkpoint-6").rename(tmp_path / "checkpoint-6")
+    assert run_cli("seal", run).returncode == 0
+    (tmp_path / "checkpoint-6").rename(run / "checkpoint-6")
     report = diagnose(run, settings=Settings(select=("CKPT",)))
-    assert set(codes(report)) == {"CKPT030", "CKPT018"}  # only the missing seal tells
-    fix(run, unsafe=True, settings=Settings(select=("CKPT",)))
-    assert get_last_checkpoint(str(run)) == str(run / "checkpoint-2")
+    assert report.findings == () and report.resume_from == str(run / "checkpoint-6")
+    assert fix(run, unsafe=True, dry_run=True, settings=Settings(select=("CKPT",))).operations == []
+
+
+def test_run_that_stopped_sealing_is_only_informed(sealed_copy):
+    (sealed_copy / "checkpoint-6" / SEAL_FILE).unlink()
+    # One save without a seal after a sealed one: as if killed while sealing.
+    assert codes(diagnose(sealed_copy, settings=Settings(select=("CKPT",)))) == ["CKPT034"]
+    (sealed_copy / "checkpoint-4" / SEAL_FILE).unlink()  # two saves in a row without a seal: the callback is gone
+    report = diagnose(sealed_copy, settings=Settings(select=("CKPT",)))
+    assert codes(report) == ["CKPT035"] and report.exit_code == 0
+    assert "checkpoint-2 was sealed at save time, and 2 saves since have none" in report.findings[0].message
+
+
+def test_unreadable_seal_is_replaced_after_the_fact_and_undo_puts_it_back(sealed_copy):
+    path = sealed_copy / "checkpoint-6" / SEAL_FILE
+    damaged = path.read_bytes()[:100]
+    path.write_bytes(damaged)
+    report = diagnose(sealed_copy, settings=Settings(select=("CKPT",)))
+    assert codes(report) == ["CKPT031"] and report.findings[0].fix.safety.value == "safe"
+    fix(sealed_copy, settings=Settings(select=("CKPT",)))
+    seal = read_seal(sealed_copy / "checkpoint-6")
+    assert seal["after_the_fact_reason"] == "seal-unreadable"
+    assert diagnose(sealed_copy, settings=Settings(select=("CKPT",)), options=Options(deep=True)).findings == ()
+    undo(sealed_copy)
+    assert path.read_bytes() == damaged
 
 
 def test_seal_command_seals_after_the_fact_and_undo_removes_it(built_runs, tmp_path):
@@ -148,6 +274,7 @@ def test_seal_command_seals_after_the_fact_and_undo_removes_it(built_runs, tmp_p
     for step in (4, 6):
         seal = read_seal(run / f"checkpoint-{step}")
         assert seal["after_the_fact"] and seal["versions"]["transformers"]
+        assert seal["after_the_fact_reason"] == "never-sealed"
     assert not (run / "checkpoint-2" / SEAL_FILE).exists()
     again = run_cli("seal", run)
     assert again.stdout.count("already sealed") == 2
@@ -155,14 +282,15 @@ def test_seal_command_seals_after_the_fact_and_undo_removes_it(built_runs, tmp_p
     assert not list(run.glob(f"checkpoint-*/{SEAL_FILE}"))
 
 
-def test_two_processes_write_one_seal_per_checkpoint(tmp_path):
-    # A real two-process CPU run (torchrun, gloo): only the world's main process seals.
+def test_two_processes_write_one_whole_seal_per_checkpoint(tmp_path):
+    # A real two-process CPU run (torchrun, gloo): only the world's main process seals, after every
+    # process has written its part of the save (rank 1 writes its RNG state late here).
     run = tmp_path / "run"
-    torchrun = Path(sys.executable).parent / "torchrun"
     script = tmp_path / "train_two.py"
     script.write_text(TWO_PROCESSES)
     write_log = tmp_path / "seal-writes.log"
-    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), str(run)],
+    torchrun = [sys.executable, "-m", "torch.distributed.run"]  # the venv may hold no torchrun script
+    result = subprocess.run([*torchrun, "--standalone", "--nproc_per_node", "2", str(script), str(run)],
                             capture_output=True, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "SEAL_WRITE_LOG": str(write_log)})
     assert result.returncode == 0, f"torchrun exit {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
@@ -172,18 +300,13 @@ def test_two_processes_write_one_seal_per_checkpoint(tmp_path):
     assert sorted({folder for _, folder in writes}) == ["checkpoint-2", "checkpoint-4"]
     seal = read_seal(run / "checkpoint-4")
     assert seal["world_size"] == 2 and {"rng_state_0.pth", "rng_state_1.pth"} <= set(seal["files"])
+    assert verify(run / "checkpoint-4", seal, deep=True) == []
+    assert diagnose(run, settings=Settings(select=("CKPT",)), options=Options(deep=True)).findings == ()
 
 
 def test_seal_sizes_are_written_before_the_save_returns(tmp_path):
     """Killed right after a save, before the background hashes: the save still counts as finished."""
-    script = KILLED_BEFORE_SEAL.replace(
-        "TrainerState.save_to_json = save_then_die\n",
-        "from transformers import TrainerCallback\n"
-        "class DieAfterSave(TrainerCallback):\n"
-        "    def on_save(self, args, state, control, **kwargs):\n"
-        "        if state.global_step == 4:\n"
-        "            os.kill(os.getpid(), signal.SIGKILL)\n",
-    ).replace("callbacks=[SealCallback()]", "callbacks=[SealCallback(), DieAfterSave()]")
+    script = DIE_AFTER_SAVE
     run = tmp_path / "run"
     killed = subprocess.run([sys.executable, "-c", script, str(run)], capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
