@@ -58,6 +58,8 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     """`checkpoint-N` folders, oldest first, as `get_last_checkpoint` sees them."""
     try:
         names = os.listdir(output_dir)
+    except FileNotFoundError:
+        return []  # an output_dir not created yet (`launch` before the first start) holds none
     except OSError as exc:
         raise TargetError(f"cannot list {output_dir}: {exc.strerror or exc}") from None
     found = [
