@@ -936,6 +936,10 @@ def _errors(ctx: RunContext, findings: list[Finding]) -> list[Finding]:
 
 def check_output_dir(ctx: RunContext) -> Iterator[Finding]:
     target = ctx.target
+    if not target.output_dir.exists():  # `launch` before the first start: the Trainer creates it
+        yield NO_CHECKPOINT.finding(f"{target.output_dir} does not exist yet (the Trainer creates it)",
+                                    path=str(target.output_dir))
+        return
     for entry in sorted(target.output_dir.iterdir()):
         if entry.is_dir() and TMP_CHECKPOINT_NAME.match(entry.name):
             debris = TMP_CHECKPOINT_DEBRIS.finding(

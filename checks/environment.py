@@ -268,6 +268,8 @@ def run(ctx: RunContext) -> Iterator[Finding]:
 
 def check_writable(ctx: RunContext) -> Iterator[Finding]:
     output_dir = ctx.target.output_dir
+    while not output_dir.exists() and output_dir.parent != output_dir:
+        output_dir = output_dir.parent  # not created yet: the folder it will be created in must be writable
     try:
         read_only = bool(os.statvfs(output_dir).f_flag & os.ST_RDONLY)
     except OSError:

@@ -1,8 +1,9 @@
 """LEN: does every prompt plus its completion fit the model's window, and does TRL accept the recipe?
 
 Runs when a recipe is given (`--config RECIPE`): the recipe is read as TrlParser reads it, the window
-comes from the checkpoint's (or the model's) config.json, and the prompts of a local dataset are
-tokenized the way GRPOTrainer tokenizes them.
+comes from the checkpoint's (or the model's) config.json, the prompts of a local dataset are
+tokenized the way GRPOTrainer tokenizes them, and every reward function and launcher callback the
+recipe names is located without importing it (the gate of `launch` imports no torch).
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ from pathlib import Path
 
 from resumedoctor.context import JsonFileError, RunContext
 from resumedoctor.findings import Finding, Rule, Severity
+from resumedoctor.import_paths import import_problem, reward_problem
 from resumedoctor.prompt_lengths import (
     DatasetError,
+    MeasureError,
     looks_local,
     measure,
     tokenizer_files,
 )
-from resumedoctor.recipe import REMOVED_KEYS, Recipe, RecipeError
+from resumedoctor.recipe import REMOVED_KEYS, Recipe, RecipeError, TrlUnavailable
 from resumedoctor.registry import CheckFamily
 
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
@@ -76,9 +79,11 @@ GENERATION_BATCH_AND_STEPS = Rule(
 )
 NOT_MEASURED = Rule(
     "LEN009", "budget-not-measured", INFO,
-    "The prompts could not be measured here (hub dataset or model, no local copy).",
+    "The prompts could not be measured here (hub dataset or model, no local copy, or the measuring failed).",
     "resumedoctor never downloads: a dataset or tokenizer that exists only on the hub is not "
-    "measured. Point the recipe at local copies to have every prompt checked.",
+    "measured. Point the recipe at local copies to have every prompt checked. The measuring runs in a "
+    "helper process; when it fails or reaches its time limit (RESUMEDOCTOR_HELPER_TIMEOUT) the "
+    "finding says why.",
 )
 # Retired: drift against the checkpoint is the CFG family's (one fact, one finding, one severity).
 # The code stays registered so that `explain LEN010` and settings naming it keep working.
@@ -92,9 +97,27 @@ BUDGET_CHANGED = Rule(
     "budgets fit the window.",
 )
 
+IMPORT_NOT_FOUND = Rule(
+    "LEN011", "import-not-found", ERROR,
+    "A reward function or launcher callback the recipe names cannot be found.",
+    "`trl grpo` (and `resumedoctor launch`) loads each `reward_funcs` entry by TRL's name for it "
+    "(accuracy_reward, ...) or by importing `package.module.name` with the working folder first on "
+    "sys.path; the launcher imports each `resumedoctor: callbacks:` class the same way. A module that "
+    "is not there, or a name it does not define, stops the job only after the model and dataset have "
+    "loaded. The module is located and its source read without running it.",
+)
+RECIPE_NOT_CHECKED = Rule(
+    "LEN012", "recipe-not-checked", WARNING,
+    "TRL's arguments could not be read here, so the recipe was not checked.",
+    "The valid keys, their types and defaults come from TRL's own dataclasses, read in a helper "
+    "process (importing TRL imports torch). When that helper fails (TRL missing or broken, the "
+    "helper's time limit RESUMEDOCTOR_HELPER_TIMEOUT reached), nothing about the recipe can be "
+    "judged; a TRL that does not import here will not train here either.",
+)
+
 RULES = (RECIPE_INVALID, UNKNOWN_KEY, REMOVED_KEY, COMPLETION_EXCEEDS_WINDOW, PROMPTS_EXCEED_WINDOW,
          DATASET_UNAVAILABLE, GENERATION_BATCH_INDIVISIBLE, GENERATION_BATCH_AND_STEPS, NOT_MEASURED,
-         BUDGET_CHANGED)
+         BUDGET_CHANGED, IMPORT_NOT_FOUND, RECIPE_NOT_CHECKED)
 
 
 
@@ -144,6 +167,10 @@ def run(ctx: RunContext) -> Iterator[Finding]:
     recipe_path = str(ctx.options.recipe)
     try:
         recipe = ctx.recipe()
+    except TrlUnavailable as exc:
+        yield RECIPE_NOT_CHECKED.finding(exc.reason, path=recipe_path,
+                                         hint="python -c 'import trl' shows what is wrong with the install")
+        return
     except RecipeError as exc:
         yield RECIPE_INVALID.finding(exc.reason, path=recipe_path)
         return
@@ -153,6 +180,7 @@ def run(ctx: RunContext) -> Iterator[Finding]:
                                   hint=f"rename it to {replacement}" if replacement else "fix --auto removes it")
     for key in recipe.unknown_keys():
         yield UNKNOWN_KEY.finding(f"{key!r} is not a TRL GRPO argument: TrlParser refuses the recipe", path=recipe_path)
+    yield from check_import_paths(recipe, recipe_path)
 
     generations = recipe.get("num_generations")
     batch, steps = recipe.resolve("generation_batch_size"), recipe.resolve("steps_per_generation")
@@ -193,6 +221,9 @@ def run(ctx: RunContext) -> Iterator[Finding]:
     except DatasetError as exc:
         yield DATASET_UNAVAILABLE.finding(exc.reason, path=recipe_path)
         return
+    except MeasureError as exc:
+        yield NOT_MEASURED.finding(f"the prompts could not be measured: {exc.reason}", path=recipe_path)
+        return
     room = window - completion.value
     over = [(row, length) for row, length in enumerate(lengths.lengths) if length > room]
     if over:
@@ -203,6 +234,29 @@ def run(ctx: RunContext) -> Iterator[Finding]:
             path=recipe_path,
             hint="fix --unsafe: re-allocate the window (--strategy data uses the p99 prompt) or filter the dataset"),
             window, folder, lengths)
+
+
+def check_import_paths(recipe: Recipe, recipe_path: str) -> Iterator[Finding]:
+    """Every `reward_funcs` entry and launcher callback is there, found without importing it."""
+    rewards = recipe.resolve("reward_funcs")
+    entries = rewards.value
+    if isinstance(entries, str):
+        yield IMPORT_NOT_FOUND.finding(
+            f"reward_funcs is the single string {entries!r} ({rewards.source}): TRL takes it one character at a "
+            f"time", path=recipe_path, hint=f"write a list: reward_funcs: [{entries}]")
+        entries = []
+    for entry in entries if isinstance(entries, list) else []:
+        problem = reward_problem(entry)
+        if problem:
+            yield IMPORT_NOT_FOUND.finding(f"reward_funcs entry {entry!r} ({rewards.source}) cannot be loaded: {problem}",
+                                           path=recipe_path)
+    section = recipe.values.get("resumedoctor")
+    callbacks = section.get("callbacks") if isinstance(section, dict) else None
+    for entry in callbacks if isinstance(callbacks, list) else []:
+        problem = import_problem(entry) if isinstance(entry, str) else f"{entry!r} is not an import path"
+        if problem:
+            yield IMPORT_NOT_FOUND.finding(f"resumedoctor: callbacks: entry {entry!r} cannot be imported: {problem}",
+                                           path=recipe_path)
 
 
 def _budget(finding: Finding, window: int, folder: Path, lengths) -> Finding:

@@ -1,10 +1,14 @@
 """`resumedoctor launch`: every check, then GRPO training through TRL, as `trl grpo --config RECIPE` would.
 
 Order: (1) `--fix` applies fixes; (2) the checkpoint to resume is resolved: the one transformers would
-pick, and it must be usable; (3) every check family runs. Any error stops here with exit 1, and torch
-has not been imported yet: the checks that need TRL or transformers run in helper processes.
-(4) The W&B decision is exported (continue the run, or fork it at the right `_step`). (5) The trainer
-is built like TRL's own `trl grpo` script builds it, with our callbacks added, and trains.
+pick, and it must be usable; (3) every check family runs (among them: every reward function and
+callback the recipe names can be found). Any error stops here with exit 1, and torch has not been
+imported yet: the checks that need TRL or transformers run in helper processes. (4) The W&B decision
+is exported (continue the run, or fork it at the right `_step`). (5) The trainer is built like TRL's
+own `trl grpo` script builds it, with our callbacks added, and trains.
+
+Steps 1-4 write nothing with `--dry-run`. An output_dir that does not exist yet is not created before
+training (the Trainer creates it), except by an applied `--fix`, whose journal lives in it.
 
 The recipe is TRL's own YAML. An optional `resumedoctor:` section, which the launcher removes before
 TrlParser reads the recipe, configures what TRL has no key for:
@@ -26,11 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from resumedoctor.context import Options
-from resumedoctor.diagnose import Report, diagnose
+from resumedoctor.diagnose import Report, new_context, run_checks
 from resumedoctor.errors import ReasonError
 from resumedoctor.recipe import dump_yaml, load_recipe
 from resumedoctor.settings import Settings, find_settings
-from resumedoctor.target import resolve_target
+from resumedoctor.target import Target, TargetError, resolve_target
 
 LAUNCHER_SECTION = "resumedoctor"
 
@@ -69,21 +73,33 @@ class LaunchPlan:
 
 
 def _launcher_section(recipe) -> dict:
-    section = recipe.data.get(LAUNCHER_SECTION) or {}
+    section = recipe.values.get(LAUNCHER_SECTION) or {}
     if not isinstance(section, dict):
         raise LaunchError(f"the recipe's `{LAUNCHER_SECTION}:` section must be a mapping")
     unknown = set(section) - {"curriculum", "callbacks"}
     if unknown:
-        raise LaunchError(f"unknown key(s) in `{LAUNCHER_SECTION}:`: {', '.join(sorted(unknown))}")
-    return {key: _plain(value) for key, value in section.items()}
+        raise LaunchError(f"unknown key(s) in `{LAUNCHER_SECTION}:`: {', '.join(sorted(map(str, unknown)))}")
+    callbacks = section.get("callbacks") or []
+    if not isinstance(callbacks, list) or not all(isinstance(entry, str) for entry in callbacks):
+        raise LaunchError(f"`{LAUNCHER_SECTION}: callbacks:` must be a list of import paths (package.module.Class)")
+    return section
 
 
-def _plain(value):
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
+def _output_target(output_dir: Path) -> Target:
+    """The output_dir as the checks see it; one that does not exist yet holds no checkpoint."""
+    if not output_dir.exists():
+        return Target(path=output_dir, output_dir=output_dir, checkpoint=None, checkpoints=(), is_output_dir=True)
+    try:
+        return resolve_target(output_dir)
+    except TargetError as exc:
+        raise LaunchError(f"output_dir: {exc}") from None
+
+
+def _create(output_dir: Path) -> None:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LaunchError(f"cannot create output_dir {output_dir}: {exc.strerror or exc}") from None
 
 
 def prepare(recipe_path: Path, recipe_args: tuple[str, ...] = (), *, fix: bool = False, unsafe: bool = False,
@@ -106,7 +122,7 @@ def prepare(recipe_path: Path, recipe_args: tuple[str, ...] = (), *, fix: bool =
     if not output:
         raise LaunchError("the recipe has no output_dir")
     output_dir = Path(str(output)).expanduser()
-    output_dir.mkdir(parents=True, exist_ok=True)
+    _output_target(output_dir)  # a file, or an unreadable folder: one line, exit 2
     settings = settings_for(output_dir) if settings_for else find_settings(output_dir, Path.cwd())
     options = Options(recipe=recipe_path, recipe_args=recipe_args, wandb_dir=wandb_dir)
     plan = LaunchPlan(recipe_path, recipe_args, output_dir, None, curriculum=section.get("curriculum"),
@@ -115,13 +131,21 @@ def prepare(recipe_path: Path, recipe_args: tuple[str, ...] = (), *, fix: bool =
     if fix:
         if int(environ.get("WORLD_SIZE", "1")) > 1:
             raise LaunchError("--fix under a multi-process launch: run `resumedoctor fix` once before `accelerate launch`")
-        result = run_fix(output_dir, unsafe=unsafe, dry_run=dry_run, settings=settings, options=options, environ=environ)
-        plan.fixes = result.descriptions or [f"(planned) {line}" for line in _planned(result)]
+        if not dry_run:
+            _create(output_dir)  # the fix journal lives in the output_dir
+        if output_dir.exists():
+            result = run_fix(output_dir, unsafe=unsafe, dry_run=dry_run, settings=settings, options=options,
+                             environ=environ)
+            plan.fixes = result.descriptions or [f"(planned) {line}" for line in _planned(result)]
+        else:  # --dry-run before the first start: plan on the output_dir as it will be, empty
+            plan.fixes = _planned_on_fresh(_output_target(output_dir), settings, options, environ, unsafe)
 
     for key in recipe.overrides:
-        plan.changed_arguments[key] = (recipe.data.get(key), recipe.resolve(key).value)
-    target = resolve_target(output_dir)
-    checkpoint = target.checkpoint
+        plan.changed_arguments[key] = (recipe.values.get(key), recipe.resolve(key).value)
+    target = _output_target(output_dir)
+    registry = _registry()
+    # The checkpoint the checks judge the resume from (one plan with the W&B decision and the fixes).
+    checkpoint = new_context(target, settings, options, environ, registry).resume_point()
     explicit = recipe.resolve("resume_from_checkpoint").value
     if checkpoint is not None and (explicit is None or explicit is False or explicit is True):
         # The launcher resumes explicitly from the checkpoint transformers would pick (checked below).
@@ -131,21 +155,51 @@ def prepare(recipe_path: Path, recipe_args: tuple[str, ...] = (), *, fix: bool =
         checkpoint = Path(explicit)
     plan.recipe_args, plan.checkpoint = recipe_args, checkpoint
     options = Options(recipe=recipe_path, recipe_args=recipe_args, wandb_dir=wandb_dir)
-    report = diagnose(output_dir, settings=settings, options=options, environ=environ)
+    report = run_checks(new_context(target, settings, options, environ, registry), registry)
 
     report_to = recipe.get("report_to")
     reports_wandb = report_to in ("wandb", "all") or (isinstance(report_to, list) and {"wandb", "all"} & set(report_to))
     if reports_wandb:
-        environment = shell_environment(output_dir, wandb_dir=wandb_dir, environ=environ)
-        plan.env_lines = environment.lines
-        plan.wandb = "; ".join(environment.comments) or "a new run"
+        if output_dir.exists():
+            environment = shell_environment(output_dir, wandb_dir=wandb_dir, environ=environ)
+            plan.env_lines, comments = environment.lines, environment.comments
+        else:
+            plan.env_lines, comments = _fresh_wandb_environment(environ)
+        plan.wandb = "; ".join(comments) or "a new run"
     return plan, report
+
+
+def _registry():
+    from resumedoctor.registry import load_registry
+
+    return load_registry()
+
+
+def _fresh_wandb_environment(environ: dict[str, str]) -> tuple[list, list[str]]:
+    """`resumedoctor env` for an output_dir that does not exist yet: a new run, stale variables dropped."""
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:
+        return [], ["wandb is not installed: no W&B run to match"]
+    from resumedoctor.wandb_runs import env_lines
+
+    return env_lines(None, environ), []
 
 
 def _planned(result) -> list[str]:
     from resumedoctor.fixing import describe_operation
 
     return [describe_operation(op, result.output_dir) for op in result.operations]
+
+
+def _planned_on_fresh(target: Target, settings, options: Options, environ: dict[str, str], unsafe: bool) -> list[str]:
+    """What `fix --dry-run` would plan for an output_dir not created yet (only the recipe can need a fix)."""
+    from resumedoctor.fixing import describe_operation, plan_fixes
+
+    registry = _registry()
+    ctx = new_context(target, settings, options, environ, registry)
+    planned = plan_fixes(ctx, run_checks(ctx, registry), registry, unsafe=unsafe)
+    return [f"(planned) {describe_operation(op, target.output_dir)}" for op in planned.operations]
 
 
 def apply_environment(plan: LaunchPlan) -> None:
@@ -220,7 +274,7 @@ def run_training(plan: LaunchPlan, *, progress: bool | None = None) -> TrainingS
         script_args, training_args, model_args, dataset_args = make_parser().parse_args_and_config(
             ["--config", str(recipe_copy), *plan.recipe_args])
 
-    registry = {
+    registry = {  # the names the gate accepts: resumedoctor.import_paths.TRL_REWARD_NAMES
         "accuracy_reward": accuracy_reward,
         "reasoning_accuracy_reward": reasoning_accuracy_reward,
         "think_format_reward": think_format_reward,

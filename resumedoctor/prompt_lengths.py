@@ -30,6 +30,10 @@ class DatasetError(ReasonError):
     """One line for a person."""
 
 
+class MeasureError(ReasonError):
+    """The prompts could not be measured here (the helper failed, timed out, answered nonsense)."""
+
+
 @dataclass
 class PromptLengths:
     lengths: array  # one token count per row, in dataset order
@@ -119,7 +123,8 @@ def measure(location: Path, tokenizer_folder: Path, *, split: str = "train", col
     """Prompt token lengths for every row of a local dataset.
 
     On a cache miss the tokenizing runs in a helper process (transformers imports torch), unless
-    `in_process` or torch is already imported here.
+    `in_process` or torch is already imported here. DatasetError: the dataset cannot be used;
+    MeasureError: the measuring itself failed (a broken install, the helper's time limit).
     """
     chat_template_kwargs = chat_template_kwargs or {}
     data_paths, tokenizer_paths = dataset_files(location), tokenizer_files(tokenizer_folder)
@@ -141,19 +146,14 @@ def measure(location: Path, tokenizer_folder: Path, *, split: str = "train", col
     if in_process is None:
         in_process = "torch" in sys.modules
     if in_process:
-        result = measure_here(location, tokenizer_folder, split, column, chat_template_kwargs)
-    else:
-        from resumedoctor.helper_process import HelperError, run_json
-
         try:
-            raw = run_json("resumedoctor.prompt_lengths", {
-                "location": str(location), "tokenizer": str(tokenizer_folder), "split": split, "column": column,
-                "chat_template_kwargs": chat_template_kwargs})
-        except HelperError as exc:
-            raise DatasetError(exc.reason) from None
-        if "error" in raw:
-            raise DatasetError(raw["error"])
-        result = PromptLengths(array("I", raw["lengths"]), raw["ids"], raw["conversational"], False)
+            result = measure_here(location, tokenizer_folder, split, column, chat_template_kwargs)
+        except DatasetError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - as the helper's non-zero exit: not measured, said in one line
+            raise MeasureError(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
+    else:
+        result = _measure_in_helper(location, tokenizer_folder, split, column, chat_template_kwargs)
     if use_cache:
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
@@ -164,6 +164,24 @@ def measure(location: Path, tokenizer_folder: Path, *, split: str = "train", col
         except (OSError, TypeError):
             pass
     return result
+
+
+def _measure_in_helper(location: Path, tokenizer_folder: Path, split: str, column: str,
+                       chat_template_kwargs: dict) -> PromptLengths:
+    from resumedoctor.helper_process import HelperError, run_json
+
+    try:
+        raw = run_json("resumedoctor.prompt_lengths", {
+            "location": str(location), "tokenizer": str(tokenizer_folder), "split": split, "column": column,
+            "chat_template_kwargs": chat_template_kwargs})
+    except HelperError as exc:
+        raise MeasureError(exc.reason) from None
+    if "error" in raw:
+        raise DatasetError(str(raw["error"]))
+    try:
+        return PromptLengths(array("I", raw["lengths"]), list(raw["ids"]), bool(raw["conversational"]), False)
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise MeasureError("helper resumedoctor.prompt_lengths answered without the prompt lengths") from None
 
 
 def measure_here(location: Path, tokenizer_folder: Path, split: str, column: str,

@@ -1,9 +1,12 @@
 """TRL's own recipe (`trl grpo --config RECIPE`), read as TrlParser reads it, with the source of every value.
 
-TrlParser makes the YAML values the defaults of TRL's dataclasses (GRPOScriptArguments, GRPOConfig,
-ModelConfig, DatasetMixtureConfig), lets command-line flags override them, and exports the `env:`
-section. The valid keys and their defaults come from those dataclasses; importing TRL takes seconds,
-so the table is cached per installed TRL and transformers version.
+TrlParser reads the file with PyYAML's `yaml.safe_load` (YAML 1.1: `no`, `off` are false, `1e-3` is a
+string), makes the values the defaults of TRL's dataclasses (GRPOScriptArguments, GRPOConfig,
+ModelConfig, DatasetMixtureConfig), converts a string default with the field's type as argparse
+does, lets command-line flags override them, and exports the `env:` section. The values here are
+read the same way; a second, round-trip reading (ruamel) keeps comments and order for the edits the
+fixers write. The valid keys and their defaults come from TRL's dataclasses; importing TRL takes
+seconds, so the table is cached per installed TRL and transformers version.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ ENV_FIELDS = {"use_cpu": "ACCELERATE_USE_CPU"}
 
 class RecipeError(ReasonError):
     """The recipe cannot be read: a one-line reason with the line and column when known."""
+
+
+class TrlUnavailable(RecipeError):
+    """TRL's argument table could not be read (TRL missing or broken, its helper failed or timed out)."""
 
 
 def installed_version(name: str) -> str | None:
@@ -86,9 +93,14 @@ def trl_fields() -> dict[str, Any]:
     if "torch" in sys.modules:
         fields = compute_trl_fields()  # torch is here already: nothing to keep out
     else:
-        from resumedoctor.helper_process import run_json
+        from resumedoctor.helper_process import HelperError, run_json
 
-        fields = run_json("resumedoctor.recipe", {})  # importing TRL imports torch: not in this process
+        try:
+            fields = run_json("resumedoctor.recipe", {})  # importing TRL imports torch: not in this process
+        except HelperError as exc:
+            raise TrlUnavailable(f"TRL's arguments could not be read: {exc.reason}") from None
+        if not all(isinstance(fields.get(part), dict) for part in ("defaults", "kinds")):
+            raise TrlUnavailable("TRL's arguments could not be read: its helper answered without the field table")
     write_atomically(path, json.dumps(fields, sort_keys=True))
     return fields
 
@@ -116,25 +128,78 @@ def compute_trl_fields() -> dict[str, Any]:
     return {"defaults": defaults, "kinds": kinds}
 
 
-def load_yaml(path: Path):
-    """Round-trip YAML (comments and order kept), or RecipeError."""
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"cannot read {path}: {exc}") from None
+
+
+def _where(mark) -> str:
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
+def load_values(path: Path, text: str | None = None) -> dict:
+    """The recipe's values as TrlParser sees them: `yaml.safe_load` (YAML 1.1), or RecipeError."""
+    text = _read_text(path) if text is None else text
+    try:
+        import yaml
+    except ImportError:  # no PyYAML, so no TRL either: ruamel's YAML 1.1 reading comes closest
+        return _values_without_pyyaml(path, text)
+    try:
+        values = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        raise RecipeError(f"{path.name} is not valid YAML{_where(exc.problem_mark)}: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path.name} is not valid YAML: {exc}") from None
+    return _mapping(path, values)
+
+
+def _values_without_pyyaml(path: Path, text: str) -> dict:
+    import warnings
+
     from ruamel.yaml import YAML
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+    reader = YAML(typ="safe", pure=True)
+    reader.version = (1, 1)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"cannot read {path}: {exc}") from None
-    try:
-        data = YAML(typ="rt").load(text)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            values = reader.load(text)
     except MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise RecipeError(f"{path.name} is not valid YAML{where}: {exc.problem}") from None
+        raise RecipeError(f"{path.name} is not valid YAML{_where(exc.problem_mark)}: {exc.problem}") from None
     except YAMLError as exc:
         raise RecipeError(f"{path.name} is not valid YAML: {exc}") from None
+    return _mapping(path, values)
+
+
+def _mapping(path: Path, values: Any) -> dict:
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise RecipeError(f"{path.name} must be a YAML mapping of recipe keys, not {type(values).__name__}")
+    return values
+
+
+def load_yaml(path: Path, text: str | None = None):
+    """The round-trip document (comments and order kept) that edits are made on, or RecipeError."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+    text = _read_text(path) if text is None else text
+    reader = YAML(typ="rt")
+    reader.allow_duplicate_keys = True  # PyYAML, and so TrlParser, keeps the last one
+    try:
+        data = reader.load(text)
+    except MarkedYAMLError as exc:
+        raise RecipeError(f"{path.name} cannot be edited{_where(exc.problem_mark)}: {exc.problem}") from None
+    except YAMLError as exc:
+        raise RecipeError(f"{path.name} cannot be edited: {exc}") from None
     if data is None:
-        data = {}
+        from ruamel.yaml.comments import CommentedMap
+
+        data = CommentedMap()
     if not isinstance(data, dict):
         raise RecipeError(f"{path.name} must be a YAML mapping of recipe keys, not {type(data).__name__}")
     return data
@@ -183,6 +248,13 @@ def _coerce(text: str, kind: str) -> Any:
         return text
 
 
+def _as_argparse_converts(value: Any, kind: str) -> Any:
+    """A recipe value as the dataclass gets it: argparse converts a string default with the field's type."""
+    if isinstance(value, str) and kind in ("bool", "int", "float"):
+        return _coerce(value, kind)
+    return value
+
+
 @dataclass
 class ResolvedValue:
     value: Any
@@ -192,10 +264,11 @@ class ResolvedValue:
 @dataclass
 class Recipe:
     path: Path
-    data: Any  # ruamel CommentedMap: edited in place by the fixers
+    data: Any  # ruamel CommentedMap: what fixers edit (a deep copy), dumped back with comments and order
     overrides: dict[str, str] = field(default_factory=dict)
     environ: dict[str, str] = field(default_factory=dict)
     _fields: dict[str, Any] | None = None
+    values: dict[str, Any] = field(default_factory=dict)  # the file as TrlParser reads it (yaml.safe_load)
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -210,10 +283,14 @@ class Recipe:
 
     def unknown_keys(self) -> list[str]:
         known = set(self.fields) | RECIPE_ONLY_KEYS
-        return [key for key in [*self.data, *self.overrides] if key not in known and key not in REMOVED_KEYS]
+        return [key for key in [*self.values, *self.overrides] if key not in known and key not in REMOVED_KEYS]
 
     def removed_keys(self) -> list[str]:
-        return [key for key in [*self.data, *self.overrides] if key in REMOVED_KEYS]
+        return [key for key in [*self.values, *self.overrides] if key in REMOVED_KEYS]
+
+    def file_value(self, key: str) -> Any:
+        """The value the file sets, as TRL's dataclass gets it (None when the file does not set it)."""
+        return _as_argparse_converts(self.values.get(key), self.kind(key))
 
     def resolve(self, key: str) -> ResolvedValue:
         """CLI > environment (the recipe's `env:` block, then the shell) > file > default."""
@@ -221,13 +298,13 @@ class Recipe:
         if key in self.overrides:
             return ResolvedValue(_coerce(self.overrides[key], self.kind(key)), "cli")
         env_name = ENV_FIELDS.get(key)
-        recipe_env = self.data.get("env") if isinstance(self.data.get("env"), dict) else {}
+        recipe_env = self.values.get("env") if isinstance(self.values.get("env"), dict) else {}
         if env_name and env_name in recipe_env:
-            return ResolvedValue(_coerce(str(recipe_env[env_name]), "bool"), "env")
+            return ResolvedValue(_coerce(str(recipe_env[env_name]), "bool"), "env")  # TrlParser exports str(value)
         if env_name and env_name in self.environ:
             return ResolvedValue(_coerce(self.environ[env_name], "bool"), "env")
-        if key in self.data:
-            return ResolvedValue(self.data[key], "file")
+        if key in self.values:
+            return ResolvedValue(self.file_value(key), "file")
         return ResolvedValue(default, "default")
 
     def get(self, key: str) -> Any:
@@ -235,12 +312,18 @@ class Recipe:
 
 
 def load_recipe(path: Path, overrides: list[str] | None = None, environ: dict[str, str] | None = None) -> Recipe:
-    return Recipe(Path(path), load_yaml(Path(path)), parse_cli_overrides(list(overrides or [])),
-                  dict(os.environ if environ is None else environ))
+    """The recipe with TRL's field table, or RecipeError (TrlUnavailable when TRL's table cannot be read)."""
+    path = Path(path)
+    text = _read_text(path)
+    values = load_values(path, text)
+    recipe = Recipe(path, load_yaml(path, text), parse_cli_overrides(list(overrides or [])),
+                    dict(os.environ if environ is None else environ), values=values)
+    recipe.fields  # noqa: B018 - every reader needs the table; a broken TRL is one RecipeError here
+    return recipe
 
 
 def dump_yaml(data: Any) -> bytes:
-    """Round-trip YAML back to bytes, comments and order kept."""
+    """Round-trip YAML back to bytes: comments, key order and the file's own indentation kept."""
     import io
 
     from ruamel.yaml import YAML
@@ -248,9 +331,40 @@ def dump_yaml(data: Any) -> bytes:
     yaml = YAML(typ="rt")
     yaml.preserve_quotes = True
     yaml.width = 1 << 16  # never fold a long value (a path) onto a new line
+    mapping, sequence, offset = _indentation(data)
+    yaml.indent(mapping=mapping, sequence=sequence, offset=offset)
     buffer = io.StringIO()
     yaml.dump(data, buffer)
     return buffer.getvalue().encode("utf-8")
+
+
+def _indentation(data: Any) -> tuple[int, int, int]:
+    """(mapping, sequence, offset) as ruamel's `indent()` takes them, from where the loaded nodes stood.
+
+    ruamel writes one indentation per document (mapping 2, `- item` flush with its key by default);
+    the positions it recorded while loading tell what the file used: `key:\n  - item` is offset 2.
+    """
+    mapping, sequence, offset = None, None, None
+    pending = [data]
+    while pending and (mapping is None or sequence is None):
+        node = pending.pop(0)
+        if not isinstance(node, dict) or getattr(node, "lc", None) is None:
+            continue
+        for key, value in node.items():
+            try:
+                key_column = node.lc.key(key)[1]
+                if isinstance(value, dict) and value and not value.fa.flow_style() and mapping is None:
+                    mapping = value.lc.col - key_column
+                elif isinstance(value, list) and value and not value.fa.flow_style() and sequence is None:
+                    offset = value.lc.col - key_column
+                    sequence = value.lc.item(0)[1] - key_column
+            except (AttributeError, KeyError, IndexError, TypeError):
+                continue
+            pending.append(value)
+    mapping = mapping if mapping and mapping > 0 else 2
+    if sequence is None or offset is None or offset < 0 or sequence <= offset:
+        sequence, offset = 2, 0
+    return mapping, sequence, offset
 
 
 if __name__ == "__main__":  # the helper process of trl_fields()

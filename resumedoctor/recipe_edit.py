@@ -1,4 +1,8 @@
-"""Edits of the recipe that fixers plan: one key at a time, comments and order kept."""
+"""Edits of the recipe that fixers plan: one key at a time, comments and order kept.
+
+Values are compared as TrlParser reads them (`Recipe.file_value`), edits are made on the round-trip
+document: `use_vllm: no` already is `False`, and a write keeps every comment and the key order.
+"""
 
 from __future__ import annotations
 
@@ -24,8 +28,14 @@ def recipe_change(ctx: RunContext, key: str, value: Any, reason: str, *, comment
         recipe = ctx.recipe()
     except RecipeError:
         return []
-    if key in recipe.data and recipe.data[key] == value:
+    if key in recipe.values and _same(recipe.file_value(key), value):
         return []
     data = copy.deepcopy(recipe.data)
     set_key(data, key, value, comment=comment)
     return [WriteFile(recipe.path, dump_yaml(data), reason, key=key)]
+
+
+def _same(current: Any, wanted: Any) -> bool:
+    if isinstance(current, bool) != isinstance(wanted, bool):
+        return False  # 1 == True in Python, not in a recipe
+    return current == wanted

@@ -86,9 +86,15 @@ def _names(folder: Path) -> list[str]:
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
     """`checkpoint-N` folders, oldest first, as `get_last_checkpoint` sees them."""
+    try:
+        names = os.listdir(output_dir)
+    except FileNotFoundError:
+        return []  # an output_dir not created yet (`launch` before the first start) holds none
+    except OSError as exc:
+        raise TargetError(f"cannot list {output_dir}: {exc.strerror or exc}") from None
     found = [
         output_dir / name
-        for name in _names(output_dir)
+        for name in names
         if CHECKPOINT_NAME.match(name) and (output_dir / name).is_dir()
     ]
     return sorted(found, key=lambda path: checkpoint_step(path) or 0)

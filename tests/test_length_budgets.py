@@ -276,3 +276,260 @@ def test_diagnosing_with_a_recipe_never_imports_torch(budget_run):
                             capture_output=True, text=True, env=env)
     assert "EXIT 1 TORCH False TRL False" in result.stderr, result.stderr[-2000:]
     assert "LEN005" in result.stdout  # measured in a helper process, with a cold cache
+
+
+YAML_11_RECIPE = """\
+# values that YAML 1.1 (PyYAML, TrlParser) and YAML 1.2 read differently, or that argparse converts
+model_name_or_path: {model}
+output_dir: {output_dir}
+use_cpu: yes
+bf16: off
+reward_funcs:
+  - think_format_reward   # an indented list: an edit keeps it indented
+use_vllm: no              # false for TrlParser; the string "no" for a YAML 1.2 reader
+log_completions: on
+disable_dropout: off
+learning_rate: 1e-5       # a string for PyYAML, a float once argparse has converted it
+max_completion_length: "16"
+num_generations: 0x4
+seed: 017                 # YAML 1.1 octal
+"""
+
+
+def trl_value(parsed, key: str):
+    return next(getattr(part, key) for part in parsed if hasattr(part, key))
+
+
+def test_values_are_what_trl_parser_sees(budget_run):
+    from resumedoctor.recipe import load_recipe
+
+    recipe_path = budget_run["tmp"] / "yaml11.yaml"
+    recipe_path.write_text(YAML_11_RECIPE.format(model=budget_run["run"] / "checkpoint-6", output_dir=budget_run["run"]))
+    recipe = load_recipe(recipe_path, [], {})
+    parsed = trl_parses(recipe_path)
+    keys = ("use_cpu", "bf16", "use_vllm", "log_completions", "disable_dropout", "learning_rate",
+            "max_completion_length", "num_generations", "seed", "reward_funcs")
+    assert {key: recipe.get(key) for key in keys} == {key: trl_value(parsed, key) for key in keys}
+    assert recipe.get("use_vllm") is False and recipe.get("seed") == 15  # the oracle agrees; spelled out
+
+
+def test_an_edit_keeps_comments_order_and_list_indentation(budget_run):
+    recipe_path = budget_run["tmp"] / "yaml11.yaml"
+    original = YAML_11_RECIPE.format(model=budget_run["run"] / "checkpoint-6", output_dir=budget_run["run"]) + \
+        f"dataset_name: {budget_run['dataset']}\nmax_steps: 6\nsave_steps: 2\n"
+    recipe_path.write_text(original.replace('max_completion_length: "16"', f"max_completion_length: {WINDOW}"))
+    fix(budget_run["run"], unsafe=True, settings=Settings(select=("LEN004",)),
+        options=Options(recipe=recipe_path, strategy="balanced"), environ={})
+    edited = recipe_path.read_text().splitlines()
+    before = original.replace('max_completion_length: "16"', f"max_completion_length: {WINDOW}").splitlines()
+    changed = [(old, new) for old, new in zip(before, edited) if old != new]
+    assert len(edited) == len(before) and len(changed) == 1, changed  # one line changed, every other kept as is
+    assert changed[0][1].startswith(f"max_completion_length: {WINDOW // 2}")
+    parsed = trl_parses(recipe_path)
+    assert trl_value(parsed, "max_completion_length") == WINDOW // 2 and trl_value(parsed, "use_vllm") is False
+
+
+def test_an_edit_that_is_already_so_writes_nothing(budget_run, tmp_path):
+    """`use_vllm: no` is already False for TRL: setting False is no change (not a rewrite to `false`)."""
+    from resumedoctor.context import RunContext
+    from resumedoctor.recipe_edit import recipe_change
+    from resumedoctor.target import resolve_target
+
+    recipe_path = budget_run["tmp"] / "yaml11.yaml"
+    recipe_path.write_text(YAML_11_RECIPE.format(model=budget_run["run"] / "checkpoint-6", output_dir=budget_run["run"]))
+    ctx = RunContext(resolve_target(budget_run["run"]), Settings(), Options(recipe=recipe_path), {})
+    assert recipe_change(ctx, "use_vllm", False, "test") == []
+    assert recipe_change(ctx, "max_completion_length", 16, "test") == []
+    assert len(recipe_change(ctx, "use_vllm", True, "test")) == 1
+
+
+MODULE = """\
+import os
+open(os.environ["IMPORTED_MARKER"], "a").write(__name__ + "\\n")  # proof of being imported
+from json import dumps as aliased
+import os.path
+
+
+def reward(completions, **kwargs):
+    return [0.0 for _ in completions]
+
+
+class Callback:
+    def method(self):
+        inner_only = 1
+
+
+try:
+    from nosuch_optional import fast_reward
+except ImportError:
+    def fast_reward(completions, **kwargs):
+        return [1.0 for _ in completions]
+
+if True:
+    CONSTANT: int = 3
+annotated_only: int
+"""
+
+
+@pytest.fixture
+def import_world(tmp_path, monkeypatch):
+    """Modules in the working folder, where TRL looks first; each records it if anyone imports it."""
+    root = tmp_path / "work"
+    (root / "pkg" / "sub").mkdir(parents=True)
+    (root / "namespace_pkg").mkdir()
+    (root / "mymodule.py").write_text(MODULE)
+    (root / "pkg" / "__init__.py").write_text(MODULE)
+    (root / "pkg" / "sub" / "__init__.py").write_text("")
+    (root / "pkg" / "sub" / "rewards.py").write_text(MODULE)
+    (root / "namespace_pkg" / "rewards.py").write_text(MODULE)
+    (root / "starred.py").write_text("from os.path import *\n")
+    (root / "broken.py").write_text("def reward(:\n")
+    marker = tmp_path / "imported.txt"
+    monkeypatch.setenv("IMPORTED_MARKER", str(marker))
+    monkeypatch.chdir(root)
+    return {"root": root, "marker": marker}
+
+
+IMPORT_CASES = [
+    "mymodule.reward", "mymodule.Callback", "mymodule.aliased", "mymodule.os", "mymodule.fast_reward",
+    "mymodule.CONSTANT", "mymodule.missing", "mymodule.inner_only", "mymodule.annotated_only", "mymodule.method",
+    "pkg.reward", "pkg.sub.rewards.reward", "pkg.sub.rewards.missing", "pkg.sub.nosuch.reward", "pkg.nosub.x",
+    "namespace_pkg.rewards.reward", "namespace_pkg.rewards.missing", "nosuchmodule.reward",
+    "mymodule.reward.attribute", "starred.join", "broken.reward", "resumedoctor.demo.length_reward",
+    "resumedoctor.demo.missing",
+]
+
+
+def test_import_paths_are_judged_as_importing_them_would(import_world):
+    """The oracle is TRL's own loading code (trl/scripts/grpo.py), run in a separate process."""
+    from resumedoctor.import_paths import import_problem
+
+    load = ("import importlib, os, sys\nsys.path.insert(0, os.getcwd())\n"
+            "module, _, name = sys.argv[1].rpartition('.')\ngetattr(importlib.import_module(module), name)\n")
+    judged = {dotted: import_problem(dotted) for dotted in IMPORT_CASES}
+    assert not import_world["marker"].exists()  # judging imported none of them
+    for dotted, problem in judged.items():
+        imported = subprocess.run([sys.executable, "-c", load, dotted], capture_output=True, text=True)
+        assert (problem is None) == (imported.returncode == 0), (dotted, problem, imported.stderr[-300:])
+    assert "defines no 'missing'" in judged["mymodule.missing"]
+    assert "no module named 'pkg.sub.nosuch'" in judged["pkg.sub.nosuch.reward"]
+    assert "SyntaxError at line 1" in judged["broken.reward"]
+
+
+def test_trl_reward_names_are_the_ones_trl_grpo_knows():
+    """The names the gate accepts without an import path: read from the installed trl/scripts/grpo.py."""
+    import ast
+    import importlib.util
+
+    from resumedoctor.import_paths import TRL_REWARD_NAMES
+
+    source = Path(importlib.util.find_spec("trl.scripts.grpo").origin).read_text()
+    registry = next(node.value for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Assign)
+                    and any(getattr(t, "id", None) == "reward_funcs_registry" for t in node.targets))
+    assert tuple(key.value for key in registry.keys) == TRL_REWARD_NAMES
+
+
+def test_missing_reward_functions_and_callbacks_are_errors(budget_run, import_world):
+    shortened = write_prompts(budget_run["tmp"] / "short.jsonl", [4, 6, 8])
+    recipe = budget_run["recipe"](dataset_name=shortened, extra="resumedoctor:\n  callbacks: [mymodule.Callback, pkg.Nope]\n")
+    recipe.write_text(recipe.read_text().replace(
+        "reward_funcs: [think_format_reward]",
+        "reward_funcs: [think_format_reward, mymodule.reward, nosuchmodule.reward, mymodule.missing, no_such_name]"))
+    report = len_report(budget_run, recipe)
+    messages = sorted(f.message for f in report.findings if f.code == "LEN011")
+    assert len(messages) == 4 and report.exit_code == 1, messages
+    assert any("'pkg.Nope'" in m and "defines no 'Nope'" in m for m in messages)
+    assert any("'no_such_name'" in m and "nor a dotted import path" in m for m in messages)
+    assert not import_world["marker"].exists()
+    # The oracle: TRL's own script (trl/scripts/grpo.py main) refuses each entry the gate refused.
+    plain = recipe.with_name("plain.yaml")
+    plain.write_text(recipe.read_text().split("resumedoctor:")[0])
+    refused = ["nosuchmodule.reward", "mymodule.missing", "no_such_name"]
+    result = subprocess.run([sys.executable, "-c", TRL_GRPO_MAIN, str(plain), *refused], capture_output=True, text=True)
+    verdicts = [line for line in result.stdout.splitlines() if line.startswith(("REFUSED", "ACCEPTED"))]
+    assert verdicts == [f"REFUSED {entry}" for entry in refused], result.stdout[-2000:] + result.stderr[-2000:]
+
+
+TRL_GRPO_MAIN = """\
+import sys
+from trl.scripts.grpo import main, make_parser
+parsed = make_parser().parse_args_and_config(["--config", sys.argv[1]])
+for entry in sys.argv[2:]:
+    parsed[0].reward_funcs = [entry]
+    try:
+        main(*parsed)  # loads the reward functions first: each of these fails there, before any model loads
+    except Exception:
+        print("REFUSED", entry)
+    else:
+        print("ACCEPTED", entry)
+"""
+
+
+def test_reward_funcs_as_one_string_is_an_error(budget_run):
+    shortened = write_prompts(budget_run["tmp"] / "short.jsonl", [4, 6, 8])
+    recipe = budget_run["recipe"](dataset_name=shortened)
+    recipe.write_text(recipe.read_text().replace("reward_funcs: [think_format_reward]", "reward_funcs: think_format_reward"))
+    script, _, _, _ = trl_parses(recipe)
+    assert script.reward_funcs == "think_format_reward"  # TRL keeps the string: its loop takes it letter by letter
+    assert codes(len_report(budget_run, recipe)) == ["LEN011"]
+
+
+def broken_package(root: Path, name: str) -> Path:
+    (root / name).mkdir(parents=True)
+    (root / name / "__init__.py").write_text(f'raise ImportError("this {name} is broken (a stand-in for a bad install)")\n')
+    return root
+
+
+def diagnose_cli(budget_run, recipe: Path, **env: str) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "resumedoctor", "diagnose", str(budget_run["run"]), "--config",
+                           str(recipe), "--select", "LEN", "--ignore", "LEN010", "--format", "json"],
+                          capture_output=True, text=True, env={**os.environ, **env})
+
+
+def test_a_broken_trl_is_a_finding_not_an_internal_error(budget_run):
+    broken = broken_package(budget_run["tmp"] / "broken-site", "trl")
+    result = diagnose_cli(budget_run, budget_run["recipe"](), PYTHONPATH=str(broken),
+                          RESUMEDOCTOR_CACHE_DIR=str(budget_run["tmp"] / "cold-cache"))
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr, result.stderr[-2000:]
+    findings = json.loads(result.stdout)["findings"]
+    assert [f["code"] for f in findings] == ["LEN012"] and findings[0]["severity"] == "warning"
+    assert "helper resumedoctor.recipe failed (exit 1): ImportError: this trl is broken" in findings[0]["message"]
+
+
+def test_helper_time_limit_is_a_finding(budget_run):
+    result = diagnose_cli(budget_run, budget_run["recipe"](), RESUMEDOCTOR_HELPER_TIMEOUT="0.01",
+                          RESUMEDOCTOR_CACHE_DIR=str(budget_run["tmp"] / "cold-cache"))
+    findings = json.loads(result.stdout)["findings"]
+    assert [f["code"] for f in findings] == ["LEN012"], result.stderr[-2000:]
+    assert "did not finish within 0.01 s" in findings[0]["message"]
+
+
+def test_measuring_that_fails_or_runs_out_of_time_is_not_measured(budget_run):
+    """TRL's table is cached; the measuring helper then fails for real (a broken transformers), or times out."""
+    recipe = budget_run["recipe"](completion=64)
+    cache = str(budget_run["tmp"] / "cache")  # the fixture's: TRL's field table is in it after this first run
+    assert "LEN005" in diagnose_cli(budget_run, recipe, RESUMEDOCTOR_CACHE_DIR=cache).stdout
+    fresh = write_prompts(budget_run["tmp"] / "fresh.jsonl", [4, 80])  # not measured yet: the helper must run
+    recipe = budget_run["recipe"](completion=64, dataset_name=fresh)
+    broken = broken_package(budget_run["tmp"] / "broken-site", "transformers")
+    for env, why in (({"PYTHONPATH": str(broken)}, "ImportError: this transformers is broken"),
+                     ({"RESUMEDOCTOR_HELPER_TIMEOUT": "0.01"}, "did not finish within 0.01 s")):
+        result = diagnose_cli(budget_run, recipe, RESUMEDOCTOR_CACHE_DIR=cache, **env)
+        findings = json.loads(result.stdout)["findings"]
+        assert [f["code"] for f in findings] == ["LEN009"], result.stdout[-2000:] + result.stderr[-2000:]
+        assert "the prompts could not be measured: helper resumedoctor.prompt_lengths" in findings[0]["message"]
+        assert why in findings[0]["message"]
+
+
+def test_a_helper_that_prints_no_json_or_cannot_start(monkeypatch):
+    from resumedoctor.helper_process import HelperError, run_json
+
+    with pytest.raises(HelperError, match="printed no JSON object"):
+        run_json("this", {})  # a real module that prints the Zen of Python, not JSON
+    with pytest.raises(HelperError, match=r"failed \(exit 1\): .*No module named nosuch_helper_module"):
+        run_json("nosuch_helper_module", {})
+    monkeypatch.setenv("RESUMEDOCTOR_HELPER_TIMEOUT", "soon")
+    with pytest.raises(HelperError, match="is not a number of seconds"):
+        run_json("this", {})
