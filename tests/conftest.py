@@ -83,6 +83,22 @@ def codes(report) -> list[str]:
 
 PROJECT = "resumedoctor-tests"
 
+# The demo run's own training arguments (resumedoctor.demo.train_demo_run's defaults) as recipe lines:
+# a recipe with exactly these resumes the session's runs without drift.
+DEMO_RUN_ARGS = """\
+use_cpu: true
+bf16: false
+seed: 0
+max_steps: 6
+save_steps: 2
+logging_steps: 1
+per_device_train_batch_size: 4
+num_generations: 4
+max_completion_length: 8
+learning_rate: 1.0e-3
+disable_tqdm: true
+"""
+
 
 def _offline_env(root: Path) -> dict[str, str]:
     return {"WANDB_MODE": "offline", "WANDB_DIR": str(root), "WANDB_PROJECT": PROJECT, "WANDB_SILENT": "true",

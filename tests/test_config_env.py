@@ -11,7 +11,7 @@ import types
 from pathlib import Path
 
 import pytest
-from conftest import codes, run_cli
+from conftest import DEMO_RUN_ARGS, codes, run_cli
 
 from resumedoctor.context import Options
 from resumedoctor.diagnose import diagnose
@@ -19,22 +19,7 @@ from resumedoctor.fixing import fix
 from resumedoctor.settings import Settings
 
 # The demo run's own arguments: a recipe with exactly these resumes it without drift.
-BASE = """\
-# recipe of the demo run
-output_dir: {output_dir}
-use_cpu: true
-bf16: false
-seed: 0
-max_steps: 6
-save_steps: 2
-logging_steps: 1
-per_device_train_batch_size: 4
-num_generations: 4
-max_completion_length: 8
-learning_rate: 1.0e-3
-disable_tqdm: true
-resume_from_checkpoint: true
-{extra}"""
+BASE = "# recipe of the demo run\noutput_dir: {output_dir}\n" + DEMO_RUN_ARGS + "resume_from_checkpoint: true\n{extra}"
 
 
 @pytest.fixture

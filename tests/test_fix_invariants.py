@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import DEMO_RUN_ARGS
 from test_fix import tree
 from test_length_budgets import write_prompts
 
@@ -33,24 +34,8 @@ from resumedoctor.registry import load_registry
 from resumedoctor.settings import Settings
 
 # The demo run's own arguments (resumedoctor.demo.train_demo_run): this recipe resumes it without drift.
-RECIPE = """\
-# recipe of the demo run (comments must survive every fix)
-model_name_or_path: {model}
-dataset_name: {dataset}
-output_dir: {output_dir}
-use_cpu: true
-bf16: false
-seed: 0
-max_steps: 6
-save_steps: 2
-logging_steps: 1
-per_device_train_batch_size: 4
-num_generations: 4
-max_completion_length: 8
-learning_rate: 1.0e-3
-disable_tqdm: true
-resume_from_checkpoint: true
-"""
+RECIPE = ("# recipe of the demo run (comments must survive every fix)\nmodel_name_or_path: {model}\n"
+          "dataset_name: {dataset}\noutput_dir: {output_dir}\n" + DEMO_RUN_ARGS + "resume_from_checkpoint: true\n")
 SHORT_PROMPTS = [4, 6, 8] * 5  # words; every prompt fits the demo model's 128-token window
 SOME_TOO_LONG = [4, 6, 8, 10, 5, 7, 9, 80, 120, 3] * 10  # q7, q8, q17... cannot fit beside 64 completion tokens
 

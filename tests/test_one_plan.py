@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import yaml
-from conftest import run_cli
+from conftest import DEMO_RUN_ARGS, run_cli
 
 from resumedoctor.context import Options
 from resumedoctor.diagnose import diagnose
@@ -19,23 +19,8 @@ from resumedoctor.fixing import fix
 from resumedoctor.settings import Settings
 from resumedoctor.shell_env import shell_environment
 
-RECIPE = """\
-# the demo run's arguments, resuming a checkpoint that is gone
-output_dir: {output_dir}
-use_cpu: true
-bf16: false
-seed: 0
-max_steps: 6
-save_steps: 2
-logging_steps: 1
-per_device_train_batch_size: 4
-num_generations: 4
-max_completion_length: 8
-learning_rate: 1.0e-3
-disable_tqdm: true
-report_to: wandb
-resume_from_checkpoint: {resume}
-"""
+RECIPE = ("# the demo run's arguments, resuming a checkpoint that is gone\noutput_dir: {output_dir}\n" + DEMO_RUN_ARGS
+          + "report_to: wandb\nresume_from_checkpoint: {resume}\n")
 
 
 def _decision_of(report):
