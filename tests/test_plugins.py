@@ -32,7 +32,11 @@ FAMILY = CheckFamily(name="demo-plugin", prefix="DEMO", title="A third-party fam
 NEEDY = CheckFamily(name="needy-plugin", prefix="NEEDY", title="Needs a module that is not installed",
                     rules=(Rule("NEEDY001", "needy", Severity.ERROR, "x", "y"),), run=run,
                     requires=("a_module_that_is_not_installed",))
-FIXERS = [Fixer("write-notes", "demo-plugin", ("DEMO001",), FixSafety.SAFE, "write a NOTES.md")]
+def plan_notes(ctx, finding):
+    from resumedoctor.journal import WriteFile
+    return [WriteFile(ctx.target.output_dir / "NOTES.md", b"notes\\n", "a NOTES.md")]
+
+FIXERS = [Fixer("write-notes", "demo-plugin", ("DEMO001",), FixSafety.SAFE, "write a NOTES.md", plan_notes)]
 '''
 
 

@@ -206,7 +206,7 @@ def test_helper_process_agrees_with_get_scheduler_and_has_a_time_limit(tmp_path,
         assert helper == pytest.approx(here)
     assert answer[0][:3] == pytest.approx([0.0, 5e-4, 1e-3])  # ceil(0.2 x 10) = 2 warmup steps
     assert rates(schedules, steps, in_process=False, timeout=0.001) == answer  # cached: no helper
-    with pytest.raises(ScheduleError, match="did not answer within"):
+    with pytest.raises(ScheduleError, match="did not finish within"):
         rates(schedules, steps, in_process=False, use_cache=False, timeout=0.001)
 
 
