@@ -95,8 +95,17 @@ NEW_RUN_ID = Rule(
     "unless it exists there (a warning then).",
 )
 
+RUN_AMBIGUOUS = Rule(
+    "WANDB011", "run-ambiguous", WARNING,
+    "Several local W&B runs logged this output_dir's relative path: which one it is cannot be told.",
+    "transformers logs output_dir as given, often relative (`out`). In a wandb folder shared by several "
+    "projects, runs of different folders named `out` look alike, and choosing one could fork or "
+    "continue another project's run. No decision is made: export WANDB_RUN_ID of the right run (or a "
+    "new id), or pass --wandb-dir with the run's own wandb folder.",
+)
+
 RULES = (RUN_AHEAD, NEW_RUN, RUN_ID_MISMATCH, RESUME_MUST_WITHOUT_ID, RESUME_CONFLICT, OFFLINE_RUN,
-         LOG_UNREADABLE, DECISION_RECORDED, DECISION_STALE, NEW_RUN_ID)
+         LOG_UNREADABLE, DECISION_RECORDED, DECISION_STALE, NEW_RUN_ID, RUN_AMBIGUOUS)
 
 
 def _with_decision(finding: Finding, decision) -> Finding:
@@ -170,6 +179,11 @@ def run(ctx: RunContext) -> Iterator[Finding]:
     for path, reason in runs.unreadable:
         yield LOG_UNREADABLE.finding(f"{path.name}: {reason}", path=str(path))
     if not runs.matches:
+        if runs.ambiguous and not wanted:
+            yield RUN_AMBIGUOUS.finding(
+                f"runs {', '.join(runs.ambiguous)} each logged an output_dir that could be this one; the next "
+                f"start's W&B run was not decided", path=str(ctx.target.output_dir),
+                hint="export WANDB_RUN_ID=<the right run> WANDB_RESUME=allow, or --wandb-dir <its wandb folder>")
         if identity is not None and verdict.kind in ("foreign", "fresh"):
             yield identity
         return

@@ -70,6 +70,9 @@ def shell_environment(path: str | os.PathLike, *, wandb_dir: Path | None = None,
                         "the fork gets this id" if decision.mode == "fork" else
                         f"a new run with this id starts (unset WANDB_RUN_ID and run this again to continue "
                         f"run {decision.run_id})"))
+        elif runs.ambiguous:
+            result.comments.append(f"runs {', '.join(runs.ambiguous)} could each be this output_dir's (a relative "
+                                   "output_dir in a shared wandb folder): not decided; export WANDB_RUN_ID yourself")
         elif not runs.matches:
             result.comments.append("no local W&B run logged this output_dir")
     result.lines = env_lines(decision, ctx.environ, new_run_id=new_run_id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from resumedoctor.context import JsonFileError, RunContext
@@ -157,6 +157,9 @@ class LocalRuns:
     matches: list[RunMatch]  # the runs that logged this output_dir, newest last
     unreadable: list[tuple[Path, str]]  # (log, why) for the logs that cannot be read
     by_id: dict[str, list[RunLog]]  # every readable run, its segments oldest first
+    # Runs that could each be this output_dir's (a relative output_dir such as `out` logged by runs in a
+    # shared wandb folder): no match is chosen among them.
+    ambiguous: list[str] = field(default_factory=list)
 
     def logged_output_dirs(self, run_id: str) -> list[str]:
         return [log.config["output_dir"] for log in self.by_id.get(run_id, [])
@@ -191,7 +194,21 @@ def find_runs(ctx: RunContext) -> LocalRuns:
                    for _, log, _ in entries)
         ]
 
+    def anchored(match: RunMatch) -> bool:
+        """wandb writes into the training's working folder by default: a relative output_dir resolves there."""
+        return any(isinstance(log.config.get("output_dir"), str) and (
+            Path(log.config["output_dir"]).is_absolute()
+            or os.path.realpath(log.path.parent.parent.parent / log.config["output_dir"]) == os.path.realpath(output_dir))
+            for log in match.segments)
+
     matches = matching(by_name=False)
+    if len(matches) > 1 and not all(anchored(match) for match in matches):
+        sure = [match for match in matches if anchored(match)]
+        if sure:
+            matches = sure
+        else:  # several runs logged the same relative path somewhere else: which one is ours cannot be told
+            return LocalRuns([], unreadable, {run_id: [log for _, log, _ in entries] for run_id, entries in by_id.items()},
+                             ambiguous=sorted(match.run_id for match in matches))
     if not matches:
         # The output_dir was moved (another disk, another machine): its name alone decides, if unambiguous.
         by_name = matching(by_name=True)

@@ -327,3 +327,39 @@ def test_recorded_decision_still_fits_from_another_working_directory(wandb_world
     report = diagnose(run, settings=Settings(select=("WANDB",)), options=Options(wandb_dir=wandb_world["wandb_dir"]),
                       environ={})
     assert [f.code for f in report.findings] == ["WANDB008"]
+
+
+def _relative_run(cwd: Path) -> str:
+    """A real offline run that logs the relative output_dir `out`, started in `cwd` (wandb writes cwd/wandb)."""
+    from conftest import OTHER_RUN, _offline_env
+
+    cwd.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **_offline_env(cwd)}
+    done = subprocess.run([sys.executable, "-c", OTHER_RUN, "out"], cwd=cwd, env=env, capture_output=True,
+                          text=True, check=True)
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_a_relative_output_dir_in_a_shared_wandb_folder_is_not_guessed(full_run, tmp_path):
+    ours, theirs = _relative_run(tmp_path / "ours"), _relative_run(tmp_path / "theirs")
+    out = tmp_path / "ours" / "out"
+    shutil.copytree(full_run, out)
+    # Anchored: our run sits in the wandb folder of the folder that holds `out`, theirs elsewhere.
+    shared = tmp_path / "shared" / "wandb"
+    for source in (tmp_path / "ours" / "wandb", tmp_path / "theirs" / "wandb"):
+        for run in source.glob("offline-run-*"):
+            shutil.copytree(run, shared / run.name)
+    environ = {"WANDB_DIR": str(tmp_path / "theirs")}  # their folder is searched too
+    anchored = diagnose(out, settings=Settings(select=("WANDB",)), environ=environ)
+    decisions = {f.extra["decision"].run_id for f in anchored.findings if f.extra.get("decision")}
+    assert decisions == {ours}, [f.message for f in anchored.findings]
+    # Only the shared folder: both runs logged `out` from somewhere else; choosing one would be a guess.
+    moved = tmp_path / "elsewhere" / "out"
+    shutil.copytree(out, moved, ignore=shutil.ignore_patterns("wandb"))
+    report = diagnose(moved, settings=Settings(select=("WANDB",)), options=Options(wandb_dir=shared),
+                      environ={})
+    assert [f.code for f in report.findings] == ["WANDB011"]
+    assert ours in report.findings[0].message and theirs in report.findings[0].message
+    rendered = shell_environment(moved, wandb_dir=shared, environ={}).render()
+    exports = [line for line in rendered.splitlines() if not line.startswith("#")]
+    assert not [line for line in exports if "WANDB_FORK_FROM" in line or "WANDB_RUN_ID" in line], rendered
