@@ -6,6 +6,7 @@ with `--deep`, and no pickle is ever loaded.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -955,6 +956,11 @@ def check_output_dir(ctx: RunContext) -> Iterator[Finding]:
         return
     per_checkpoint = {folder: inspect_checkpoint(ctx, folder) for folder in target.checkpoints}
     newest = target.checkpoint
+    pinned = _pinned_by_recipe(ctx)
+    if pinned is not None:  # the recipe resumes this (usable) checkpoint: the others are no resume target
+        yield from per_checkpoint[pinned]
+        yield from _unusable_others(ctx, per_checkpoint, pinned)
+        return
     yield from per_checkpoint[newest]
     usable = [folder for folder in target.checkpoints if not _errors(ctx, per_checkpoint[folder])]
     newest_errors = _errors(ctx, per_checkpoint[newest])
@@ -971,9 +977,23 @@ def check_output_dir(ctx: RunContext) -> Iterator[Finding]:
         finding.extra.update(checkpoint=str(newest), fallback=str(fallback) if fallback else None,
                              caused_by=newest_errors)
         yield finding
-    for folder in target.checkpoints[:-1]:
-        errors = _errors(ctx, per_checkpoint[folder])
-        if errors:
+    yield from _unusable_others(ctx, per_checkpoint, newest)
+
+
+def _pinned_by_recipe(ctx: RunContext) -> Path | None:
+    """The checkpoint of this output_dir that the recipe's resume_from_checkpoint names, when it is usable."""
+    if ctx.explicit_resume_path() is None:
+        return None
+    point = ctx.resume_point()
+    by_path = {os.path.realpath(folder): folder for folder in ctx.target.checkpoints}
+    return by_path.get(os.path.realpath(point)) if point is not None else None
+
+
+def _unusable_others(ctx: RunContext, per_checkpoint: dict[Path, list[Finding]], judged: Path) -> Iterator[Finding]:
+    """CKPT019 for every checkpoint but the judged one that has an error."""
+    for folder, findings in per_checkpoint.items():
+        errors = _errors(ctx, findings)
+        if folder != judged and errors:
             finding = OLDER_CHECKPOINT_UNUSABLE.finding(
                 f"{folder.name} is unusable ({_error_summary(errors)})", path=str(folder),
                 hint=f"resumedoctor diagnose {folder} for details",

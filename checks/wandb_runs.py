@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Iterator
 
 from resumedoctor.context import JsonFileError, RunContext
+from resumedoctor.errors import ReasonError
 from resumedoctor.findings import Finding, Rule, Severity
 from resumedoctor.registry import CheckFamily
 from resumedoctor.wandb_runs import (
@@ -258,8 +259,24 @@ FAMILY = CheckFamily(
     rules=RULES,
     run=run,
     requires=("wandb",),
-    not_applicable=lambda ctx: None if wandb_dirs(ctx) or _env_set(ctx) else f"no wandb folder ({SEARCHED})",
+    not_applicable=lambda ctx: _not_applicable(ctx),
 )
+
+
+def _not_applicable(ctx: RunContext) -> str | None:
+    if ctx.options.recipe is not None and not _recipe_reports_to_wandb(ctx):
+        return "the recipe does not report to W&B (report_to)"
+    return None if wandb_dirs(ctx) or _env_set(ctx) else f"no wandb folder ({SEARCHED})"
+
+
+def _recipe_reports_to_wandb(ctx: RunContext) -> bool:
+    """True unless the recipe, as TRL resolves it, leaves W&B out (an unreadable recipe: assume it reports)."""
+    from resumedoctor.recipe import reports_to_wandb
+
+    try:
+        return reports_to_wandb(ctx.recipe().resolve("report_to").value)
+    except ReasonError:
+        return True
 
 
 def _env_set(ctx: RunContext) -> bool:

@@ -171,14 +171,14 @@ class RunContext:
         form one plan: a recipe's explicit `resume_from_checkpoint` when that checkpoint is usable,
         otherwise the newest usable checkpoint (where `fix` moves the resume to).
         """
-        explicit = self._explicit_resume_path()
+        explicit = self.explicit_resume_path()
         if explicit is not None and explicit.is_dir() and not self.checkpoint_errors(explicit):
             return explicit
         if not self.target.is_output_dir:
             return self.target.checkpoint
         return self.newest_usable_checkpoint()
 
-    def _explicit_resume_path(self) -> Path | None:
+    def explicit_resume_path(self) -> Path | None:
         if self.options.recipe is None:
             return None
         try:

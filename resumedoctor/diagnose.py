@@ -166,7 +166,7 @@ def run_checks(ctx: RunContext, registry: Registry) -> Report:
         for family, rule in registry.rules()
         if ctx.settings.is_enabled(rule.code)
     )
-    checkpoint = ctx.resume_point() if ctx._explicit_resume_path() is not None else ctx.target.checkpoint
+    checkpoint = ctx.resume_point() if ctx.explicit_resume_path() is not None else ctx.target.checkpoint
     return Report(
         target=str(ctx.target.path),
         resume_from=str(checkpoint) if checkpoint is not None else None,

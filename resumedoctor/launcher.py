@@ -32,7 +32,7 @@ from pathlib import Path
 from resumedoctor.context import Options
 from resumedoctor.diagnose import Report, new_context, run_checks
 from resumedoctor.errors import ReasonError
-from resumedoctor.recipe import dump_yaml, load_recipe
+from resumedoctor.recipe import dump_yaml, load_recipe, reports_to_wandb
 from resumedoctor.settings import Settings, find_settings
 from resumedoctor.target import Target, TargetError, resolve_target
 
@@ -157,9 +157,7 @@ def prepare(recipe_path: Path, recipe_args: tuple[str, ...] = (), *, fix: bool =
     options = Options(recipe=recipe_path, recipe_args=recipe_args, wandb_dir=wandb_dir)
     report = run_checks(new_context(target, settings, options, environ, registry), registry)
 
-    report_to = recipe.get("report_to")
-    reports_wandb = report_to in ("wandb", "all") or (isinstance(report_to, list) and {"wandb", "all"} & set(report_to))
-    if reports_wandb:
+    if reports_to_wandb(recipe.resolve("report_to").value):
         if output_dir.exists():
             environment = shell_environment(output_dir, wandb_dir=wandb_dir, environ=environ)
             plan.env_lines, comments = environment.lines, environment.comments

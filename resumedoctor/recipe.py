@@ -369,3 +369,9 @@ def _indentation(data: Any) -> tuple[int, int, int]:
 
 if __name__ == "__main__":  # the helper process of trl_fields()
     print(json.dumps(compute_trl_fields(), sort_keys=True))
+
+
+def reports_to_wandb(report_to: object) -> bool:
+    """Does a `report_to` value (a name, "all", or a list of them) include W&B?"""
+    names = report_to if isinstance(report_to, list) else [report_to]
+    return any(name in ("wandb", "all") for name in names)

@@ -73,3 +73,21 @@ def test_a_safe_recipe_fix_and_the_recorded_decision_agree(wandb_world, tmp_path
     assert after.resume_from == str(resumed)
     env = run_cli("env", run, "--wandb-dir", wandb_world["wandb_dir"], env={"WANDB_RUN_ID": ""})
     assert f"_step={recorded['step']}" in env.stdout
+
+
+def test_a_recipe_pinned_to_a_usable_checkpoint_is_not_blocked_by_a_broken_newer_one(full_run, tmp_path):
+    from resumedoctor.findings import Severity
+
+    with open(full_run / "checkpoint-6" / "model.safetensors", "r+b") as handle:
+        handle.truncate(100)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE.format(output_dir=full_run, resume=full_run / "checkpoint-4").replace(
+        "report_to: wandb", "report_to: none"))
+    report = diagnose(full_run, settings=Settings(select=("CKPT", "CFG")), options=Options(recipe=recipe), environ={})
+    assert report.resume_from == str(full_run / "checkpoint-4")
+    ckpt = {f.code: f for f in report.findings if f.code.startswith("CKPT")}
+    assert set(ckpt) == {"CKPT019"} and ckpt["CKPT019"].severity is Severity.WARNING
+    assert ckpt["CKPT019"].path == str(full_run / "checkpoint-6")
+    # Without the pin, resume_from_checkpoint=True picks the broken checkpoint-6: an error.
+    unpinned = diagnose(full_run, settings=Settings(select=("CKPT",)), environ={})
+    assert "CKPT018" in [f.code for f in unpinned.findings] and unpinned.exit_code == 1
