@@ -163,10 +163,11 @@ def diagnose(path: Path, recipe: Path | None, wandb_dir: Path | None, fmt: str, 
               help="How an unsafe fix re-allocates the window (default: data when the prompts were measured).")
 @click.option("--create-fresh", is_flag=True,
               help="With --unsafe: rebuild curriculum state by replaying its rule over log_history.")
+@click.option("--deep", is_flag=True, help="Judge with the --deep checks (tensor data, zip CRCs, seal hashes).")
 @click.argument("recipe_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- TRL OVERRIDES]")
 def fix(path: Path, auto: bool, unsafe: bool, dry_run: bool, recipe: Path | None, wandb_dir: Path | None,
         fmt: str, select: str | None, ignore: str | None, settings_file: Path | None, strategy: str | None,
-        create_fresh: bool, recipe_args: tuple[str, ...]) -> int:
+        create_fresh: bool, deep: bool, recipe_args: tuple[str, ...]) -> int:
     """Fix what can be fixed without losing a byte; every change is backed up and undoable."""
     from resumedoctor.context import Options
     from resumedoctor.fix_report import render_fix
@@ -180,7 +181,7 @@ def fix(path: Path, auto: bool, unsafe: bool, dry_run: bool, recipe: Path | None
     try:
         result = run_fix(path, unsafe=unsafe, dry_run=preview_only, settings=settings,
                          options=Options(recipe=recipe, wandb_dir=wandb_dir, recipe_args=recipe_args,
-                                         strategy=strategy, create_fresh=create_fresh),
+                                         strategy=strategy, create_fresh=create_fresh, deep=deep),
                          registry=registry)
     except FixError as exc:
         raise UserFacingError(str(exc)) from None
@@ -231,9 +232,10 @@ def env(path: Path, wandb_dir: Path | None) -> int:
 @click.option("--wandb-dir", type=click.Path(path_type=Path), help="Where the run's wandb/ folder is.")
 @_codes_option("--select", "Only these codes or prefixes gate the launch (as diagnose --select).")
 @_codes_option("--ignore", "Skip these codes or prefixes.")
+@click.option("--deep", is_flag=True, help="Gate with the --deep checks too (tensor data, zip CRCs, seal hashes).")
 @click.argument("recipe_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- TRL OVERRIDES]")
 def launch(recipe: Path, apply_fixes: bool, unsafe: bool, dry_run: bool, wandb_dir: Path | None,
-           select: str | None, ignore: str | None, recipe_args: tuple[str, ...]) -> int:
+           select: str | None, ignore: str | None, deep: bool, recipe_args: tuple[str, ...]) -> int:
     """Run every check, then GRPO training through TRL from the right checkpoint and W&B step."""
     from resumedoctor.launcher import (
         LaunchError,
@@ -249,6 +251,7 @@ def launch(recipe: Path, apply_fixes: bool, unsafe: bool, dry_run: bool, wandb_d
     _option_codes(select, ignore, registry)  # before the launcher creates output_dir
     try:
         plan, report = prepare(recipe, recipe_args, fix=apply_fixes, unsafe=unsafe, dry_run=dry_run, wandb_dir=wandb_dir,
+                               deep=deep,
                                settings_for=lambda output_dir: _settings_for(output_dir, None, select, ignore, registry))
     except LaunchError as exc:
         raise UserFacingError(exc.reason) from None

@@ -54,6 +54,7 @@ class Report:
     rules: tuple[RuleInfo, ...] = field(default=())
     # Where the resume checkpoint stands in its run (None: no checkpoint, or its state is unreadable).
     progress: Progress | None = None
+    deep: bool = False  # judged with --deep: a fix must be asked to judge the same way
 
     @property
     def summary(self) -> dict[str, int]:
@@ -174,6 +175,7 @@ def run_checks(ctx: RunContext, registry: Registry) -> Report:
         findings=tuple(findings),
         rules=rules,
         progress=ctx.progress(checkpoint),
+        deep=ctx.options.deep,
     )
 
 

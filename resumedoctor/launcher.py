@@ -104,7 +104,7 @@ def _create(output_dir: Path) -> None:
 
 def prepare(recipe_path: Path, recipe_args: tuple[str, ...] = (), *, fix: bool = False, unsafe: bool = False,
             dry_run: bool = False, wandb_dir: Path | None = None, environ: Mapping[str, str] | None = None,
-            settings_for: Callable[[Path], Settings] | None = None) -> tuple[LaunchPlan, Report]:
+            settings_for: Callable[[Path], Settings] | None = None, deep: bool = False) -> tuple[LaunchPlan, Report]:
     """Steps 1-4: fixes, the checkpoint to resume, every check, the W&B decision. Imports no torch.
 
     `settings_for(output_dir)` gives the settings (the CLI adds --select/--ignore); default: the nearest file.
@@ -124,7 +124,7 @@ def prepare(recipe_path: Path, recipe_args: tuple[str, ...] = (), *, fix: bool =
     output_dir = Path(str(output)).expanduser()
     _output_target(output_dir)  # a file, or an unreadable folder: one line, exit 2
     settings = settings_for(output_dir) if settings_for else find_settings(output_dir, Path.cwd())
-    options = Options(recipe=recipe_path, recipe_args=recipe_args, wandb_dir=wandb_dir)
+    options = Options(recipe=recipe_path, recipe_args=recipe_args, wandb_dir=wandb_dir, deep=deep)
     plan = LaunchPlan(recipe_path, recipe_args, output_dir, None, curriculum=section.get("curriculum"),
                       callbacks=list(section.get("callbacks") or []))
 
@@ -154,7 +154,7 @@ def prepare(recipe_path: Path, recipe_args: tuple[str, ...] = (), *, fix: bool =
     elif isinstance(explicit, str):
         checkpoint = Path(explicit)
     plan.recipe_args, plan.checkpoint = recipe_args, checkpoint
-    options = Options(recipe=recipe_path, recipe_args=recipe_args, wandb_dir=wandb_dir)
+    options = Options(recipe=recipe_path, recipe_args=recipe_args, wandb_dir=wandb_dir, deep=deep)
     report = run_checks(new_context(target, settings, options, environ, registry), registry)
 
     if reports_to_wandb(recipe.resolve("report_to").value):

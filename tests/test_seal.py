@@ -150,6 +150,14 @@ def test_flipped_byte_is_caught_only_by_deep(sealed_copy):
     deep = diagnose(sealed_copy, settings=Settings(select=("CKPT",)), options=Options(deep=True))
     assert {"CKPT029", "CKPT018"} == set(codes(deep))
     assert "content differs from the seal" in next(f for f in deep.findings if f.code == "CKPT029").message
+    # The summary's fix command judges the way the diagnosis did, and does what it promises.
+    shown = run_cli("diagnose", sealed_copy, "--deep", "--select", "CKPT")
+    verdict = " ".join(shown.stdout.split("✖ Do not resume")[-1].split())
+    assert f"resumedoctor fix {sealed_copy} --auto --unsafe --deep)" in verdict
+    fixed = run_cli("fix", sealed_copy, "--auto", "--unsafe", "--deep", "--select", "CKPT")
+    assert fixed.returncode == 0, fixed.stdout[-2000:]
+    assert not (sealed_copy / "checkpoint-6").exists()  # quarantined: the resume moves to checkpoint-4
+    assert diagnose(sealed_copy, settings=Settings(select=("CKPT",)), options=Options(deep=True)).exit_code == 0
 
 
 @pytest.fixture(scope="session")

@@ -66,6 +66,7 @@ def _verdict_line(report: Report, resume: str) -> Text:
     if verdict.kind == DO_NOT_RESUME:
         fixable = [f for f in report.findings if f.fix and f.severity.value == "error"]
         flags = "--auto --unsafe" if any(f.fix.safety.value == "unsafe" for f in fixable) else "--auto"
+        flags += " --deep" if report.deep else ""
         tail = f" ({len(fixable)} fixable: resumedoctor fix {report.target} {flags})" if fixable else ""
         return Text(f"✖ Do not resume: {counts}{tail}.", style="bold red")
     if verdict.kind == NOTHING_CHECKED:
