@@ -10,7 +10,18 @@ set -euo pipefail
 OUT="${1:?usage: pre_training_hook.sh OUTPUT_DIR TRAIN_COMMAND...}"
 shift
 
-if ! resumedoctor diagnose "$OUT"; then
+# The training command's own recipe is checked too (`--config RECIPE`): without it, a recipe that does
+# not resume (CFG006: training restarts at step 0 over the checkpoints) would pass the gate.
+recipe=()
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+    case "${args[i]}" in
+        --config) recipe=(--config "${args[i + 1]:-}") ;;
+        --config=*) recipe=(--config "${args[i]#--config=}") ;;
+    esac
+done
+
+if ! resumedoctor diagnose "$OUT" "${recipe[@]}"; then
     echo "pre-training hook: not starting; see the report above (resumedoctor explain CODE)" >&2
     exit 1
 fi

@@ -49,6 +49,21 @@ def test_pre_training_hook_refuses_a_broken_run(full_run, tmp_path):
     assert "not starting" in result.stderr
 
 
+def test_pre_training_hook_checks_the_training_commands_recipe(full_run, tmp_path):
+    """`trl grpo --config recipe.yaml` with a recipe that does not resume would restart at step 0 (CFG006)."""
+    from conftest import DEMO_RUN_ARGS
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"output_dir: {full_run}\n" + DEMO_RUN_ARGS)  # no resume_from_checkpoint
+    marker = tmp_path / "training-started"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for config in (["--config", str(recipe)], [f"--config={recipe}"]):
+        result = subprocess.run(["bash", EXAMPLES / "pre_training_hook.sh", full_run, "touch", marker, *config],
+                                capture_output=True, text=True, env=env)
+        assert result.returncode == 1 and not marker.exists(), result.stdout[-2000:]
+        assert "CFG006" in result.stdout
+
+
 def test_pre_training_hook_refuses_stale_wandb_variables(full_run, tmp_path):
     marker = tmp_path / "training-started"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
