@@ -298,6 +298,8 @@ def seal(path: Path) -> int:
         click.echo(f"not sealed, it is unusable: {checkpoint} ({reason})")
     if result.transaction is not None:
         click.echo(f"journal: {result.transaction.folder} (resumedoctor undo {path} removes the seals)")
+    if not (result.sealed or result.already or result.refused):
+        click.echo(f"nothing to seal: {path} holds no checkpoint-N folder")
     return 1 if result.refused else 0
 
 
@@ -346,9 +348,14 @@ def explain(code: str) -> int:
     """Explain one finding code: what it means, why it matters, how it is fixed."""
     from resumedoctor.catalog import explain_code
 
-    text = explain_code(_load_registry(), code)
+    import difflib
+
+    registry = _load_registry()
+    text = explain_code(registry, code)
     if text is None:
-        raise UserFacingError(f"unknown code {code!r} (resumedoctor checks lists every code)")
+        close = difflib.get_close_matches(code.upper(), [rule.code for _, rule in registry.rules()], n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}?" if close else "resumedoctor checks lists every code"
+        raise UserFacingError(f"unknown code {code!r} ({hint})")
     click.echo(text, nl=False)
     return 0
 

@@ -155,7 +155,6 @@ def prepare(recipe_path: Path, recipe_args: tuple[str, ...] = (), *, fix: bool =
         checkpoint = Path(explicit)
     plan.recipe_args, plan.checkpoint = recipe_args, checkpoint
     options = Options(recipe=recipe_path, recipe_args=recipe_args, wandb_dir=wandb_dir, deep=deep)
-    report = run_checks(new_context(target, settings, options, environ, registry), registry)
 
     if reports_to_wandb(recipe.resolve("report_to").value):
         if output_dir.exists():
@@ -163,7 +162,12 @@ def prepare(recipe_path: Path, recipe_args: tuple[str, ...] = (), *, fix: bool =
             plan.env_lines, comments = environment.lines, environment.comments
         else:
             plan.env_lines, comments = _fresh_wandb_environment(environ)
-        plan.wandb = "; ".join(comments) or "a new run"
+        plan.wandb = "; ".join(comment.removeprefix("W&B: ") for comment in comments) or "a new run"
+    # The checks judge the start as it will happen: with the W&B decision already exported (one plan).
+    launched = dict(environ)
+    for line in plan.env_lines:
+        line.apply(launched)
+    report = run_checks(new_context(target, settings, options, launched, registry), registry)
     return plan, report
 
 
@@ -202,15 +206,8 @@ def _planned_on_fresh(target: Target, settings, options: Options, environ: dict[
 
 def apply_environment(plan: LaunchPlan) -> None:
     """Export the W&B decision into this process, as `eval "$(resumedoctor env OUT)"` would."""
-    import shlex
-
     for line in plan.env_lines:
-        words = shlex.split(line.text)
-        if words[0] == "export":
-            name, _, value = words[1].partition("=")
-            os.environ[name] = value
-        elif words[0] == "unset":
-            os.environ.pop(words[1], None)
+        line.apply(os.environ)
 
 
 @dataclass

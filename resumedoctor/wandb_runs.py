@@ -310,9 +310,18 @@ def decide(match: RunMatch, checkpoint: Path, global_step: int) -> WandbDecision
 class EnvLine:
     text: str  # `export NAME=value` or `unset NAME`
     why: str
+    name: str = ""
+    value: str | None = None  # None: unset
 
     def render(self) -> str:
         return f"{self.text}  # {self.why}"
+
+    def apply(self, environ: dict[str, str]) -> None:
+        """What `eval` of this line does to an environment."""
+        if self.value is None:
+            environ.pop(self.name, None)
+        else:
+            environ[self.name] = self.value
 
 
 def env_lines(decision: WandbDecision | None, environ: dict[str, str], *,
@@ -327,11 +336,11 @@ def env_lines(decision: WandbDecision | None, environ: dict[str, str], *,
     lines: list[EnvLine] = []
 
     def export(name: str, value: str, why: str) -> None:
-        lines.append(EnvLine(f"export {name}={shlex.quote(value)}", why))
+        lines.append(EnvLine(f"export {name}={shlex.quote(value)}", why, name, value))
 
     def unset(name: str, why: str) -> None:
         if name in environ:
-            lines.append(EnvLine(f"unset {name}", why))
+            lines.append(EnvLine(f"unset {name}", why, name, None))
 
     if decision is None:
         if environ.get("WANDB_RESUME") == "must" and not environ.get("WANDB_RUN_ID"):

@@ -295,3 +295,13 @@ def test_diagnose_imports_no_heavy_library(built_runs):
 def test_no_arguments_prints_help():
     result = run_cli()
     assert "diagnose" in result.stdout and "Usage" in result.stdout
+
+
+def test_explain_a_near_miss_suggests_the_code():
+    result = run_cli("explain", "CKPT18")
+    one_line_usage_error(result, "unknown code 'CKPT18' (did you mean CKPT018")
+
+
+def test_seal_says_when_there_is_nothing_to_seal(tmp_path):
+    result = run_cli("seal", tmp_path)
+    assert result.returncode == 0 and f"nothing to seal: {tmp_path} holds no checkpoint-N folder" in result.stdout
