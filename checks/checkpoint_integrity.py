@@ -982,11 +982,11 @@ def check_output_dir(ctx: RunContext) -> Iterator[Finding]:
 
 def _pinned_by_recipe(ctx: RunContext) -> Path | None:
     """The checkpoint of this output_dir that the recipe's resume_from_checkpoint names, when it is usable."""
-    if ctx.explicit_resume_path() is None:
-        return None
-    point = ctx.resume_point()
+    explicit, point = ctx.explicit_resume_path(), ctx.resume_point()
+    if explicit is None or point is None or os.path.realpath(explicit) != os.path.realpath(point):
+        return None  # no pin, or the named checkpoint is unusable: judged as resume_from_checkpoint=True
     by_path = {os.path.realpath(folder): folder for folder in ctx.target.checkpoints}
-    return by_path.get(os.path.realpath(point)) if point is not None else None
+    return by_path.get(os.path.realpath(point))
 
 
 def _unusable_others(ctx: RunContext, per_checkpoint: dict[Path, list[Finding]], judged: Path) -> Iterator[Finding]:

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resumedoctor.checks.checkpoint_integrity import newest_usable_checkpoint
-
 from resumedoctor.context import JsonFileError, RunContext
 from resumedoctor.findings import Finding, Rule, Severity
 from resumedoctor.recipe import RecipeError
@@ -83,6 +81,13 @@ RESUME_TARGET_WRONG = Rule(
     "the command line or a quoted YAML value, is such a path: only the YAML boolean true means "
     "'newest'). An older checkpoint than the newest usable one throws away finished steps.",
 )
+RESUME_TARGET_OLDER = Rule(
+    "CFG013", "resume-target-older", WARNING,
+    "resume_from_checkpoint names an older checkpoint than the newest usable one.",
+    "A rollback (after a divergence, say) is a choice only the user can make: the steps after the named "
+    "checkpoint are trained again, and the run overwrites the later checkpoint-N folders as it saves. "
+    "No fix: set resume_from_checkpoint to the newest checkpoint if the rollback is not intended.",
+)
 OUTPUT_DIR_DIFFERS = Rule(
     "CFG008", "output-dir-differs", WARNING,
     "The recipe's output_dir is not the folder being diagnosed.",
@@ -125,7 +130,7 @@ OPTIMIZER_KEPT = Rule(
 )
 
 RULES = (DATA_SKIP, NOTHING_TO_TRAIN, MODEL_MISMATCH, HARMLESS, OTHER_CHANGE, NO_RESUME, RESUME_TARGET_WRONG,
-         OUTPUT_DIR_DIFFERS, SCHEDULE_CHANGED, TRAINING_EXTENDED, RUN_FINISHED, OPTIMIZER_KEPT)
+         OUTPUT_DIR_DIFFERS, SCHEDULE_CHANGED, TRAINING_EXTENDED, RUN_FINISHED, OPTIMIZER_KEPT, RESUME_TARGET_OLDER)
 
 # What each compared key decides; every difference is then judged by its consequence for this resume.
 DATA_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_generations", "num_iterations",
@@ -634,12 +639,20 @@ def check_resume_setting(ctx: RunContext, recipe, recipe_path: str) -> Iterator[
     if isinstance(recipe_output, str) and recipe_output and Path(recipe_output).resolve() != target_dir.resolve():
         yield OUTPUT_DIR_DIFFERS.finding(f"the recipe's output_dir is {recipe_output}, the diagnosed folder is {target_dir}",
                                          path=recipe_path)
-    if not list_checkpoints(target_dir):
-        return
-    usable = newest_usable_checkpoint(ctx)
     resolved = recipe.resolve("resume_from_checkpoint")
     value = resolved.value
-    fix_extra = dict(newest=str(usable.resolve()) if usable else None)
+    if not list_checkpoints(target_dir):
+        if value is True:
+            yield RESUME_TARGET_WRONG.finding(
+                f"resume_from_checkpoint is true ({resolved.source}), but {target_dir} holds no checkpoint: the Trainer "
+                "raises 'No valid checkpoint found in output directory' once the model is loaded", path=recipe_path,
+                hint="remove resume_from_checkpoint for a fresh start, or point it at the checkpoint to resume")
+        return
+    usable = ctx.newest_usable_checkpoint()
+    # The safe fix sets the newest checkpoint only: moving the resume to an older one (the newest is broken)
+    # changes what is trained, and stays `fix --unsafe`'s decision (it quarantines the broken one first).
+    newest_is_usable = usable is not None and usable == ctx.target.checkpoint
+    fix_extra = dict(newest=str(usable.resolve()) if newest_is_usable else None)
     if value is None or value is False:
         finding = NO_RESUME.finding(
             f"{target_dir} holds {', '.join(p.name for p in list_checkpoints(target_dir))}, but the recipe does not "
@@ -660,11 +673,11 @@ def check_resume_setting(ctx: RunContext, recipe, recipe_path: str) -> Iterator[
         finding.extra.update(fix_extra)
         yield finding
     elif usable is not None and named.resolve() != usable.resolve() and (checkpoint_step(named) or 0) < (checkpoint_step(usable) or 0):
-        finding = RESUME_TARGET_WRONG.finding(
-            f"resume_from_checkpoint names {named.name}, but the newest usable checkpoint is {usable.name}",
-            path=recipe_path)
-        finding.extra.update(fix_extra)
-        yield finding
+        steps = (checkpoint_step(usable) or 0) - (checkpoint_step(named) or 0)
+        yield RESUME_TARGET_OLDER.finding(
+            f"resume_from_checkpoint names {named.name}, but {usable.name} is newer and usable: the {steps} steps "
+            f"after {named.name} are trained again (and its later checkpoints are overwritten as the run saves)",
+            path=recipe_path, hint=f"intended for a rollback? Otherwise resume_from_checkpoint: {usable.resolve()}")
 
 
 def check_model(ctx: RunContext, recipe, checkpoint: Path, recipe_path: str) -> Iterator[Finding]:

@@ -346,9 +346,9 @@ def checks(fmt: str) -> int:
 @click.argument("code")
 def explain(code: str) -> int:
     """Explain one finding code: what it means, why it matters, how it is fixed."""
-    from resumedoctor.catalog import explain_code
-
     import difflib
+
+    from resumedoctor.catalog import explain_code
 
     registry = _load_registry()
     text = explain_code(registry, code)

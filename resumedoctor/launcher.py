@@ -137,6 +137,11 @@ def prepare(recipe_path: Path, recipe_args: tuple[str, ...] = (), *, fix: bool =
             result = run_fix(output_dir, unsafe=unsafe, dry_run=dry_run, settings=settings, options=options,
                              environ=environ)
             plan.fixes = result.descriptions or [f"(planned) {line}" for line in _planned(result)]
+            if result.transactions:  # a fix may have edited the recipe: launch what it says now
+                try:
+                    recipe = load_recipe(recipe_path, list(recipe_args), environ)
+                except ReasonError as exc:
+                    raise LaunchError(exc.reason) from None
         else:  # --dry-run before the first start: plan on the output_dir as it will be, empty
             plan.fixes = _planned_on_fresh(_output_target(output_dir), settings, options, environ, unsafe)
 
@@ -144,8 +149,9 @@ def prepare(recipe_path: Path, recipe_args: tuple[str, ...] = (), *, fix: bool =
         plan.changed_arguments[key] = (recipe.values.get(key), recipe.resolve(key).value)
     target = _output_target(output_dir)
     registry = _registry()
-    # The checkpoint the checks judge the resume from (one plan with the W&B decision and the fixes).
-    checkpoint = new_context(target, settings, options, environ, registry).resume_point()
+    # What resume_from_checkpoint=True picks: a broken newest checkpoint is refused below (CKPT018), never
+    # silently replaced by an older one (that is `--fix --unsafe`'s decision to make).
+    checkpoint = target.checkpoint
     explicit = recipe.resolve("resume_from_checkpoint").value
     if checkpoint is not None and (explicit is None or explicit is False or explicit is True):
         # The launcher resumes explicitly from the checkpoint transformers would pick (checked below).

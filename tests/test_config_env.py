@@ -189,7 +189,12 @@ def test_no_resume_from_checkpoint_is_fixed_with_the_newest_usable_path(full_run
     recipe = recipe_for(resume_from_checkpoint="null")
     finding = by_code(report_of(full_run, recipe, checkpoint=None), "CFG006")[0]
     assert "restarts at step 0 and overwrites them" in finding.message
+    before = recipe.read_bytes()
+    # A safe fix never moves the resume to an older checkpoint: that changes what is trained.
     fix(full_run, settings=Settings(select=("CFG006",)), options=Options(recipe=recipe), environ={})
+    assert recipe.read_bytes() == before
+    # --unsafe quarantines the broken checkpoint-6 first; then checkpoint-4 is the newest, and CFG006's fix names it.
+    fix(full_run, unsafe=True, settings=Settings(select=("CKPT", "CFG006")), options=Options(recipe=recipe), environ={})
     (config,) = TrlParser((GRPOConfig,)).parse_args_and_config(["--config", str(recipe)])
     assert config.resume_from_checkpoint == str((full_run / "checkpoint-4").resolve())
     assert recipe.read_text().startswith("# recipe of the demo run")
@@ -199,10 +204,22 @@ def test_resume_target_missing_older_or_the_string_true(full_run, recipe_for):
     report = report_of(full_run, recipe_for(resume_from_checkpoint=str(full_run / "checkpoint-99")), checkpoint=None)
     assert "does not exist" in by_code(report, "CFG007")[0].message
     report = report_of(full_run, recipe_for(resume_from_checkpoint=str(full_run / "checkpoint-2")), checkpoint=None)
-    assert "newest usable checkpoint is checkpoint-6" in by_code(report, "CFG007")[0].message
+    older = by_code(report, "CFG013")[0]  # a rollback may be intended: a warning, with no fix
+    assert "checkpoint-6 is newer and usable: the 4 steps after checkpoint-2 are trained again" in older.message
+    assert older.severity.value == "warning" and older.fix is None and not by_code(report, "CFG007")
     # `--resume_from_checkpoint true` on the command line is the string "true": a path that is not there.
     report = report_of(full_run, recipe_for(), recipe_args=["--resume_from_checkpoint", "true"], checkpoint=None)
     assert "use the YAML boolean true" in by_code(report, "CFG007")[0].message
+
+
+def test_resume_true_without_a_checkpoint_is_an_error(tmp_path, recipe_for):
+    from transformers.trainer_utils import get_last_checkpoint
+
+    empty = tmp_path / "empty-out"
+    empty.mkdir()
+    assert get_last_checkpoint(str(empty)) is None  # what Trainer.train(resume_from_checkpoint=True) raises on
+    report = report_of(empty, recipe_for(output_dir=empty), checkpoint=None)
+    assert "holds no checkpoint" in by_code(report, "CFG007")[0].message and report.exit_code == 1
 
 
 def test_yaml_boolean_true_resumes_the_newest(full_run, recipe_for):

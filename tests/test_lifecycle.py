@@ -113,9 +113,12 @@ def save_points(points: list[KillPoint]) -> list[KillPoint]:
 
 
 def save_finished(point: KillPoint, sealed: bool) -> bool:
-    """Whether the save had ended at this stop: the seal (with SealCallback) or trainer_state.json is there."""
+    """Whether the save had ended at this stop: trainer_state.json, the Trainer's last file, is there.
+
+    With SealCallback the seal comes after it; a kill before the seal is whole leaves a whole save whose
+    seal write was interrupted (CKPT034, a warning with a safe fix), not a cut-off save."""
     checkpoint = point.snapshot / f"checkpoint-{SAVE_STEP}"
-    return (checkpoint / (SEAL_FILE if sealed else STATE)).is_file()
+    return (checkpoint / STATE).is_file()
 
 
 # ---------------------------------------------------------------- the runs, built once per session

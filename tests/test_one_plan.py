@@ -54,17 +54,20 @@ def test_a_damaged_newest_checkpoint_moves_the_whole_plan(wandb_world, tmp_path)
     assert f"WANDB_FORK_FROM='{wandb_world['run_id']}?_step={oracle.step}'" in rendered
 
 
-def test_a_safe_recipe_fix_and_the_recorded_decision_agree(wandb_world, tmp_path):
+def test_the_recipe_fix_and_the_recorded_decision_agree(wandb_world, tmp_path):
     run = _copy(wandb_world, tmp_path)
     with open(run / "checkpoint-6" / "model.safetensors", "r+b") as handle:
         handle.truncate(100)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(RECIPE.format(output_dir=run, resume=tmp_path / "gone" / "checkpoint-6"))
     options = Options(recipe=recipe, wandb_dir=wandb_world["wandb_dir"])
-    result = fix(run, settings=Settings(select=("CFG", "WANDB")), options=options, environ={})
+    # Safe fixes alone never move the resume to an older checkpoint (that changes what is trained).
+    safe = fix(run, dry_run=True, settings=Settings(), options=options, environ={})
+    assert not [op for op in safe.operations if op.path == recipe]
+    result = fix(run, unsafe=True, settings=Settings(select=("CKPT", "CFG", "WANDB")), options=options, environ={})
 
     resumed = Path(yaml.safe_load(recipe.read_text())["resume_from_checkpoint"])
-    assert resumed.name == "checkpoint-4"  # the safe CFG007 fix: the newest usable checkpoint
+    assert resumed.name == "checkpoint-4"  # checkpoint-6 quarantined, then CFG007's fix: the newest checkpoint
     recorded = json.loads((run / ".resumedoctor" / "wandb.json").read_text())
     assert recorded["checkpoint"] == resumed.name and recorded["global_step"] == 4
     assert recorded["mode"] == "fork"  # the run logged up to step 6: continuing it would log 5-6 twice
