@@ -706,5 +706,5 @@ FAMILY = CheckFamily(
     rules=RULES,
     run=run,
     requires=("trl",),
-    not_applicable=lambda ctx: None if ctx.options.recipe else "no recipe (--config RECIPE)",
+    not_applicable=lambda ctx: ctx.recipe_not_judged(),
 )

@@ -164,6 +164,28 @@ class RunContext:
             return None
         return Progress(step, horizon if type(horizon) is int and horizon > 0 else None)
 
+    def trainer_config_class(self) -> str | None:
+        """The arguments class the resume checkpoint was trained with (`trl...GRPOConfig`); None if unknown."""
+        checkpoint = self.resume_point() or self.target.checkpoint
+        if checkpoint is None or not (Path(checkpoint) / "training_args.bin").is_file():
+            return None
+        try:
+            saved = self.training_args(Path(checkpoint) / "training_args.bin")
+        except Exception:  # noqa: BLE001 - unreadable or unsafe arguments are CKPT findings, not a verdict here
+            return None
+        name = saved.get("__class__")
+        return name if isinstance(name, str) else None
+
+    def recipe_not_judged(self) -> str | None:
+        """Why the recipe families cannot judge this run's recipe, or None (they read GRPO recipes only)."""
+        if self.options.recipe is None:
+            return "no recipe (--config RECIPE)"
+        trained_with = self.trainer_config_class()
+        if trained_with is not None and trained_with.rsplit(".", 1)[-1] != "GRPOConfig":
+            return (f"the run was trained with {trained_with.rsplit('.', 1)[-1]}: recipe checks read GRPO recipes "
+                    "only, so the recipe was not checked")
+        return None
+
     def resume_point(self) -> Path | None:
         """The checkpoint the resume will really start from once the fixes that move it are applied.
 

@@ -447,3 +447,26 @@ def test_output_dir_copy_keeps_checks_independent(full_run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(full_run, copy)
     assert env_report(copy).findings == ()
+
+
+def test_an_sft_recipe_is_not_judged_as_a_grpo_recipe(tmp_path):
+    """SFTTrainer's own arguments (max_length) are no GRPO errors: the recipe families say they cannot judge."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer, TrlParser
+
+    from resumedoctor import demo
+
+    tokenizer = demo.build_tokenizer()
+    rows = [{"messages": [{"role": "user", "content": "a b"}, {"role": "assistant", "content": "c d"}]}] * 16
+    out = tmp_path / "sft"
+    SFTTrainer(model=demo.build_model(tokenizer), processing_class=tokenizer, train_dataset=Dataset.from_list(rows),
+               args=SFTConfig(output_dir=str(out), max_steps=2, save_steps=2, use_cpu=True, report_to="none",
+                              per_device_train_batch_size=4, max_length=64, disable_tqdm=True)).train()
+    recipe = tmp_path / "sft.yaml"
+    recipe.write_text(f"output_dir: {out}\nmax_length: 64\nmax_steps: 2\nsave_steps: 2\nuse_cpu: true\n"
+                      "resume_from_checkpoint: true\n")
+    TrlParser((SFTConfig,)).parse_args_and_config(["--config", str(recipe)])  # the oracle: a valid SFT recipe
+    report = diagnose(out, settings=Settings(), options=Options(recipe=recipe), environ={})
+    assert report.exit_code == 0, [(f.code, f.message) for f in report.findings]
+    skipped = {family.prefix: family.reason for family in report.families if family.status == "skipped"}
+    assert "SFTConfig" in skipped["LEN"] and "not checked" in skipped["CFG"]
