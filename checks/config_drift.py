@@ -111,11 +111,12 @@ TRAINING_EXTENDED = Rule(
     "the resume trains the steps the run had planned exactly as planned, then more at the same rate.",
 )
 RUN_FINISHED = Rule(
-    "CFG011", "run-finished", INFO,
-    "The checkpoint has reached the horizon the recipe keeps: resuming it trains nothing.",
-    "global_step equals the run's max_steps and the recipe does not raise it: a resume loads the "
-    "checkpoint and ends at once. Raise max_steps (or num_train_epochs) to train on; CFG009 or CFG010 "
-    "then says what the longer schedule does.",
+    "CFG011", "run-finished", WARNING,
+    "The checkpoint has reached the horizon the recipe keeps: a resume still trains one step past it.",
+    "global_step equals the run's max_steps and the recipe does not raise it. A resume is no no-op: "
+    "transformers (5.24, seen on real runs) trains one more step, saves checkpoint-N+1 beyond max_steps "
+    "and logs it. Do not relaunch a finished run; raise max_steps (or num_train_epochs) to train on, and "
+    "CFG009 or CFG010 then says what the longer schedule does.",
 )
 OPTIMIZER_KEPT = Rule(
     "CFG012", "optimizer-value-ignored", ERROR,
@@ -495,18 +496,21 @@ def schedule_findings(ctx: RunContext, resume: Resume) -> Iterator[Finding]:
 
 
 def horizon_reached(resume: Resume, keys, step: int, old: int, new: int, how: str) -> Finding:
-    """The resume trains nothing: info for a finished run kept as it is, an error for a changed horizon."""
+    """The resume has no horizon left: a warning for a finished run kept as it is, an error for a changed horizon."""
     name = resume.checkpoint.name
     if new == old:
-        finding = RUN_FINISHED.finding(f"{name} is at step {step} of the run's {old}: resuming it with {how} trains "
-                                       "nothing", path=resume.recipe_path, hint=f"raise max_steps above {step} to train on")
+        finding = RUN_FINISHED.finding(f"{name} is at step {step} of the run's {old}: resuming it with {how} still "
+                                       f"trains step {step + 1} and saves checkpoint-{step + 1} past the horizon",
+                                       path=resume.recipe_path, hint=f"raise max_steps above {step} to train on, or do "
+                                       "not relaunch the finished run")
         return finding
     horizon_keys = [k for k in keys if k in HORIZON_KEYS]
     restorable = old > step
     hint = (f"fix --unsafe sets the checkpoint's horizon back ({old} steps), or raise max_steps above {step}" if restorable
             else f"the run has finished its {old} steps: raise max_steps above {step} to train on")
     return _finding(resume, NOTHING_TO_TRAIN, horizon_keys, resume.describe(horizon_keys),
-                    f"{how} is not beyond global_step {step}: the resume loads {name} and trains nothing",
+                    f"{how} is not beyond global_step {step}: the resume loads {name} and trains no more than a stray "
+                    "step past the horizon",
                     hint, restore=restorable)
 
 

@@ -56,7 +56,7 @@ class Progress:
 
     @property
     def finished(self) -> bool:
-        """The run reached its horizon: a resume with the same max_steps trains nothing."""
+        """The run reached its horizon (a resume with the same max_steps still runs one stray step: CFG011)."""
         return self.max_steps is not None and self.global_step >= self.max_steps
 
 

@@ -38,7 +38,7 @@ def recipe_for(full_run, tmp_path, monkeypatch):
 
 
 def report_of(run: Path, recipe: Path, select=("CFG",), recipe_args=(), environ=None, checkpoint="checkpoint-4"):
-    """Resume checkpoint-4 of the 6-step run (checkpoint-6 is the end: resuming it trains nothing)."""
+    """Resume checkpoint-4 of the 6-step run (checkpoint-6 is the end: resuming it only runs a stray step)."""
     target = run / checkpoint if checkpoint else run
     return diagnose(target, settings=Settings(select=select), options=Options(recipe=recipe, recipe_args=tuple(recipe_args)),
                     environ=environ or {})

@@ -110,7 +110,8 @@ def test_finished_run_says_so_and_an_unfinished_one_does_not(finished_run):
 
     result = run_cli("diagnose", finished_run)
     assert result.returncode == 0
-    assert "the run finished there (global step 4 of max_steps 4)" in " ".join(result.stdout.split())
+    verdict = " ".join(result.stdout.split())
+    assert "the run finished there (global step 4 of max_steps 4)" in verdict and "one more step" in verdict
     document = json.loads(run_cli("diagnose", finished_run, "--format", "json").stdout)
     assert document["run"] == {"global_step": 4, "max_steps": 4, "finished": True}
     # The same run before its last save: checkpoint-2 is mid-run.
@@ -120,3 +121,15 @@ def test_finished_run_says_so_and_an_unfinished_one_does_not(finished_run):
     document = json.loads(run_cli("diagnose", finished_run, "--format", "json").stdout)
     assert document["run"] == {"global_step": 2, "max_steps": 4, "finished": False}
     assert "the run finished" not in run_cli("diagnose", finished_run).stdout
+
+
+def test_a_finished_run_resumed_as_it_is_runs_one_more_step(finished_run):
+    """The oracle for the verdict's and CFG011's wording: transformers does not stop at once."""
+    from resumedoctor.demo import train_demo_run
+
+    (finished_run / "model.safetensors").unlink()
+    train_demo_run(finished_run, max_steps=4, save_steps=2, resume_from_checkpoint=True)
+    import json
+
+    state = json.loads((finished_run / "checkpoint-5" / "trainer_state.json").read_text())
+    assert state["global_step"] == 5 and state["max_steps"] == 4

@@ -84,7 +84,8 @@ def _verdict_line(report: Report, resume: str) -> Text:
     progress = report.progress
     if progress is not None and progress.finished:
         return Text(f"✔ Safe to resume from {resume}: the run finished there (global step {progress.global_step} "
-                    f"of max_steps {progress.max_steps}); raise max_steps to train longer.", style="bold green")
+                    f"of max_steps {progress.max_steps}); raise max_steps to train longer (with the same max_steps a resume "
+                    "still runs one more step).", style="bold green")
     return Text(f"✔ Safe to resume from {resume}.", style="bold green")
 
 
