@@ -101,8 +101,41 @@ def plan_fixes(ctx: RunContext, report: Report, registry: Registry, *, unsafe: b
                 result.planned.append(PlannedFix(finding, fixer, stamped))
                 break
             result.not_applicable.append((finding, fixer))
-    result.operations = merge_operations([op for plan in result.planned for op in plan.operations])
+    result.operations = merge_operations(with_seals_updated([op for plan in result.planned for op in plan.operations]))
     return result
+
+
+def with_seals_updated(operations: list[Operation]) -> list[Operation]:
+    """The operations, plus a new seal for every sealed checkpoint a write changes.
+
+    A safe fix of a sealed file (trainer_state.json's global_step, say) must not turn into a seal
+    mismatch (CKPT029): the seal is rewritten with the fixed file's size and hash, and names the fix.
+    """
+    from resumedoctor.seal import SEAL_FILE, new_hasher, read_seal, seal_bytes
+
+    by_folder: dict[Path, list[WriteFile]] = {}
+    for op in operations:
+        if isinstance(op, WriteFile) and op.path.name != SEAL_FILE and (op.path.parent / SEAL_FILE).is_file():
+            by_folder.setdefault(op.path.parent, []).append(op)
+    added: list[Operation] = []
+    for folder, writes in by_folder.items():
+        try:
+            seal = read_seal(folder)
+        except ValueError:
+            continue  # an unreadable seal is its own finding (CKPT031)
+        for write in writes:
+            hasher = new_hasher(seal["hash"])
+            hasher.update(write.content)
+            seal["files"][write.path.name] = {"size": len(write.content), seal["hash"]: hasher.hexdigest()}
+            if write.path.name == "curriculum_state.json":
+                import hashlib
+
+                seal["curriculum_sha256"] = hashlib.sha256(write.content).hexdigest()
+        seal["edited_by_fix"] = sorted({*seal.get("edited_by_fix", []), *(w.path.name for w in writes)})
+        added.append(WriteFile(folder / SEAL_FILE, seal_bytes(seal), "the seal follows the fixed file(s): "
+                               + ", ".join(sorted(w.path.name for w in writes)), code=writes[0].code,
+                               fixer=writes[0].fixer))
+    return [*operations, *added]
 
 
 def changes_nothing(operation: Operation) -> bool:

@@ -4,6 +4,7 @@ whole seal per checkpoint."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -326,3 +327,35 @@ def test_seal_sizes_are_written_before_the_save_returns(tmp_path):
         assert codes(deep) == ["CKPT032"]
     else:
         assert deep.findings == ()
+
+
+def test_a_safe_fix_of_a_sealed_file_keeps_the_seal_true(sealed_copy):
+    """CKPT017's fix rewrites trainer_state.json of a sealed checkpoint: the seal follows, no CKPT029 appears."""
+    folder = sealed_copy / "checkpoint-6"
+    state = json.loads((folder / "trainer_state.json").read_text())
+    state["best_model_checkpoint"] = str(sealed_copy / "checkpoint-99")  # saved so, and sealed so
+    (folder / "trainer_state.json").write_text(json.dumps(state, indent=2))
+    (folder / SEAL_FILE).write_bytes(seal_with_size(folder, "trainer_state.json"))
+    deep = Options(deep=True)
+    assert codes(diagnose(sealed_copy, settings=Settings(select=("CKPT",)), options=deep)) == ["CKPT017"]
+    before = {name: (folder / name).read_bytes() for name in ("trainer_state.json", SEAL_FILE)}
+
+    fix(sealed_copy, settings=Settings(select=("CKPT",)))
+    after = diagnose(sealed_copy, settings=Settings(select=("CKPT",)), options=deep)
+    assert after.findings == (), [f.message for f in after.findings]
+    assert read_seal(folder)["edited_by_fix"] == ["trainer_state.json"]
+    assert verify(folder, read_seal(folder), deep=True) == []
+    undo(sealed_copy)
+    assert {name: (folder / name).read_bytes() for name in before} == before
+
+
+def seal_with_size(folder, name: str) -> bytes:
+    """The checkpoint's seal with one file's entry recomputed (as if the edit had been sealed)."""
+    from resumedoctor.seal import new_hasher, seal_bytes
+
+    seal = read_seal(folder)
+    hasher = new_hasher(seal["hash"])
+    content = (folder / name).read_bytes()
+    hasher.update(content)
+    seal["files"][name] = {"size": len(content), seal["hash"]: hasher.hexdigest()}
+    return seal_bytes(seal)
