@@ -125,7 +125,9 @@ MODEL_ONLY = Rule(
     "CKPT012", "model-only-checkpoint", WARNING,
     "The checkpoint holds no optimizer, scheduler or RNG state (save_only_model).",
     "A resume from it starts a fresh optimizer (Adam moments at zero), restarts the learning-rate "
-    "warmup and reseeds the data order: the loss curve jumps and the run is not the one you paused.",
+    "schedule at its first step (the full learning rate again) and draws fresh random numbers (dropout, "
+    "sampling); the data position still follows global_step. The loss curve jumps and the run is not the "
+    "one you paused.",
 )
 TRAINER_STATE_INVALID = Rule(
     "CKPT013", "trainer-state-invalid", ERROR,
@@ -655,7 +657,7 @@ class CheckpointInspector:
             if not any(present.values()):
                 yield self.finding(
                     MODEL_ONLY,
-                    "no optimizer.pt, scheduler.pt or rng_state.pth: a resume restarts the optimizer, the LR schedule and the data order",
+                    "no optimizer.pt, scheduler.pt or rng_state.pth: a resume restarts the optimizer, the LR schedule and the random state",
                     hint="expected with save_only_model=True; otherwise the save lost its training state",
                 )
                 return
@@ -796,13 +798,15 @@ class CheckpointInspector:
             return
         global_step = state["global_step"]
         step = checkpoint_step(self.folder)
+        mismatch = None
         if step is not None and global_step != step:
-            yield self.finding(
+            mismatch = self.finding(
                 GLOBAL_STEP_MISMATCH,
                 f"trainer_state.json says global_step {global_step}, the folder says {step}",
                 path,
                 hint="fix --auto restores global_step when log_history agrees with the folder name",
             )
+            yield mismatch
         history = state.get("log_history") or []
         steps = [entry["step"] for entry in history if isinstance(entry, dict) and isinstance(entry.get("step"), int)]
         backwards = [(a, b) for a, b in zip(steps, steps[1:]) if b < a]
@@ -811,7 +815,11 @@ class CheckpointInspector:
             yield self.finding(LOG_HISTORY_ORDER, f"log_history goes back from step {a} to step {b} ({len(backwards)} times)", path)
         ahead = [s for s in steps if s > global_step]
         if ahead:
-            yield self.finding(LOG_HISTORY_AHEAD, f"log_history has {len(ahead)} entries after global_step {global_step} (up to step {max(ahead)})", path)
+            finding = self.finding(LOG_HISTORY_AHEAD, f"log_history has {len(ahead)} entries after global_step "
+                                   f"{global_step} (up to step {max(ahead)})", path)
+            if mismatch is not None and max(ahead) <= (step or 0):  # a wrong global_step, not a wrong history
+                finding.extra["caused_by"] = [mismatch]
+            yield finding
         best = state.get("best_model_checkpoint")
         if isinstance(best, str) and best:
             best_path = Path(best)

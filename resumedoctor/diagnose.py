@@ -86,6 +86,9 @@ def fix_info_for(registry: Registry, code: str) -> FixInfo | None:
     return FixInfo(fixer.safety, fixer.description)
 
 
+CAUSED = "fixed by the safe fixes of its cause"
+
+
 def fix_info_of(registry: Registry, finding: Finding, ctx: RunContext) -> FixInfo | None:
     """What `fix` will really do about this finding, asked of the fixers in the order `fix` asks them.
 
@@ -96,11 +99,12 @@ def fix_info_of(registry: Registry, finding: Finding, ctx: RunContext) -> FixInf
     this finding is not offered.
     """
     causes = finding.extra.get("caused_by") or []
-    cause_fixes = [fix_info_for(registry, cause.code) for cause in causes]
+    cause_fixes = [fix_info_of(registry, cause, ctx) for cause in causes]
     if causes and all(info is not None and info.safety is FixSafety.SAFE for info in cause_fixes):
         repaired = ", ".join(sorted({cause.code for cause in causes}))
-        return FixInfo(FixSafety.SAFE, f"fixed by the safe fixes of its cause ({repaired}): "
-                       + "; ".join(sorted({info.description for info in cause_fixes})))
+        return FixInfo(FixSafety.SAFE, f"{CAUSED} ({repaired}): "
+                       + "; ".join(sorted({info.description.split("): ", 1)[-1] if info.description.startswith(CAUSED)
+                                           else info.description for info in cause_fixes})))
     fixers = registry.fixers_for(finding.code)
     for fixer in sorted(fixers, key=lambda f: f.safety is not FixSafety.SAFE):
         if fixer.plan is not None and _plans_a_change(fixer, ctx, finding):

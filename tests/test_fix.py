@@ -299,3 +299,17 @@ def test_select_limits_what_is_fixed(damaged_run):
     assert (damaged_run / "checkpoint-6").is_dir()
     assert document["report"]["findings"] == []  # only CKPT021 was selected, and it is fixed
     assert len(document["transactions"]) == 1
+
+
+def test_a_wrong_global_step_is_repaired_by_auto_alone(full_run):
+    """CKPT014 makes log_history look ahead (CKPT016) and the checkpoint unusable (CKPT018): all from one cause."""
+    path = full_run / "checkpoint-6" / "trainer_state.json"
+    state = json.loads(path.read_text())
+    state["global_step"] = 0
+    path.write_text(json.dumps(state))
+    report = diagnose(full_run, settings=Settings())
+    assert {f.code: f.fix.safety.value for f in report.findings if f.severity.value == "error"} == {
+        "CKPT014": "safe", "CKPT016": "safe", "CKPT018": "safe"}
+    result = fix(full_run, settings=Settings())
+    assert result.after.exit_code == 0 and (full_run / "checkpoint-6").is_dir()
+    assert json.loads(path.read_text())["global_step"] == 6
