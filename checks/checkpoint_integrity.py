@@ -32,6 +32,7 @@ from resumedoctor.seal import (
     verify,
 )
 from resumedoctor.target import (
+    CHECKPOINT_NAME,
     TMP_CHECKPOINT_NAME,
     TargetError,
     checkpoint_step,
@@ -39,6 +40,8 @@ from resumedoctor.target import (
 )
 
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
+# transformers.trainer_utils.sort_checkpoints: `checkpoint-*` folders, ordered by the number after the prefix.
+ROTATION_NAME = re.compile(r"^checkpoint-([0-9]+)")
 
 TRAINER_STATE_MISSING = Rule(
     "CKPT001", "trainer-state-missing", ERROR,
@@ -294,6 +297,15 @@ SEALING_STOPPED = Rule(
     "are checked like any unsealed one; `resumedoctor seal` seals them after the fact.",
 )
 
+ROTATED_LOOKALIKE = Rule(
+    "CKPT036", "rotation-deletes-lookalike", WARNING,
+    "A folder such as checkpoint-6.bak is a checkpoint to transformers' rotation.",
+    "transformers' rotation (save_total_limit) lists `checkpoint-*` folders and orders them by the first "
+    "number after `checkpoint-`: a backup named checkpoint-6.bak or checkpoint-6-old is counted and "
+    "deleted like any old checkpoint, while resume_from_checkpoint=True never picks it. Move backups "
+    "out of the output_dir, or name them without the `checkpoint-` prefix.",
+)
+
 RULES = (
     TRAINER_STATE_MISSING, WEIGHTS_MISSING, SAFETENSORS_SIZE, SAFETENSORS_HEADER, SHARD_MISSING,
     SHARD_INDEX_INCOMPLETE, SHARD_INDEX_MISSING, SHARD_INDEX_INVALID, ARCHIVE_DAMAGED,
@@ -302,7 +314,7 @@ RULES = (
     RESUME_TARGET_UNUSABLE, OLDER_CHECKPOINT_UNUSABLE, NO_CHECKPOINT, TMP_CHECKPOINT_DEBRIS,
     NON_FINITE_WEIGHTS, ADAPTER_CONFIG_INVALID, DEEPSPEED_INCOMPLETE, LEGACY_PICKLE,
     MODEL_CONFIG_INVALID, FILE_UNREADABLE, TRAINING_ARGS_UNSAFE, SEAL_MISMATCH, UNSEALED_SAVE, SEAL_INVALID,
-    SEAL_WITHOUT_HASHES, SHARDED_STATE_INCOMPLETE, SEAL_INTERRUPTED, SEALING_STOPPED,
+    SEAL_WITHOUT_HASHES, SHARDED_STATE_INCOMPLETE, SEAL_INTERRUPTED, SEALING_STOPPED, ROTATED_LOOKALIKE,
 )
 # Findings that mean a file of the save is missing or damaged (not merely inconsistent state).
 WHOLENESS_CODES = frozenset({
@@ -957,9 +969,16 @@ def check_output_dir(ctx: RunContext) -> Iterator[Finding]:
             )
             debris.extra["checkpoint"] = str(entry)
             yield debris
+        elif entry.is_dir() and ROTATION_NAME.match(entry.name) and not CHECKPOINT_NAME.match(entry.name):
+            yield ROTATED_LOOKALIKE.finding(
+                f"{entry.name} counts as checkpoint {ROTATION_NAME.match(entry.name).group(1)} to transformers' rotation: "
+                "with save_total_limit it is deleted like an old checkpoint", path=str(entry),
+                hint=f"move {entry.name} out of {target.output_dir}")
     if not target.checkpoints:
         final = f" (only the final model: {', '.join(target.final_model)})" if target.finished else ""
-        yield NO_CHECKPOINT.finding(f"{target.output_dir} holds no checkpoint-N folder{final}",
+        nested = _runs_inside(target.output_dir)
+        meant = f"; did you mean {' or '.join(str(run) for run in nested)}?" if nested else ""
+        yield NO_CHECKPOINT.finding(f"{target.output_dir} holds no checkpoint-N folder{final}{meant}",
                                     path=str(target.output_dir))
         return
     per_checkpoint = {folder: inspect_checkpoint(ctx, folder) for folder in target.checkpoints}
@@ -986,6 +1005,20 @@ def check_output_dir(ctx: RunContext) -> Iterator[Finding]:
                              caused_by=newest_errors)
         yield finding
     yield from _unusable_others(ctx, per_checkpoint, newest)
+
+
+def _runs_inside(folder: Path, most: int = 3) -> list[Path]:
+    """Subfolders that hold checkpoint-N folders: the output_dir one level down that PATH probably meant."""
+    found = []
+    for entry in sorted(folder.iterdir()):
+        try:
+            if entry.is_dir() and not entry.is_symlink() and any(CHECKPOINT_NAME.match(n) for n in os.listdir(entry)):
+                found.append(entry)
+        except OSError:
+            continue
+        if len(found) == most:
+            break
+    return found
 
 
 def _pinned_by_recipe(ctx: RunContext) -> Path | None:

@@ -232,10 +232,12 @@ def env(path: Path, wandb_dir: Path | None) -> int:
 @click.option("--wandb-dir", type=click.Path(path_type=Path), help="Where the run's wandb/ folder is.")
 @_codes_option("--select", "Only these codes or prefixes gate the launch (as diagnose --select).")
 @_codes_option("--ignore", "Skip these codes or prefixes.")
+@click.option("--settings", "settings_file", type=click.Path(path_type=Path), help="Settings file.")
 @click.option("--deep", is_flag=True, help="Gate with the --deep checks too (tensor data, zip CRCs, seal hashes).")
 @click.argument("recipe_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- TRL OVERRIDES]")
 def launch(recipe: Path, apply_fixes: bool, unsafe: bool, dry_run: bool, wandb_dir: Path | None,
-           select: str | None, ignore: str | None, deep: bool, recipe_args: tuple[str, ...]) -> int:
+           select: str | None, ignore: str | None, settings_file: Path | None, deep: bool,
+           recipe_args: tuple[str, ...]) -> int:
     """Run every check, then GRPO training through TRL from the right checkpoint and W&B step."""
     from resumedoctor.launcher import (
         LaunchError,
@@ -252,7 +254,7 @@ def launch(recipe: Path, apply_fixes: bool, unsafe: bool, dry_run: bool, wandb_d
     try:
         plan, report = prepare(recipe, recipe_args, fix=apply_fixes, unsafe=unsafe, dry_run=dry_run, wandb_dir=wandb_dir,
                                deep=deep,
-                               settings_for=lambda output_dir: _settings_for(output_dir, None, select, ignore, registry))
+                               settings_for=lambda output_dir: _settings_for(output_dir, settings_file, select, ignore, registry))
     except LaunchError as exc:
         raise UserFacingError(exc.reason) from None
     color = sys.stdout.isatty() and "NO_COLOR" not in os.environ

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 from pathlib import Path
 
@@ -616,3 +617,21 @@ def test_real_deepspeed_save(deepspeed_save, tmp_path):
     # The oracle: DeepSpeed itself cannot resume from it.
     resumed = run_deepspeed(deepspeed_save["script"], lost, 4)
     assert resumed.returncode != 0 and "zero_pp_rank_1_mp_rank_00_optim_states.pt" in resumed.stderr
+
+
+def test_a_backup_named_like_a_checkpoint_is_warned_about_rotation(full_run):
+    from transformers.trainer_utils import get_last_checkpoint, sort_checkpoints
+
+    shutil.copytree(full_run / "checkpoint-2", full_run / "checkpoint-2.bak")
+    # The oracle: rotation counts the backup (and would delete it), resume never picks it.
+    assert str(full_run / "checkpoint-2.bak") in sort_checkpoints(str(full_run))
+    assert get_last_checkpoint(str(full_run)) == str(full_run / "checkpoint-6")
+    report = diagnose(full_run, settings=Settings())
+    found = by_code(report, "CKPT036")
+    assert len(found) == 1 and found[0].severity.value == "warning" and "checkpoint 2" in found[0].message
+    assert report.exit_code == 0
+
+
+def test_the_parent_of_an_output_dir_suggests_it(full_run):
+    report = diagnose(full_run.parent, settings=Settings())
+    assert codes(report) == ["CKPT020"] and f"did you mean {full_run}?" in report.findings[0].message
