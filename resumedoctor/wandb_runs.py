@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from resumedoctor.context import JsonFileError, RunContext
-from resumedoctor.target import state_dir
+from resumedoctor.target import checkpoint_step, state_dir
 from resumedoctor.wandb_log import RUN_FOLDER, RunLog, WandbLogError, read_run_log
 
 DECISION_FILE = "wandb.json"
@@ -166,6 +166,18 @@ class LocalRuns:
                 if isinstance(log.config.get("output_dir"), str) and log.config["output_dir"]]
 
 
+def _could_have_written(match: RunMatch, checkpoints: tuple[Path, ...]) -> bool:
+    """A run matched by its folder name alone must have logged up to the checkpoints it is to continue.
+
+    A crash loses at most the logs after the newest save, so the run's logged steps reach the
+    second-newest checkpoint at least; a run that stopped logging long before is another run's.
+    """
+    steps = sorted(step for step in (checkpoint_step(c) for c in checkpoints) if step is not None)
+    if len(steps) < 2:
+        return True
+    return (match.max_global_step or 0) >= steps[-2]
+
+
 def find_runs(ctx: RunContext) -> LocalRuns:
     """Every local run, and the ones whose logged config names this output_dir."""
     unreadable: list[tuple[Path, str]] = []
@@ -211,7 +223,7 @@ def find_runs(ctx: RunContext) -> LocalRuns:
                              ambiguous=sorted(match.run_id for match in matches))
     if not matches:
         # The output_dir was moved (another disk, another machine): its name alone decides, if unambiguous.
-        by_name = matching(by_name=True)
+        by_name = [match for match in matching(by_name=True) if _could_have_written(match, ctx.target.checkpoints)]
         matches = by_name if len(by_name) == 1 else []
     matches.sort(key=lambda match: match.newest.path.parent.name.split("-")[-2])
     return LocalRuns(matches, unreadable, {run_id: [log for _, log, _ in entries] for run_id, entries in by_id.items()})

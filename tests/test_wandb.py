@@ -363,3 +363,22 @@ def test_a_relative_output_dir_in_a_shared_wandb_folder_is_not_guessed(full_run,
     rendered = shell_environment(moved, wandb_dir=shared, environ={}).render()
     exports = [line for line in rendered.splitlines() if not line.startswith("#")]
     assert not [line for line in exports if "WANDB_FORK_FROM" in line or "WANDB_RUN_ID" in line], rendered
+
+
+def test_a_name_alone_does_not_match_a_run_that_stopped_logging_long_before(wandb_world, tmp_path):
+    """Another experiment's folder, also named like the logged one, with checkpoints the run never logged."""
+    other = tmp_path / "expB" / wandb_world["output_dir"].name
+    shutil.copytree(wandb_world["output_dir"], other, ignore=shutil.ignore_patterns("wandb"))
+    for step in (8, 10):
+        shutil.copytree(other / "checkpoint-6", other / f"checkpoint-{step}")
+        path = other / f"checkpoint-{step}" / "trainer_state.json"
+        state = json.loads(path.read_text())
+        state.update(global_step=step, max_steps=10)
+        path.write_text(json.dumps(state))
+    report = run_diagnosis(other, wandb_world)
+    assert not [f for f in report.findings if f.extra.get("decision") is not None], [f.message for f in report.findings]
+    # The same folder name with the run's own checkpoints is the moved run, and still matches.
+    moved = tmp_path / "moved" / wandb_world["output_dir"].name
+    shutil.copytree(wandb_world["output_dir"], moved, ignore=shutil.ignore_patterns("wandb"))
+    shutil.rmtree(moved / "checkpoint-6")
+    assert [f for f in run_diagnosis(moved, wandb_world).findings if f.extra.get("decision") is not None]
