@@ -115,9 +115,17 @@ RECIPE_NOT_CHECKED = Rule(
     "judged; a TRL that does not import here will not train here either.",
 )
 
+DATASET_FILE_NAME = Rule(
+    "LEN013", "dataset-name-is-a-file", WARNING,
+    "dataset_name is a data file: `trl grpo` cannot load it, `resumedoctor launch` can.",
+    "TRL's script calls datasets.load_dataset(dataset_name), which takes a hub id or a folder, not a file "
+    "(`Couldn't find any data file`, after the GPUs are allocated). `resumedoctor launch` loads a local "
+    "file itself. For `trl grpo`, put the file in a folder and name the folder.",
+)
+
 RULES = (RECIPE_INVALID, UNKNOWN_KEY, REMOVED_KEY, COMPLETION_EXCEEDS_WINDOW, PROMPTS_EXCEED_WINDOW,
          DATASET_UNAVAILABLE, GENERATION_BATCH_INDIVISIBLE, GENERATION_BATCH_AND_STEPS, NOT_MEASURED,
-         BUDGET_CHANGED, IMPORT_NOT_FOUND, RECIPE_NOT_CHECKED)
+         BUDGET_CHANGED, IMPORT_NOT_FOUND, RECIPE_NOT_CHECKED, DATASET_FILE_NAME)
 
 
 
@@ -216,6 +224,10 @@ def run(ctx: RunContext) -> Iterator[Finding]:
     if not Path(dataset).expanduser().exists():
         yield DATASET_UNAVAILABLE.finding(f"dataset_name {dataset!r} does not exist", path=recipe_path)
         return
+    if Path(dataset).expanduser().is_file() and not ctx.options.launching:
+        yield DATASET_FILE_NAME.finding(f"dataset_name {dataset!r} is a file: `trl grpo` fails to load it "
+                                        "(datasets.load_dataset takes a folder or a hub id)", path=recipe_path,
+                                        hint="put the file alone in a folder and name the folder, or start with resumedoctor launch")
     try:
         lengths = measure_prompts(ctx, recipe, folder)
     except DatasetError as exc:

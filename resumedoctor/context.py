@@ -68,6 +68,7 @@ class Options:
     recipe_args: tuple[str, ...] = ()  # TRL command-line overrides of the recipe (after `--`)
     strategy: str | None = None  # how `fix` re-allocates a length budget
     create_fresh: bool = False  # `fix --create-fresh`: rebuild curriculum state by replaying log_history
+    launching: bool = False  # the checks gate `resumedoctor launch` (which loads local dataset files itself)
 
 
 class RunContext:

@@ -124,7 +124,7 @@ def prepare(recipe_path: Path, recipe_args: tuple[str, ...] = (), *, fix: bool =
     output_dir = Path(str(output)).expanduser()
     _output_target(output_dir)  # a file, or an unreadable folder: one line, exit 2
     settings = settings_for(output_dir) if settings_for else find_settings(output_dir, Path.cwd())
-    options = Options(recipe=recipe_path, recipe_args=recipe_args, wandb_dir=wandb_dir, deep=deep)
+    options = Options(recipe=recipe_path, recipe_args=recipe_args, wandb_dir=wandb_dir, deep=deep, launching=True)
     plan = LaunchPlan(recipe_path, recipe_args, output_dir, None, curriculum=section.get("curriculum"),
                       callbacks=list(section.get("callbacks") or []))
 
@@ -160,7 +160,7 @@ def prepare(recipe_path: Path, recipe_args: tuple[str, ...] = (), *, fix: bool =
     elif isinstance(explicit, str):
         checkpoint = Path(explicit)
     plan.recipe_args, plan.checkpoint = recipe_args, checkpoint
-    options = Options(recipe=recipe_path, recipe_args=recipe_args, wandb_dir=wandb_dir, deep=deep)
+    options = Options(recipe=recipe_path, recipe_args=recipe_args, wandb_dir=wandb_dir, deep=deep, launching=True)
 
     if reports_to_wandb(recipe.resolve("report_to").value):
         if output_dir.exists():

@@ -533,3 +533,24 @@ def test_a_helper_that_prints_no_json_or_cannot_start(monkeypatch):
     monkeypatch.setenv("RESUMEDOCTOR_HELPER_TIMEOUT", "soon")
     with pytest.raises(HelperError, match="is not a number of seconds"):
         run_json("this", {})
+
+
+def test_a_dataset_file_is_a_warning_for_trl_grpo_not_for_launch(budget_run, tmp_path):
+    import datasets
+
+    from resumedoctor.launcher import prepare
+
+    recipe = budget_run["recipe"]()
+    dataset = budget_run["dataset"]
+    with pytest.raises(FileNotFoundError):  # the oracle: what `trl grpo` calls
+        datasets.load_dataset(str(dataset))
+    found = [f for f in len_report(budget_run, recipe).findings if f.code == "LEN013"]
+    assert len(found) == 1 and found[0].severity.value == "warning"
+    alone = tmp_path / "prompts"
+    alone.mkdir()
+    shutil.copy(dataset, alone / dataset.name)
+    datasets.load_dataset(str(alone))  # a folder holding the file loads
+    folder = budget_run["recipe"](dataset_name=str(alone))
+    assert "LEN013" not in [f.code for f in len_report(budget_run, folder).findings]
+    _, report = prepare(recipe, dry_run=True, environ={})
+    assert "LEN013" not in [f.code for f in report.findings]  # launch loads the file itself
