@@ -215,12 +215,14 @@ def undo(path: Path, everything: bool) -> int:
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--wandb-dir", type=click.Path(path_type=Path), help="Where the run's wandb/ folder is.")
-def env(path: Path, wandb_dir: Path | None) -> int:
+@click.option("--config", "recipe", type=click.Path(path_type=Path),
+              help="TRL recipe of the next start: its resume_from_checkpoint decides the checkpoint.")
+def env(path: Path, wandb_dir: Path | None, recipe: Path | None) -> int:
     """Print shell lines for `eval "$(resumedoctor env OUT)"`: the W&B run to log to, stale variables unset."""
     from resumedoctor.shell_env import shell_environment
 
-    _check_inputs(path, None)
-    click.echo(shell_environment(path, wandb_dir=wandb_dir).render(), nl=False)
+    _check_inputs(path, recipe)
+    click.echo(shell_environment(path, wandb_dir=wandb_dir, recipe=recipe).render(), nl=False)
     return 0
 
 

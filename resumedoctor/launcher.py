@@ -164,7 +164,7 @@ def prepare(recipe_path: Path, recipe_args: tuple[str, ...] = (), *, fix: bool =
 
     if reports_to_wandb(recipe.resolve("report_to").value):
         if output_dir.exists():
-            environment = shell_environment(output_dir, wandb_dir=wandb_dir, environ=environ)
+            environment = shell_environment(output_dir, wandb_dir=wandb_dir, environ=environ, recipe=recipe_path)
             plan.env_lines, comments = environment.lines, environment.comments
         else:
             plan.env_lines, comments = _fresh_wandb_environment(environ)

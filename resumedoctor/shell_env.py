@@ -27,14 +27,14 @@ class ShellEnvironment:
 
 
 def shell_environment(path: str | os.PathLike, *, wandb_dir: Path | None = None,
-                      environ: Mapping[str, str] | None = None) -> ShellEnvironment:
+                      environ: Mapping[str, str] | None = None, recipe: Path | None = None) -> ShellEnvironment:
     """Decide the W&B identity of the next start (the recorded decision when it still fits)."""
     import importlib.util
 
     from resumedoctor.diagnose import new_context
 
     target = resolve_target(path)
-    ctx = new_context(target, Settings(), Options(wandb_dir=wandb_dir), environ)
+    ctx = new_context(target, Settings(), Options(wandb_dir=wandb_dir, recipe=recipe), environ)
     # The checkpoint the resume really starts from (the newest usable one): the same plan as diagnose and fix.
     checkpoint = ctx.resume_point()
     result = ShellEnvironment(str(target.path), checkpoint.name if checkpoint else None)

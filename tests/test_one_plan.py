@@ -94,3 +94,18 @@ def test_a_recipe_pinned_to_a_usable_checkpoint_is_not_blocked_by_a_broken_newer
     # Without the pin, resume_from_checkpoint=True picks the broken checkpoint-6: an error.
     unpinned = diagnose(full_run, settings=Settings(select=("CKPT",)), environ={})
     assert "CKPT018" in [f.code for f in unpinned.findings] and unpinned.exit_code == 1
+
+
+def test_env_with_the_recipe_follows_a_rollback_the_recipe_asks_for(wandb_world, tmp_path):
+    """The recipe resumes checkpoint-4 of a run logged up to step 6: env must fork, as diagnose decides."""
+    run = _copy(wandb_world, tmp_path)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE.format(output_dir=run, resume=run / "checkpoint-4"))
+    options = Options(recipe=recipe, wandb_dir=wandb_world["wandb_dir"])
+    decision = _decision_of(diagnose(run, settings=Settings(select=("WANDB",)), options=options, environ={}))
+    assert (decision.checkpoint, decision.mode) == ("checkpoint-4", "fork")
+    with_recipe = run_cli("env", run, "--wandb-dir", wandb_world["wandb_dir"], "--config", recipe,
+                          env={"WANDB_RUN_ID": ""})
+    assert f"WANDB_FORK_FROM='{wandb_world['run_id']}?_step={decision.step}'" in with_recipe.stdout
+    without = run_cli("env", run, "--wandb-dir", wandb_world["wandb_dir"], env={"WANDB_RUN_ID": ""})
+    assert "-> checkpoint-6" in without.stdout.splitlines()[0]  # resume_from_checkpoint=True's pick
