@@ -372,6 +372,10 @@ load_fsdp_optimizer(plugin, state, resumed_optimizer, resumed, str(checkpoint))
 for (name, saved), loaded in zip(model.state_dict().items(), resumed.state_dict().values()):
     assert torch.equal(saved.full_tensor(), loaded.full_tensor()), name
 assert resumed_optimizer.state_dict()["state"], "the optimizer state was not loaded"
+# gloo's threads must stop before the interpreter does: left to exit, a rank can abort at random
+# ("terminate called without an active exception", SIGABRT) after all the work above succeeded.
+state.wait_for_everyone()
+torch.distributed.destroy_process_group()
 """
 
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import codes
+from conftest import GRPO_RECIPE, codes
 
 from resumedoctor.context import Options
 from resumedoctor.diagnose import diagnose
@@ -179,23 +179,7 @@ def test_launch_accepts_the_crashed_run_when_it_adds_the_curriculum(killed_run, 
     assert live(killed_run)["global_step"] == 5  # a dry run changes nothing
 
 
-LAUNCH_RECIPE = """\
-model_name_or_path: {model}
-dataset_name: {dataset}
-reward_funcs: [resumedoctor.demo.length_reward]
-output_dir: {output_dir}
-use_cpu: true
-bf16: false
-max_steps: 8
-save_steps: 2
-logging_steps: 1
-per_device_train_batch_size: 4
-num_generations: 4
-max_completion_length: 8
-learning_rate: 1.0e-3
-seed: 0
-disable_tqdm: true
-"""
+LAUNCH_RECIPE = GRPO_RECIPE.replace("{max_steps}", "8") + "disable_tqdm: true\n"
 
 
 def test_sparse_logging_leaves_the_live_state_behind_and_that_is_no_error(curriculum_runs, tmp_path):

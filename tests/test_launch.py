@@ -16,31 +16,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import GRPO_RECIPE
 
 from resumedoctor.wandb_log import read_run_log
 
 TESTS = Path(__file__).resolve().parent
 
-RECIPE = """\
-# GRPO on the tiny local model
-model_name_or_path: {model}
-dataset_name: {dataset}
-reward_funcs: [resumedoctor.demo.length_reward]
-output_dir: {output_dir}
-use_cpu: true
-bf16: false
-max_steps: 8
-save_steps: 2
-logging_steps: 1
-per_device_train_batch_size: 4
-num_generations: 4
-max_completion_length: 8
-learning_rate: 1.0e-3
-seed: 0
-report_to: wandb
-resumedoctor:
-  callbacks: [launch_helpers.KillAfterSave]
-{extra}"""
+RECIPE = ("# GRPO on the tiny local model\n" + GRPO_RECIPE.replace("{max_steps}", "8")
+          + "report_to: wandb\nresumedoctor:\n  callbacks: [launch_helpers.KillAfterSave]\n{extra}")
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import codes, run_cli
+from conftest import GRPO_RECIPE, codes, run_cli
 from lifecycle_helpers import (
     MAX_STEPS,
     SAVE_STEP,
@@ -151,23 +151,7 @@ def point(kills: dict, label: str) -> KillPoint:
     return next(p for p in kills["points"] if p.label == label)
 
 
-RECIPE = """\
-model_name_or_path: {model}
-dataset_name: {dataset}
-reward_funcs: [resumedoctor.demo.length_reward]
-output_dir: {output_dir}
-use_cpu: true
-bf16: false
-max_steps: {max_steps}
-save_steps: 2
-logging_steps: 1
-per_device_train_batch_size: 4
-num_generations: 4
-max_completion_length: 8
-learning_rate: 1.0e-3
-seed: 0
-report_to: wandb
-{extra}"""
+RECIPE = GRPO_RECIPE + "report_to: wandb\n{extra}"
 FINISHED_STEPS, EXTENDED_STEPS = 6, 10
 
 
