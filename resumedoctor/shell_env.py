@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +21,20 @@ class ShellEnvironment:
     lines: list = field(default_factory=list)  # EnvLine
 
     def render(self) -> str:
-        out = [f"# resumedoctor env: {self.target} -> {self.checkpoint or 'no checkpoint'}"]
-        out += [f"# {comment}" for comment in self.comments]
+        out = [comment_line(f"resumedoctor env: {self.target} -> {self.checkpoint or 'no checkpoint'}")]
+        out += [comment_line(comment) for comment in self.comments]
         out += [line.render() for line in self.lines]
         return "\n".join(out) + "\n"
+
+
+def comment_line(text: str) -> str:
+    """`# text` that stays one shell comment whatever the text holds.
+
+    Comments quote run ids, paths and folder names read from the output_dir (untrusted): a newline in
+    one would end the comment and start a command under `eval "$(resumedoctor env OUT)"`. Every control
+    character (and Unicode's line and paragraph separators) becomes `?`.
+    """
+    return "# " + "".join("?" if unicodedata.category(ch) == "Cc" or ch in "\u2028\u2029\x85" else ch for ch in text)
 
 
 def shell_environment(path: str | os.PathLike, *, wandb_dir: Path | None = None,

@@ -326,7 +326,9 @@ class EnvLine:
     value: str | None = None  # None: unset
 
     def render(self) -> str:
-        return f"{self.text}  # {self.why}"
+        from resumedoctor.shell_env import comment_line
+
+        return f"{self.text}  {comment_line(self.why)}"  # the value is shlex-quoted; the comment is made one line
 
     def apply(self, environ: dict[str, str]) -> None:
         """What `eval` of this line does to an environment."""
