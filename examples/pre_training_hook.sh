@@ -21,12 +21,12 @@ for ((i = 0; i < ${#args[@]}; i++)); do
     esac
 done
 
-if ! resumedoctor diagnose "$OUT" "${recipe[@]}"; then
+if ! resumedoctor diagnose "$OUT" ${recipe[@]+"${recipe[@]}"}; then
     echo "pre-training hook: not starting; see the report above (resumedoctor explain CODE)" >&2
     exit 1
 fi
 
 # W&B: continue the run, or fork it at the _step after the checkpoint; unset stale WANDB_* variables.
-eval "$(resumedoctor env "$OUT")"
+eval "$(resumedoctor env "$OUT" ${recipe[@]+"${recipe[@]}"})"
 
 exec "$@"
