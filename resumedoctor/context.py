@@ -170,9 +170,11 @@ class RunContext:
         checkpoint = self.resume_point() or self.target.checkpoint
         if checkpoint is None or not (Path(checkpoint) / "training_args.bin").is_file():
             return None
+        from resumedoctor.safe_pickle import PickleReadError, UnsafePickleError
+
         try:
             saved = self.training_args(Path(checkpoint) / "training_args.bin")
-        except Exception:  # noqa: BLE001 - unreadable or unsafe arguments are CKPT findings, not a verdict here
+        except (PickleReadError, UnsafePickleError, OSError):  # CKPT010/CKPT028 report them
             return None
         name = saved.get("__class__")
         return name if isinstance(name, str) else None

@@ -111,6 +111,8 @@ def with_seals_updated(operations: list[Operation]) -> list[Operation]:
     A safe fix of a sealed file (trainer_state.json's global_step, say) must not turn into a seal
     mismatch (CKPT029): the seal is rewritten with the fixed file's size and hash, and names the fix.
     """
+    import hashlib
+
     from resumedoctor.seal import SEAL_FILE, new_hasher, read_seal, seal_bytes
 
     by_folder: dict[Path, list[WriteFile]] = {}
@@ -128,8 +130,6 @@ def with_seals_updated(operations: list[Operation]) -> list[Operation]:
             hasher.update(write.content)
             seal["files"][write.path.name] = {"size": len(write.content), seal["hash"]: hasher.hexdigest()}
             if write.path.name == "curriculum_state.json":
-                import hashlib
-
                 seal["curriculum_sha256"] = hashlib.sha256(write.content).hexdigest()
         seal["edited_by_fix"] = sorted({*seal.get("edited_by_fix", []), *(w.path.name for w in writes)})
         added.append(WriteFile(folder / SEAL_FILE, seal_bytes(seal), "the seal follows the fixed file(s): "

@@ -83,14 +83,11 @@ def codes(report) -> list[str]:
 
 PROJECT = "resumedoctor-tests"
 
-# A GRPO recipe on the tiny local model, as `trl grpo --config` and `resumedoctor launch` take it.
-GRPO_RECIPE = """\
-model_name_or_path: {model}
-dataset_name: {dataset}
-reward_funcs: [resumedoctor.demo.length_reward]
-output_dir: {output_dir}
+# The tiny demo model's training arguments as recipe lines (max_steps left to fill in).
+TRAINING_ARGS = """\
 use_cpu: true
 bf16: false
+seed: 0
 max_steps: {max_steps}
 save_steps: 2
 logging_steps: 1
@@ -98,24 +95,19 @@ per_device_train_batch_size: 4
 num_generations: 4
 max_completion_length: 8
 learning_rate: 1.0e-3
-seed: 0
 """
+
+# A GRPO recipe on the tiny local model, as `trl grpo --config` and `resumedoctor launch` take it.
+GRPO_RECIPE = """\
+model_name_or_path: {model}
+dataset_name: {dataset}
+reward_funcs: [resumedoctor.demo.length_reward]
+output_dir: {output_dir}
+""" + TRAINING_ARGS
 
 # The demo run's own training arguments (resumedoctor.demo.train_demo_run's defaults) as recipe lines:
 # a recipe with exactly these resumes the session's runs without drift.
-DEMO_RUN_ARGS = """\
-use_cpu: true
-bf16: false
-seed: 0
-max_steps: 6
-save_steps: 2
-logging_steps: 1
-per_device_train_batch_size: 4
-num_generations: 4
-max_completion_length: 8
-learning_rate: 1.0e-3
-disable_tqdm: true
-"""
+DEMO_RUN_ARGS = TRAINING_ARGS.replace("{max_steps}", "6") + "disable_tqdm: true\n"
 
 
 def _offline_env(root: Path) -> dict[str, str]:

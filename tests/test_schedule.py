@@ -15,28 +15,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TRAINING_ARGS
 
 from resumedoctor.context import Options
 from resumedoctor.diagnose import diagnose
 from resumedoctor.fixing import fix
 from resumedoctor.settings import Settings
 
-RECIPE = """\
-# recipe of a 4-step demo run
-output_dir: {output_dir}
-use_cpu: true
-bf16: false
-seed: 0
-max_steps: {max_steps}
-save_steps: 2
-logging_steps: 1
-per_device_train_batch_size: 4
-num_generations: 4
-max_completion_length: 8
-learning_rate: {learning_rate}
-disable_tqdm: true
-resume_from_checkpoint: true
-{extra}"""
+RECIPE = ("# recipe of a 4-step demo run\noutput_dir: {output_dir}\n"
+          + TRAINING_ARGS.replace("learning_rate: 1.0e-3", "learning_rate: {learning_rate}")
+          + "disable_tqdm: true\nresume_from_checkpoint: true\n{extra}")
 
 
 def _resumed(run: Path, destination: Path, **overrides) -> Path:

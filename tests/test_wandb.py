@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT, run_cli
+from conftest import OTHER_RUN, PROJECT, run_cli
 
 from resumedoctor.context import Options
 from resumedoctor.diagnose import diagnose
@@ -256,7 +256,7 @@ def test_env_keeps_a_fresh_run_id_and_wandb_init_uses_it(wandb_world):
 @pytest.fixture
 def older_run_world(wandb_world, tmp_path) -> dict:
     """The demo run's wandb folder plus a later run of the same output_dir started without WANDB_RUN_ID."""
-    from conftest import OTHER_RUN, _offline_env
+    from conftest import _offline_env
 
     root = tmp_path / "world"
     shutil.copytree(wandb_world["wandb_dir"], root / "wandb", symlinks=True)
@@ -273,18 +273,6 @@ def test_older_run_of_this_output_dir_is_a_warning(older_run_world):
     assert f"its newest run is {older_run_world['later_id']}" in by_code(report, "WANDB003")[0].message
 
 
-RELATIVE_RUN = """
-import sys, wandb
-run = wandb.init(config={"output_dir": sys.argv[1]})  # as the Trainer logs a relative output_dir
-run.define_metric("train/global_step")
-run.define_metric("*", step_metric="train/global_step", step_sync=True)
-for step in range(1, 4):
-    run.log({"train/loss": 1.0 / step, "train/global_step": step})
-run.finish()
-print(run.id)
-"""
-
-
 def test_verdict_does_not_depend_on_the_working_directory(built_runs, tmp_path):
     """Trained from `project/` with `output_dir: runs/grpo` and wandb's default `./wandb`, then diagnosed from
     the project, from inside the output_dir (`diagnose .`) and from an unrelated folder."""
@@ -295,7 +283,8 @@ def test_verdict_does_not_depend_on_the_working_directory(built_runs, tmp_path):
     shutil.copytree(built_runs["full"], project / "runs" / "grpo")
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     wandb_env = {k: v for k, v in _offline_env(project).items() if k != "WANDB_DIR"}  # wandb writes to ./wandb
-    run_id = subprocess.run([sys.executable, "-c", RELATIVE_RUN, "runs/grpo"], capture_output=True, text=True,
+    # A relative output_dir, as the Trainer logs it.
+    run_id = subprocess.run([sys.executable, "-c", OTHER_RUN, "runs/grpo"], capture_output=True, text=True,
                             check=True, cwd=project, env={**env, **wandb_env}).stdout.strip().splitlines()[-1]
     assert (project / "wandb").is_dir()
 
@@ -331,7 +320,7 @@ def test_recorded_decision_still_fits_from_another_working_directory(wandb_world
 
 def _relative_run(cwd: Path) -> str:
     """A real offline run that logs the relative output_dir `out`, started in `cwd` (wandb writes cwd/wandb)."""
-    from conftest import OTHER_RUN, _offline_env
+    from conftest import _offline_env
 
     cwd.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **_offline_env(cwd)}
