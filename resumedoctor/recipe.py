@@ -141,35 +141,14 @@ def _where(mark) -> str:
 
 def load_values(path: Path, text: str | None = None) -> dict:
     """The recipe's values as TrlParser sees them: `yaml.safe_load` (YAML 1.1), or RecipeError."""
+    import yaml  # a core dependency: the very reader TrlParser uses
+
     text = _read_text(path) if text is None else text
-    try:
-        import yaml
-    except ImportError:  # no PyYAML, so no TRL either: ruamel's YAML 1.1 reading comes closest
-        return _values_without_pyyaml(path, text)
     try:
         values = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         raise RecipeError(f"{path.name} is not valid YAML{_where(exc.problem_mark)}: {exc.problem}") from None
     except yaml.YAMLError as exc:
-        raise RecipeError(f"{path.name} is not valid YAML: {exc}") from None
-    return _mapping(path, values)
-
-
-def _values_without_pyyaml(path: Path, text: str) -> dict:
-    import warnings
-
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import MarkedYAMLError, YAMLError
-
-    reader = YAML(typ="safe", pure=True)
-    reader.version = (1, 1)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            values = reader.load(text)
-    except MarkedYAMLError as exc:
-        raise RecipeError(f"{path.name} is not valid YAML{_where(exc.problem_mark)}: {exc.problem}") from None
-    except YAMLError as exc:
         raise RecipeError(f"{path.name} is not valid YAML: {exc}") from None
     return _mapping(path, values)
 
