@@ -9,6 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from resumedoctor.bounded_read import (
+    JSON_STATE_LIMIT,
+    FileReadError,
+    parse_json_bounded,
+    read_bytes_bounded,
+)
 from resumedoctor.errors import ReasonError
 from resumedoctor.findings import Finding, Severity
 from resumedoctor.safetensors_header import SafetensorsHeader, read_safetensors_header
@@ -30,21 +36,24 @@ class JsonFileError(ReasonError):
         self.unreadable = unreadable
 
 
-def read_json_file(path: Path) -> Any:
+def read_json_file(path: Path, limit: int = JSON_STATE_LIMIT) -> Any:
+    """A JSON file inside the output_dir: a regular file, at most `limit` bytes, nested at most 200 deep."""
     try:
-        text = path.read_bytes()
-    except OSError as exc:
-        raise JsonFileError(f"cannot be read: {exc.strerror or exc}", unreadable=True) from None
+        text = read_bytes_bounded(path, limit)
+    except FileReadError as exc:
+        raise JsonFileError(exc.reason, unreadable=True) from None
+    except ReasonError as exc:
+        raise JsonFileError(exc.reason) from None
     if not text.strip():
         raise JsonFileError("empty file")
     try:
-        return json.loads(text.decode("utf-8"))
+        return parse_json_bounded(text.decode("utf-8"))
     except UnicodeDecodeError:
         raise JsonFileError("not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise JsonFileError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
-    except RecursionError:
-        raise JsonFileError("not valid JSON: nested too deeply") from None
+    except (ValueError, RecursionError) as exc:
+        raise JsonFileError(f"not valid JSON: {exc if isinstance(exc, ValueError) else 'nested too deeply'}") from None
 
 
 @dataclass(frozen=True)
