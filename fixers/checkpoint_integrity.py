@@ -11,6 +11,7 @@ from resumedoctor.checks.checkpoint_integrity import SAFETENSORS_INDEX, SHARD_NA
 from resumedoctor.context import JsonFileError, RunContext
 from resumedoctor.findings import Finding, FixSafety
 from resumedoctor.journal import Operation, Quarantine, WriteFile
+from resumedoctor.live_save import held_back
 from resumedoctor.registry import Fixer
 from resumedoctor.safetensors_header import SafetensorsError
 from resumedoctor.target import checkpoint_step
@@ -33,11 +34,10 @@ def plan_quarantine_newer_than_usable(ctx: RunContext, finding: Finding) -> list
     if not fallback:
         return []  # nothing usable to fall back to: quarantining everything would restart from step 0
     fallback_step = checkpoint_step(Path(fallback))
-    return [
-        Quarantine(folder, f"unusable; the resume moves back to {Path(fallback).name}")
-        for folder in ctx.target.checkpoints
-        if (checkpoint_step(folder) or 0) > fallback_step
-    ]
+    newer = [folder for folder in ctx.target.checkpoints if (checkpoint_step(folder) or 0) > fallback_step]
+    if any(held_back(ctx, folder) for folder in newer):
+        return []  # a trainer is writing: what looks broken may be a save in progress
+    return [Quarantine(folder, f"unusable; the resume moves back to {Path(fallback).name}") for folder in newer]
 
 
 QUARANTINE_REASONS = {
@@ -48,7 +48,9 @@ QUARANTINE_REASONS = {
 
 def plan_quarantine_checkpoint(ctx: RunContext, finding: Finding) -> list[Operation]:
     folder = _checkpoint_of(finding)
-    return [Quarantine(folder, QUARANTINE_REASONS.get(finding.code, "unusable"))] if folder else []
+    if folder is None or held_back(ctx, folder):
+        return []
+    return [Quarantine(folder, QUARANTINE_REASONS.get(finding.code, "unusable"))]
 
 
 def plan_seal_after_the_fact(ctx: RunContext, finding: Finding) -> list[Operation]:
@@ -70,7 +72,9 @@ def plan_seal_after_the_fact(ctx: RunContext, finding: Finding) -> list[Operatio
 
 def plan_quarantine_tmp_checkpoint(ctx: RunContext, finding: Finding) -> list[Operation]:
     folder = _checkpoint_of(finding)
-    return [Quarantine(folder, "left over from an interrupted save")] if folder else []
+    if folder is None or held_back(ctx, folder):
+        return []
+    return [Quarantine(folder, "left over from an interrupted save")]
 
 
 def build_shard_index(ctx: RunContext, folder: Path) -> dict | None:

@@ -287,6 +287,8 @@ class TrainingFailed(Exception):
 @click.argument("path", type=click.Path(path_type=Path))
 def seal(path: Path) -> int:
     """Seal existing checkpoints (saved without SealCallback) so later diagnoses are exact."""
+    from resumedoctor.errors import ReasonError
+    from resumedoctor.journal import JournalError
     from resumedoctor.seal_existing import seal_existing
 
     _check_inputs(path, None)
@@ -294,6 +296,10 @@ def seal(path: Path) -> int:
         result = seal_existing(path, settings=_settings_for(path, None, None, None))
     except OSError as exc:
         raise UserFacingError(f"cannot write seals under {path}: {exc.strerror or exc}") from None
+    except ReasonError as exc:  # a `.resumedoctor/` that is a link or not yours, another writer busy
+        raise UserFacingError(f"not sealing {path}: {exc.reason}") from None
+    except JournalError as exc:
+        raise UserFacingError(f"not sealing {path}: {exc}") from None
     for checkpoint in result.sealed:
         click.echo(f"sealed {checkpoint} (after the fact)")
     for checkpoint in result.already:

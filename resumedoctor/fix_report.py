@@ -31,6 +31,8 @@ def render_fix(result: FixResult, fmt: str, *, color: bool = False, asked_to_app
         lines.append(f"backup and journal: {journal} (resumedoctor undo {result.output_dir} puts it all back)")
     else:
         lines.append("nothing to fix automatically")
+    if result.live_save:
+        lines.append(result.live_save)
     unsafe = sorted({f"{finding.code} ({fixer.name})" for finding, fixer in result.skipped_unsafe})
     if unsafe:
         lines.append(f"not applied, unsafe (pass --unsafe): {', '.join(unsafe)}")
@@ -50,6 +52,7 @@ def _as_dict(result: FixResult) -> dict:
             for op in result.operations
         ],
         "deferred": [str(op.path) for op in result.deferred],
+        "live_save": result.live_save,
         "skipped_unsafe": sorted({finding.code for finding, _ in result.skipped_unsafe}),
         "transactions": [str(t.folder) for t in result.transactions],
         "report": result.final.to_dict(),

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from resumedoctor.confinement import ConfinementError, state_folder
 from resumedoctor.context import Options, RunContext
 from resumedoctor.diagnose import Report, new_context, run_checks
 from resumedoctor.findings import Finding, FixSafety
@@ -21,6 +22,7 @@ from resumedoctor.journal import (
     Operation,
     Quarantine,
     Transaction,
+    UntrustedJournalError,
     WriteFile,
     list_transactions,
     new_id,
@@ -29,6 +31,7 @@ from resumedoctor.journal import (
 from resumedoctor.registry import Fixer, Registry, load_registry
 from resumedoctor.settings import Settings, find_settings
 from resumedoctor.target import resolve_target, state_dir
+from resumedoctor.writer_lock import LockBusyError, writer_lock
 
 # Each round applies the safe fixes, or else the unsafe ones, then checks again: a quarantine can
 # uncover findings in the checkpoint that becomes the newest. A few rounds always suffice.
@@ -36,7 +39,12 @@ MAX_ROUNDS = 5
 
 
 class FixError(Exception):
-    """The fix cannot be applied (read-only output_dir, a tree edited behind a journal's back)."""
+    """The fix cannot be applied (read-only output_dir, a tree edited behind a journal's back, a journal
+    or a `.resumedoctor/` that is not to be trusted, another writer holding the lock)."""
+
+
+# What stops a writer before it changes anything: said in one line, exit 2.
+REFUSALS = (ConfinementError, UntrustedJournalError, LockBusyError)
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,7 @@ class FixResult:
     skipped_unsafe: list[tuple[Finding, Fixer]] = field(default_factory=list)
     not_applicable: list[tuple[Finding, Fixer]] = field(default_factory=list)
     recovered: list[str] = field(default_factory=list)
+    live_save: str | None = None  # why quarantines were held back: a trainer seems to be writing
     transactions: list[Transaction] = field(default_factory=list)
     deferred: list[Operation] = field(default_factory=list)
     descriptions: list[str] = field(default_factory=list)  # one line per applied change
@@ -180,8 +189,12 @@ def ensure_writable(output_dir: Path) -> None:
     state = state_dir(output_dir)
     probe = state / ".write-probe"
     try:
-        state.mkdir(exist_ok=True)
-        probe.write_bytes(b"")
+        try:
+            os.mkdir(state)  # never through a link: an existing one is refused just below
+        except FileExistsError:
+            pass
+        state_folder(output_dir)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
         probe.unlink()
     except OSError as exc:
         raise FixError(f"{output_dir} is not writable ({exc.strerror or exc}); nothing was changed") from None
@@ -194,33 +207,42 @@ def recover_interrupted(output_dir: Path) -> list[str]:
         if transaction.status in ("prepared", "applying"):
             try:
                 transaction.complete()
-            except (JournalError, OSError) as exc:
-                raise FixError(f"cannot finish the interrupted fix {transaction.id}: {exc}") from None
+            except (JournalError, OSError, ConfinementError) as exc:
+                raise FixError(f"cannot finish the interrupted fix {transaction.id} ({transaction.journal_path}): "
+                               f"{_said(exc)}") from None
             finished.append(transaction.id)
         elif transaction.status == "undoing":
             try:
                 transaction.roll_back()
                 transaction.discard()
-            except (JournalError, OSError) as exc:
-                raise FixError(f"cannot finish the interrupted undo {transaction.id}: {exc}") from None
+            except (JournalError, OSError, ConfinementError) as exc:
+                raise FixError(f"cannot finish the interrupted undo {transaction.id} ({transaction.journal_path}): "
+                               f"{_said(exc)}") from None
             finished.append(transaction.id)
     return finished
 
 
-def _apply(output_dir: Path, result: FixResult, planned: FixResult, run_id: str) -> None:
+def _said(exc: BaseException) -> str:
+    return getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+
+
+def _apply(output_dir: Path, result: FixResult, planned: FixResult, run_id: str,
+           outside: frozenset[Path] = frozenset()) -> None:
     """Apply one phase's operations as one transaction; roll it back if any step fails."""
     description = ", ".join(sorted({plan.fixer.name for plan in planned.planned}))
     try:
-        transaction = Transaction.prepare(output_dir, planned.operations, description, run_id)
+        transaction = Transaction.prepare(output_dir, planned.operations, description, run_id, outside)
+    except ConfinementError as exc:
+        raise FixError(f"refusing to fix: {exc.reason}; nothing was changed") from None
     except OSError as exc:
         raise FixError(f"cannot prepare the fix under {state_dir(output_dir)}: {exc.strerror or exc}") from None
     descriptions = [describe_operation(op, output_dir) for op in planned.operations]  # before the tree changes
     try:
         transaction.complete()
-    except (OSError, JournalError) as exc:
+    except (OSError, JournalError, ConfinementError) as exc:
         try:
             transaction.roll_back()
-        except (OSError, JournalError) as undo_exc:
+        except (OSError, JournalError, ConfinementError) as undo_exc:
             raise FixError(f"fix failed ({exc}) and so did rolling it back ({undo_exc}); "
                            f"the journal is {transaction.folder}") from None
         raise FixError(f"fix failed and was rolled back: {exc}") from None
@@ -244,50 +266,69 @@ def fix(
 
     Safe fixes go first; unsafe ones are planned only when no safe fix is left, on the repaired
     tree, so that a checkpoint a safe fix repairs is never quarantined. All rounds form one run
-    for `undo`.
+    for `undo`. Applying holds the output_dir's writer lock from the first read to the last write.
     """
     path = Path(path)
     target = resolve_target(path)
     settings = settings if settings is not None else find_settings(path, Path.cwd())
     options = options or Options()
     registry = registry or load_registry()
-    recovered = [] if dry_run else recover_interrupted(target.output_dir)
+    if dry_run:
+        return _preview(path, unsafe, settings, options, registry, environ)
+    try:
+        with writer_lock(target.output_dir):
+            return _fix_locked(path, target.output_dir, unsafe, settings, options, registry, environ)
+    except REFUSALS as exc:
+        raise FixError(exc.reason) from None
 
+
+def _preview(path: Path, unsafe: bool, settings: Settings, options: Options, registry: Registry,
+             environ: Mapping[str, str] | None) -> FixResult:
+    """`fix --dry-run`: what would change, in order; nothing is written."""
     ctx, before = _diagnose(path, settings, options, registry, environ)
     safe = plan_fixes(ctx, before, registry, unsafe=False)
-    result = FixResult(target.output_dir, before, recovered=recovered, dry_run=dry_run,
-                       skipped_unsafe=[] if unsafe else safe.skipped_unsafe,
-                       not_applicable=safe.not_applicable)
-    if dry_run:
-        result.planned, result.operations = list(safe.planned), list(safe.operations)
-        if unsafe:
-            both = plan_fixes(ctx, before, registry, unsafe=True)
-            written = [op.path for op in safe.operations if isinstance(op, WriteFile)]
-            for plan in both.planned:
-                if plan.fixer.safety is FixSafety.UNSAFE:
-                    result.planned.append(plan)
-            for op in both.operations:
-                if op in result.operations:
-                    continue
-                if isinstance(op, Quarantine) and any(_inside(w, op.path) for w in written):
-                    result.deferred.append(op)  # decided after the safe fixes are in
-                else:
-                    result.operations.append(op)
-        return result
+    result = FixResult(ctx.target.output_dir, before, dry_run=True, skipped_unsafe=[] if unsafe else safe.skipped_unsafe,
+                       not_applicable=safe.not_applicable, live_save=live_save_note(ctx))
+    result.planned, result.operations = list(safe.planned), list(safe.operations)
+    if unsafe:
+        both = plan_fixes(ctx, before, registry, unsafe=True)
+        written = [op.path for op in safe.operations if isinstance(op, WriteFile)]
+        for plan in both.planned:
+            if plan.fixer.safety is FixSafety.UNSAFE:
+                result.planned.append(plan)
+        for op in both.operations:
+            if op in result.operations:
+                continue
+            if isinstance(op, Quarantine) and any(_inside(w, op.path) for w in written):
+                result.deferred.append(op)  # decided after the safe fixes are in
+            else:
+                result.operations.append(op)
+        result.live_save = live_save_note(ctx)
+    return result
 
+
+def _fix_locked(path: Path, output_dir: Path, unsafe: bool, settings: Settings, options: Options,
+                registry: Registry, environ: Mapping[str, str] | None) -> FixResult:
+    recovered = recover_interrupted(output_dir)
+    ctx, before = _diagnose(path, settings, options, registry, environ)
+    safe = plan_fixes(ctx, before, registry, unsafe=False)
+    result = FixResult(output_dir, before, recovered=recovered, skipped_unsafe=[] if unsafe else safe.skipped_unsafe,
+                       not_applicable=safe.not_applicable)
+    outside = frozenset({Path(os.path.abspath(options.recipe))}) if options.recipe else frozenset()
     run_id = new_id()
     current, plan = ctx, safe
     settled: set[str] = set()
     for _ in range(MAX_ROUNDS):
         if not plan.operations and unsafe:
             plan = plan_fixes(current, plan.before, registry, unsafe=True, settled_keys=frozenset(settled))
+        result.live_save = result.live_save or live_save_note(current)
         if not plan.operations:
             result.not_applicable = plan.not_applicable
             break
-        ensure_writable(target.output_dir)
-        _apply(target.output_dir, result, plan, run_id)
+        ensure_writable(output_dir)
+        _apply(output_dir, result, plan, run_id, outside)
         settled |= {op.key for op in plan.operations if isinstance(op, WriteFile) and op.key}
-        again = path if path.exists() else target.output_dir
+        again = path if path.exists() else output_dir
         current, report = _diagnose(again, settings, options, registry, environ)
         result.after = report
         plan = plan_fixes(current, report, registry, unsafe=False, settled_keys=frozenset(settled))
@@ -296,10 +337,24 @@ def fix(
     return result
 
 
+def live_save_note(ctx: RunContext) -> str | None:
+    """What the live-trainer guard held back in this context (see resumedoctor.live_save)."""
+    from resumedoctor.live_save import held_back_note
+
+    return held_back_note(ctx)
+
+
 def undo(path: str | os.PathLike, *, everything: bool = False) -> list[Transaction]:
     """Roll back the newest fix run (or every one), newest first; returns what was undone."""
-    target = resolve_target(path)
-    output_dir = target.output_dir
+    output_dir = resolve_target(path).output_dir
+    try:
+        with writer_lock(output_dir):
+            return _undo_locked(output_dir, everything)
+    except REFUSALS as exc:
+        raise FixError(exc.reason) from None
+
+
+def _undo_locked(output_dir: Path, everything: bool) -> list[Transaction]:
     transactions = [t for t in list_transactions(output_dir) if t.status != "undone"]
     if not transactions:
         return []
@@ -308,10 +363,10 @@ def undo(path: str | os.PathLike, *, everything: bool = False) -> list[Transacti
     for transaction in chosen:
         try:
             transaction.roll_back()
-        except (JournalError, OSError) as exc:
-            raise FixError(f"cannot undo fix {transaction.id}: {exc}") from None
+        except (JournalError, OSError, ConfinementError) as exc:
+            raise FixError(f"cannot undo fix {transaction.id} ({transaction.journal_path}): {_said(exc)}") from None
         transaction.discard()
-    remove_empty_state_dir(output_dir)
+    remove_empty_state_dir(output_dir, keep_lock=True)
     return chosen
 
 

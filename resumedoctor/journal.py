@@ -11,6 +11,11 @@ Every operation's state can be read off the tree (a file's hash is the old or th
 folder is at its source or at its destination), so after a SIGKILL at any point a re-run finishes
 the transaction (`complete`) and `undo` takes back whatever part of it was applied (`roll_back`).
 Nothing of the user's is ever deleted: broken checkpoints are moved, not removed.
+
+A journal may be crafted (it lies in the output_dir): it is validated (`journal_schema`) before use,
+and every path it names is resolved inside the output_dir without following a link
+(`confinement.resolve_inside`); a write whose new bytes equal the old ones is neither backed up nor
+undone, so it can never wedge a transaction.
 """
 
 from __future__ import annotations
@@ -21,10 +26,27 @@ import os
 import secrets
 import shutil
 import signal
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from resumedoctor.bounded_read import (
+    JSON_CONFIG_LIMIT,
+    parse_json_bounded,
+    read_bytes_bounded,
+)
+from resumedoctor.confinement import (
+    ConfinementError,
+    check_outside,
+    outside_mac,
+    real_folder,
+    relative_inside,
+    resolve_inside,
+    state_folder,
+)
+from resumedoctor.errors import ReasonError
+from resumedoctor.journal_schema import ID, JournalInvalid, validate_journal
 from resumedoctor.target import state_dir
 
 TRANSACTIONS = "transactions"
@@ -34,6 +56,15 @@ TMP_SUFFIX = ".resumedoctor-tmp"
 
 class JournalError(Exception):
     """The tree disagrees with a journal in a way no step can resolve (someone edited it since)."""
+
+
+class UntrustedJournalError(ReasonError):
+    """A journal that is not valid, or names a path outside the output_dir: it is never acted on."""
+
+    def __init__(self, journal: Path, why: str):
+        super().__init__(f"{journal}: {why}; nothing was done with it. If you did not write it, move its "
+                         f"folder {journal.parent} out of the output_dir and run again")
+        self.journal = journal
 
 
 @dataclass(frozen=True)
@@ -63,10 +94,15 @@ Operation = WriteFile | Quarantine
 
 
 def sha256_file(path: Path) -> str | None:
-    if not path.is_file():
+    """The file's sha256; None when there is no regular file (a link is not followed)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(info.st_mode):
         return None
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -83,7 +119,12 @@ def fsync_dir(folder: Path) -> None:
 def atomic_write(path: Path, data: bytes) -> None:
     """Temp file in the same folder, fsync, rename over the target, fsync the folder."""
     temporary = path.with_name(f".{path.name}{TMP_SUFFIX}")
-    with open(temporary, "wb") as handle:
+    try:
+        os.unlink(temporary)  # our own temp name: never opened through a link someone put there
+    except FileNotFoundError:
+        pass
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+    with open(descriptor, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
@@ -113,42 +154,34 @@ class Transaction:
 
     # ---- creation ------------------------------------------------------------------------------
     @classmethod
-    def prepare(cls, output_dir: Path, operations: list[Operation], description: str, run_id: str) -> Transaction:
+    def prepare(cls, output_dir: Path, operations: list[Operation], description: str, run_id: str,
+                outside: frozenset[Path] = frozenset()) -> Transaction:
+        """Journal OPERATIONS (no-op writes left out). `outside`: files beyond the output_dir the user
+        named (the recipe) that a write may change; any other path outside is ConfinementError."""
         global _transactions_in_this_process
         _transactions_in_this_process += 1
         transaction_id = new_id()
-        root = state_dir(output_dir) / TRANSACTIONS
-        root.mkdir(parents=True, exist_ok=True)
-        folder = root / transaction_id
-        (folder / "new").mkdir(parents=True)
+        root = state_folder(output_dir, TRANSACTIONS)
+        folder = real_folder(root / transaction_id, create=True)
+        (folder / "new").mkdir()
         (folder / "backup").mkdir()
         quarantine_root = state_dir(output_dir) / QUARANTINE
         taken: set[Path] = set()
         entries = []
-        for index, operation in enumerate(operations):
+        for operation in operations:
             if isinstance(operation, WriteFile):
-                new_file = folder / "new" / str(index)
-                new_file.write_bytes(operation.content)
-                entries.append({
-                    "kind": "write",
-                    "path": _relative(output_dir, operation.path),
-                    "old_sha256": sha256_file(operation.path),
-                    "new_sha256": hashlib.sha256(operation.content).hexdigest(),
-                    "new": f"new/{index}",
-                    "backup": f"backup/{index}",
-                    "reason": operation.reason, "code": operation.code, "fixer": operation.fixer,
-                })
+                entry = _write_entry(output_dir, transaction_id, operation, len(entries), outside)
+                if entry is None:
+                    continue  # the file already holds these bytes: nothing to change, back up or undo
+                (folder / entry["new"]).write_bytes(operation.content)
             else:
+                source = _confined(output_dir, operation.path, folder=True)
                 destination = quarantine_root / f"{operation.path.name}.{transaction_id}"
-                while destination in taken or destination.exists():
+                while destination in taken or os.path.lexists(destination):
                     destination = destination.with_name(destination.name + "_")
                 taken.add(destination)
-                entries.append({
-                    "kind": "move",
-                    "src": _relative(output_dir, operation.path),
-                    "dst": _relative(output_dir, destination),
-                    "reason": operation.reason, "code": operation.code, "fixer": operation.fixer,
-                })
+                entry = {"kind": "move", "src": source, "dst": _confined(output_dir, destination, folder=True)}
+            entries.append({**entry, "reason": operation.reason, "code": operation.code, "fixer": operation.fixer})
         for new_file in (folder / "new").iterdir():
             with open(new_file, "rb") as handle:
                 os.fsync(handle.fileno())
@@ -162,6 +195,7 @@ class Transaction:
             "status": "prepared",
             "operations": entries,
         }
+        validate_journal(journal, transaction_id)  # what we write is what we accept
         transaction = cls(output_dir, folder, journal)
         transaction.save()
         _crash_point("prepared")
@@ -169,11 +203,18 @@ class Transaction:
 
     @classmethod
     def load(cls, output_dir: Path, folder: Path) -> Transaction:
-        journal = json.loads((folder / "journal.json").read_text(encoding="utf-8"))
+        """The transaction in FOLDER; UntrustedJournalError unless its journal passes the schema."""
+        path = folder / JOURNAL_FILE
+        try:
+            resolve_inside(folder, JOURNAL_FILE)
+            data = parse_json_bounded(read_bytes_bounded(path, JSON_CONFIG_LIMIT))
+            journal = validate_journal(data, folder.name)
+        except (JournalInvalid, ConfinementError, ReasonError, ValueError, RecursionError) as exc:
+            raise UntrustedJournalError(path, _one_line(exc)) from None
         return cls(output_dir, folder, journal)
 
     def save(self) -> None:
-        atomic_write(self.folder / "journal.json", json.dumps(self.journal, indent=2).encode("utf-8"))
+        atomic_write(self.folder / JOURNAL_FILE, json.dumps(self.journal, indent=2).encode("utf-8"))
 
     def set_status(self, status: str) -> None:
         self.journal["status"] = status
@@ -191,21 +232,42 @@ class Transaction:
     def run_id(self) -> str:
         return self.journal.get("run", self.id)
 
+    @property
+    def journal_path(self) -> Path:
+        return self.folder / JOURNAL_FILE
+
+    # ---- where an entry points (checked each time it is used) ------------------------------------
+    def check_paths(self) -> None:
+        """Every path of every entry, resolved: UntrustedJournalError before anything is done."""
+        for entry in self.journal["operations"]:
+            try:
+                self._paths(entry)
+            except ConfinementError as exc:
+                raise UntrustedJournalError(self.journal_path, exc.reason) from None
+
+    def _paths(self, entry: dict) -> tuple[Path, Path]:
+        """(path, new bytes file) of a write; (source, destination) of a move."""
+        if entry["kind"] == "write":
+            target = check_outside(self.id, entry) if "mac" in entry else resolve_inside(self.output_dir, entry["path"])
+            return target, resolve_inside(self.folder, entry["new"])
+        return (resolve_inside(self.output_dir, entry["src"], final_may_be_folder=True),
+                resolve_inside(self.output_dir, entry["dst"], final_may_be_folder=True))
+
     # ---- reading the tree ----------------------------------------------------------------------
     def _state(self, entry: dict) -> str:
         """'old', 'new', or raise JournalError when the tree is neither."""
         if entry["kind"] == "write":
-            path = self.output_dir / entry["path"]
+            path, _ = self._paths(entry)
             current = sha256_file(path)
             if current == entry["new_sha256"]:
                 return "new"
             if current == entry["old_sha256"]:
                 return "old"
             raise JournalError(f"{path} changed since fix {self.id} planned it; resolve by hand")
-        source, destination = self.output_dir / entry["src"], self.output_dir / entry["dst"]
-        if source.exists() and not destination.exists():
+        source, destination = self._paths(entry)
+        if os.path.lexists(source) and not os.path.lexists(destination):
             return "old"
-        if destination.exists() and not source.exists():
+        if os.path.lexists(destination) and not os.path.lexists(source):
             return "new"
         raise JournalError(f"both or neither of {source} and {destination} exist; resolve by hand")
 
@@ -213,31 +275,40 @@ class Transaction:
         """A write killed between temp file and rename leaves the temp file: move it into the journal."""
         if entry["kind"] != "write":
             return
-        path = self.output_dir / entry["path"]
+        path, _ = self._paths(entry)
         temporary = path.with_name(f".{path.name}{TMP_SUFFIX}")
-        if temporary.exists():
-            debris = self.folder / "debris"
-            debris.mkdir(exist_ok=True)
-            os.replace(temporary, debris / f"{len(list(debris.iterdir()))}-{temporary.name}")
+        if os.path.lexists(temporary):
+            debris = real_folder(self.folder / "debris", create=True)
+            os.replace(temporary, debris / f"{len(os.listdir(debris))}-{temporary.name}")
+
+    def _bytes(self, relative: str, sha256: str) -> bytes:
+        """The bytes of new/<i> or backup/<i>, only when they are the ones the journal names."""
+        path = resolve_inside(self.folder, relative)
+        if sha256_file(path) != sha256:
+            raise JournalError(f"{path} is missing or damaged")
+        return path.read_bytes()
 
     # ---- doing ---------------------------------------------------------------------------------
     def _back_up(self) -> None:
         for entry in self.journal["operations"]:
-            if entry["kind"] != "write" or entry["old_sha256"] is None:
+            if entry["kind"] != "write" or entry["old_sha256"] in (None, entry["new_sha256"]):
                 continue
-            backup = self.folder / entry["backup"]
+            backup = resolve_inside(self.folder, entry["backup"])
             if sha256_file(backup) == entry["old_sha256"]:
                 continue
             if self._state(entry) != "old":
                 raise JournalError(f"no backup of {entry['path']} and it was already changed")
-            source = self.output_dir / entry["path"]
-            shutil.copyfile(source, backup)
-            with open(backup, "rb") as handle:
-                os.fsync(handle.fileno())
+            source, _ = self._paths(entry)
+            with open(os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as reader, \
+                    open(os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "wb") as writer:
+                shutil.copyfileobj(reader, writer)
+                writer.flush()
+                os.fsync(writer.fileno())
         fsync_dir(self.folder / "backup")
 
     def complete(self) -> None:
         """Bring the tree to the transaction's new state (idempotent; also after a crash)."""
+        self.check_paths()
         self._back_up()
         _crash_point("backed-up")
         if self.status != "applying":
@@ -247,41 +318,40 @@ class Transaction:
             if self._state(entry) == "new":
                 continue
             if entry["kind"] == "write":
-                path = self.output_dir / entry["path"]
+                path, _ = self._paths(entry)
+                content = self._bytes(entry["new"], entry["new_sha256"])
                 path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write(path, (self.folder / entry["new"]).read_bytes())
+                atomic_write(path, content)
             else:
-                destination = self.output_dir / entry["dst"]
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(self.output_dir / entry["src"], destination)
+                source, destination = self._paths(entry)
+                real_folder(destination.parent, create=True)
+                os.rename(source, destination)
                 fsync_dir(destination.parent)
-                fsync_dir((self.output_dir / entry["src"]).parent)
+                fsync_dir(source.parent)
             _crash_point(f"applied-{index}")
         self.set_status("committed")
         _crash_point("committed")
 
     def roll_back(self) -> None:
         """Bring the tree back to the transaction's old state (idempotent; also after a crash)."""
+        self.check_paths()
         if self.status != "prepared":
             self.set_status("undoing")
         _crash_point("undo-started")
         for index, entry in reversed(list(enumerate(self.journal["operations"]))):
             self._clear_temp_file(entry)
-            if self._state(entry) == "old":
+            if self._state(entry) == "old" or (entry["kind"] == "write" and entry["old_sha256"] == entry["new_sha256"]):
                 continue
             if entry["kind"] == "write":
-                path = self.output_dir / entry["path"]
+                path, _ = self._paths(entry)
                 if entry["old_sha256"] is None:
                     os.unlink(path)  # a file this transaction created; its bytes stay in new/
                     fsync_dir(path.parent)
                 else:
-                    backup = self.folder / entry["backup"]
-                    if sha256_file(backup) != entry["old_sha256"]:
-                        raise JournalError(f"the backup of {entry['path']} is missing or damaged")
-                    atomic_write(path, backup.read_bytes())
+                    atomic_write(path, self._bytes(entry["backup"], entry["old_sha256"]))
             else:
-                source = self.output_dir / entry["src"]
-                os.rename(self.output_dir / entry["dst"], source)
+                source, destination = self._paths(entry)
+                os.rename(destination, source)
                 fsync_dir(source.parent)
             _crash_point(f"undo-{index}")
         self.set_status("undone")
@@ -293,6 +363,44 @@ class Transaction:
         shutil.rmtree(trash)
 
 
+JOURNAL_FILE = "journal.json"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+    return " ".join(text.split())[:300]
+
+
+def _confined(output_dir: Path, path: Path, *, folder: bool = False) -> str:
+    """PATH relative to the output_dir, checked like a journal's path is; ConfinementError outside."""
+    relative = relative_inside(output_dir, path)
+    if relative is None:
+        raise ConfinementError(f"{path} lies outside {output_dir}: refusing to change it")
+    resolve_inside(output_dir, relative, final_may_be_folder=folder)
+    return relative
+
+
+def _write_entry(output_dir: Path, transaction_id: str, operation: WriteFile, index: int,
+                 outside: frozenset[Path]) -> dict | None:
+    """The journal entry of one write; None for a write of the bytes the file already holds."""
+    new_sha256 = hashlib.sha256(operation.content).hexdigest()
+    entry = {"kind": "write", "new_sha256": new_sha256, "new": f"new/{index}", "backup": f"backup/{index}"}
+    relative = relative_inside(output_dir, operation.path)
+    if relative is None:
+        absolute = os.path.abspath(operation.path)
+        if Path(absolute) not in outside:
+            raise ConfinementError(f"{operation.path} lies outside {output_dir}: refusing to change it")
+        old_sha256 = sha256_file(Path(absolute))
+        entry.update(path=absolute, mac=outside_mac(transaction_id, absolute, old_sha256, new_sha256))
+    else:
+        old_sha256 = sha256_file(resolve_inside(output_dir, relative))
+        entry["path"] = relative
+    if old_sha256 == new_sha256:
+        return None
+    entry["old_sha256"] = old_sha256
+    return entry
+
+
 def new_id() -> str:
     """Sortable by creation time (to the nanosecond), unique enough for one output_dir."""
     now = time.time_ns()
@@ -300,38 +408,56 @@ def new_id() -> str:
     return f"{stamp}.{now % 10**9:09d}-{secrets.token_hex(2)}"
 
 
-def _relative(output_dir: Path, path: Path) -> str:
-    return os.path.relpath(os.path.abspath(path), os.path.abspath(output_dir))
-
-
 def list_transactions(output_dir: Path) -> list[Transaction]:
-    """Every transaction with a journal, oldest first; unfinished leftovers without one are cleared."""
-    root = state_dir(output_dir) / TRANSACTIONS
-    if not root.is_dir():
+    """Every transaction with a journal, oldest first; unfinished leftovers without one are cleared.
+
+    UntrustedJournalError for a journal that fails the schema or names a path outside, and
+    ConfinementError for a `.resumedoctor/` (or an entry in it) that is a link or not the user's.
+    """
+    root = state_folder(output_dir, TRANSACTIONS, create=False)
+    if not os.path.lexists(root):
         return []
     found = []
-    for folder in root.iterdir():
-        if folder.name.startswith(".trash-"):
+    for name in sorted(os.listdir(root)):
+        folder = root / name
+        trash = name.startswith(".trash-")
+        if not ID.match(name.removeprefix(".trash-")):
+            raise ConfinementError(f"{folder} was not written by resumedoctor; move it out of {root} and run again")
+        real_folder(folder, create=False)
+        if trash:
             shutil.rmtree(folder, ignore_errors=True)
-        elif (folder / "journal.json").is_file():
-            found.append(Transaction.load(output_dir, folder))
-        elif folder.is_dir():
+        elif os.path.lexists(folder / JOURNAL_FILE):
+            transaction = Transaction.load(output_dir, folder)
+            transaction.check_paths()
+            found.append(transaction)
+        else:
             shutil.rmtree(folder)  # killed before its journal existed: it never touched the tree
     found.sort(key=lambda t: (t.journal.get("created_ns", 0), t.folder.name))
     return found
 
 
-def remove_empty_state_dir(output_dir: Path) -> None:
-    """After the last undo, leave no trace: drop the empty folders under .resumedoctor, then itself."""
+def remove_empty_state_dir(output_dir: Path, *, keep_lock: bool = False) -> None:
+    """After the last undo, leave no trace: drop the empty folders under .resumedoctor, then itself.
+
+    Links are never followed (an emptied folder outside is not ours to remove).
+    """
     state = state_dir(output_dir)
-    if not state.is_dir():
+    try:
+        real_folder(state, create=False)
+    except ConfinementError:
         return
-    for folder in sorted((p for p in state.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+    if not os.path.isdir(state):
+        return
+    for root, folders, _ in os.walk(state, topdown=False):
+        for name in folders:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    pass
+    if not keep_lock:
         try:
-            folder.rmdir()
+            state.rmdir()
         except OSError:
             pass
-    try:
-        state.rmdir()
-    except OSError:
-        pass

@@ -109,6 +109,7 @@ def prepare(recipe_path: Path, recipe_args: tuple[str, ...] = (), *, fix: bool =
 
     `settings_for(output_dir)` gives the settings (the CLI adds --select/--ignore); default: the nearest file.
     """
+    from resumedoctor.fixing import FixError
     from resumedoctor.fixing import fix as run_fix
     from resumedoctor.shell_env import shell_environment
 
@@ -134,9 +135,13 @@ def prepare(recipe_path: Path, recipe_args: tuple[str, ...] = (), *, fix: bool =
         if not dry_run:
             _create(output_dir)  # the fix journal lives in the output_dir
         if output_dir.exists():
-            result = run_fix(output_dir, unsafe=unsafe, dry_run=dry_run, settings=settings, options=options,
-                             environ=environ)
+            try:
+                result = run_fix(output_dir, unsafe=unsafe, dry_run=dry_run, settings=settings, options=options,
+                                 environ=environ)
+            except FixError as exc:  # a lock held by another writer, a journal not to be trusted
+                raise LaunchError(f"--fix: {exc}") from None
             plan.fixes = result.descriptions or [f"(planned) {line}" for line in _planned(result)]
+            plan.fixes += [result.live_save] if result.live_save else []
             if result.transactions:  # a fix may have edited the recipe: launch what it says now
                 try:
                     recipe = load_recipe(recipe_path, list(recipe_args), environ)

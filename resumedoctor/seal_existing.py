@@ -29,6 +29,7 @@ from resumedoctor.seal import (
 )
 from resumedoctor.settings import Settings
 from resumedoctor.target import resolve_target
+from resumedoctor.writer_lock import writer_lock
 
 
 @dataclass
@@ -78,7 +79,15 @@ def after_the_fact_seal(ctx: RunContext, checkpoint: Path, reason: str) -> bytes
 
 
 def seal_existing(path: str | os.PathLike, *, settings: Settings | None = None) -> SealResult:
+    """Seal every unsealed usable checkpoint of PATH, as one journaled transaction under the writer lock.
+
+    ConfinementError / LockBusyError (ReasonError) when `.resumedoctor/` is not to be trusted or busy."""
     target = resolve_target(path)
+    with writer_lock(target.output_dir):
+        return _seal_locked(target, settings)
+
+
+def _seal_locked(target, settings: Settings | None) -> SealResult:
     ctx = RunContext(target, settings or Settings(), Options())
     result = SealResult()
     operations = []
