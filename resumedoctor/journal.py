@@ -163,28 +163,11 @@ class Transaction:
         transaction_id = new_id()
         root = state_folder(output_dir, TRANSACTIONS)
         folder = real_folder(root / transaction_id, create=True)
-        (folder / "new").mkdir()
-        (folder / "backup").mkdir()
-        quarantine_root = state_dir(output_dir) / QUARANTINE
-        taken: set[Path] = set()
-        entries = []
-        for operation in operations:
-            if isinstance(operation, WriteFile):
-                entry = _write_entry(output_dir, transaction_id, operation, len(entries), outside)
-                if entry is None:
-                    continue  # the file already holds these bytes: nothing to change, back up or undo
-                (folder / entry["new"]).write_bytes(operation.content)
-            else:
-                source = _confined(output_dir, operation.path, folder=True)
-                destination = quarantine_root / f"{operation.path.name}.{transaction_id}"
-                while destination in taken or os.path.lexists(destination):
-                    destination = destination.with_name(destination.name + "_")
-                taken.add(destination)
-                entry = {"kind": "move", "src": source, "dst": _confined(output_dir, destination, folder=True)}
-            entries.append({**entry, "reason": operation.reason, "code": operation.code, "fixer": operation.fixer})
-        for new_file in (folder / "new").iterdir():
-            with open(new_file, "rb") as handle:
-                os.fsync(handle.fileno())
+        try:
+            entries = _entries(output_dir, folder, transaction_id, operations, outside)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # no journal yet: nothing of the tree was touched
+            raise
         journal = {
             "version": 1,
             "id": transaction_id,
@@ -361,6 +344,34 @@ class Transaction:
         trash = self.folder.with_name(f".trash-{self.folder.name}")
         os.replace(self.folder, trash)
         shutil.rmtree(trash)
+
+
+def _entries(output_dir: Path, folder: Path, transaction_id: str, operations: list[Operation],
+             outside: frozenset[Path]) -> list[dict]:
+    """The journal entries of OPERATIONS, with the new bytes written to new/<i> and fsynced."""
+    (folder / "new").mkdir()
+    (folder / "backup").mkdir()
+    quarantine_root = state_dir(output_dir) / QUARANTINE
+    taken: set[Path] = set()
+    entries = []
+    for operation in operations:
+        if isinstance(operation, WriteFile):
+            entry = _write_entry(output_dir, transaction_id, operation, len(entries), outside)
+            if entry is None:
+                continue  # the file already holds these bytes: nothing to change, back up or undo
+            (folder / entry["new"]).write_bytes(operation.content)
+        else:
+            source = _confined(output_dir, operation.path, folder=True)
+            destination = quarantine_root / f"{operation.path.name}.{transaction_id}"
+            while destination in taken or os.path.lexists(destination):
+                destination = destination.with_name(destination.name + "_")
+            taken.add(destination)
+            entry = {"kind": "move", "src": source, "dst": _confined(output_dir, destination, folder=True)}
+        entries.append({**entry, "reason": operation.reason, "code": operation.code, "fixer": operation.fixer})
+    for new_file in (folder / "new").iterdir():
+        with open(new_file, "rb") as handle:
+            os.fsync(handle.fileno())
+    return entries
 
 
 JOURNAL_FILE = "journal.json"

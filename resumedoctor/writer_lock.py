@@ -109,19 +109,15 @@ def writer_lock(output_dir: Path) -> Iterator[None]:
         os.pwrite(descriptor, f"{os.getpid()}\n".encode("ascii"), 0)
         yield
     finally:
-        _remove_if_alone(output_dir, path)
+        _remove_if_alone(path)
         os.close(descriptor)
 
 
-def _remove_if_alone(output_dir: Path, path: Path) -> None:
-    """While still holding the lock: drop empty folders of `.resumedoctor/`, then the lock if it is alone."""
-    from resumedoctor.journal import remove_empty_state_dir
-
-    state = path.parent
-    remove_empty_state_dir(output_dir, keep_lock=True)
+def _remove_if_alone(path: Path) -> None:
+    """While still holding the lock: a `.resumedoctor/` holding nothing but the lock goes (no trace left)."""
     try:
-        if os.listdir(state) == [LOCK_FILE]:
+        if os.listdir(path.parent) == [LOCK_FILE]:
             os.unlink(path)
-            os.rmdir(state)
+            os.rmdir(path.parent)
     except OSError:
         pass
