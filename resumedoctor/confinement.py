@@ -163,7 +163,7 @@ def check_outside(transaction_id: str, entry: dict) -> Path:
     if not isinstance(path, str) or not os.path.isabs(path) or not isinstance(mac, str):
         raise ConfinementError(f"{path!r} lies outside the output_dir")
     expected = outside_mac(transaction_id, path, entry.get("old_sha256"), entry.get("new_sha256"))
-    if not hmac.compare_digest(expected, mac):
+    if not hmac.compare_digest(expected.encode("ascii"), mac.encode("utf-8", "surrogatepass")):
         raise ConfinementError(f"{path} lies outside the output_dir and this journal was not written by "
                                "your resumedoctor: refusing to touch it")
     return Path(path)

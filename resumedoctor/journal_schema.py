@@ -59,7 +59,7 @@ def _relative(value: Any, what: str) -> str:
 def _write_path(entry: dict, what: str) -> None:
     path = entry["path"]
     if "mac" in entry:  # the user's recipe, outside the output_dir: absolute, its HMAC checked on use
-        _string(entry["mac"], f"{what}.mac")
+        _need(isinstance(entry["mac"], str) and bool(SHA256.match(entry["mac"])), f"{what}.mac is not an HMAC")
         _need(isinstance(path, str) and "\0" not in path and os.path.isabs(path)
               and os.path.normpath(path) == path, f"{what}.path is not a plain absolute path")
         return

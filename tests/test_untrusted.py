@@ -371,7 +371,26 @@ _entry = st.fixed_dictionaries(
     optional={"path": _paths, "src": _paths, "dst": _paths, "new": st.sampled_from(["new/0", "../x", "new/1"]),
               "backup": st.sampled_from(["backup/0", "/tmp/x"]), "old_sha256": st.none() | st.just("a" * 64),
               "new_sha256": st.just("b" * 64) | _scalars, "mac": st.text(max_size=64), "extra": _json})
-_journals = _json | st.fixed_dictionaries(
+
+
+@st.composite
+def _plausible(draw) -> dict:
+    """A journal of the right shape whose paths are drawn from the dangerous ones: most reach the resolver."""
+    operations = []
+    for index in range(draw(st.integers(0, 3))):
+        if draw(st.booleans()):
+            entry = {"kind": "write", "path": draw(_paths), "old_sha256": draw(st.none() | st.just("a" * 64)),
+                     "new_sha256": "b" * 64, "new": f"new/{index}", "backup": f"backup/{index}"}
+            if draw(st.booleans()):
+                entry["mac"] = draw(st.just("0" * 64) | st.text(max_size=64))
+        else:
+            entry = {"kind": "move", "src": draw(_paths), "dst": ".resumedoctor/quarantine/" + draw(_paths)}
+        operations.append({**entry, "reason": "r", "code": "X", "fixer": "f"})
+    return {"version": 1, "id": TX_ID, "status": draw(st.sampled_from(sorted(["prepared", "committed", "undoing"]))),
+            "operations": operations}
+
+
+_journals = _plausible() | _json | st.fixed_dictionaries(
     {"version": st.just(1) | _scalars, "id": st.just(TX_ID) | st.text(max_size=10),
      "status": st.sampled_from(["prepared", "applying", "committed", "undoing", "undone", "evil"]),
      "operations": st.lists(_entry, max_size=3) | _json},
