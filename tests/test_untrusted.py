@@ -426,3 +426,19 @@ def test_journal_loader_on_random_json(loader_world, data):
         for path in transaction._paths(entry):
             real = os.path.realpath(path)
             assert real == root or real.startswith(root + os.sep), (entry, real)
+
+
+def test_launch_fix_says_who_holds_the_lock(built_runs, tmp_path):
+    from conftest import GRPO_RECIPE
+
+    from resumedoctor.writer_lock import writer_lock
+
+    run, _ = _world(built_runs, tmp_path)
+    _damage(run)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(GRPO_RECIPE.replace("{max_steps}", "6").format(
+        model=run / "checkpoint-4", dataset=tmp_path / "prompts.jsonl", output_dir=run))
+    with writer_lock(run):
+        result = run_cli("launch", "--config", str(recipe), "--fix", "--unsafe", cwd=tmp_path)
+    _assert_refused(result, f"pid {os.getpid()}", "--fix")
+    assert (run / "checkpoint-6").is_dir() and (run / "tmp-checkpoint-8").is_dir()
