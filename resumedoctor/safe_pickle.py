@@ -67,9 +67,9 @@ PICKLE_ALLOW_LIST: dict[str, str] = {
     "accelerate.utils.dataclasses.DeepSpeedPlugin": DATA_CLASS,
     "transformers.integrations.deepspeed.HfTrainerDeepSpeedConfig": DATA_CLASS,
 }
-# Stdlib containers get the real (harmless) type or a checked stand-in, as in torch's weights_only list.
-STDLIB_ALLOWED = ("collections.OrderedDict", "collections.Counter", "builtins.set", "builtins.frozenset",
-                  "builtins.bytearray", "builtins.complex", "_codecs.encode")
+# Stdlib containers get the real (harmless) type, _codecs.encode a checked stand-in, as in torch's weights_only
+# list. Not bytearray (bytearray(10**12) allocates what it is told, and no checkpoint file pickles one) or complex.
+STDLIB_ALLOWED = ("collections.OrderedDict", "collections.Counter", "builtins.set", "_codecs.encode")
 
 # A TRL trainer's arguments class: `trl.trainer.<stem>_config.<Stem>Config` (or under trl.experimental.<pkg>),
 # its name the module stem in CamelCase. Checked by name only, without importing TRL; tests/test_untrusted.py
@@ -81,6 +81,7 @@ _NOT_ARGUMENTS = {"model", "base"}  # trl.trainer.model_config.ModelConfig holds
 
 def allowed_kind(module: str, name: str) -> str | None:
     """DATA_CLASS, VALUE or "stdlib" for a global on the allow-list; None for any other."""
+    module, name = _python3_name(module, name)
     qualname = f"{module}.{name}"
     if qualname in PICKLE_ALLOW_LIST:
         return PICKLE_ALLOW_LIST[qualname]
@@ -90,6 +91,20 @@ def allowed_kind(module: str, name: str) -> str | None:
     if match and match.group(1) not in _NOT_ARGUMENTS and name == _trl_config_name(match.group(1), name):
         return DATA_CLASS
     return None
+
+
+def _python3_name(module: str, name: str) -> tuple[str, str]:
+    """Protocol 2 (torch.save's) writes Python 2 names (__builtin__.set); map them as pickle's own find_class does."""
+    if module.isascii() and ("__builtin__" in module or module in _PY2_MODULES):
+        import _compat_pickle
+
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            return _compat_pickle.NAME_MAPPING[(module, name)]
+        return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+    return module, name
+
+
+_PY2_MODULES = {"copy_reg", "UserDict", "UserList", "exceptions"}
 
 
 def _trl_config_name(stem: str, name: str) -> str | None:
@@ -108,6 +123,9 @@ class UnsafePickleError(Exception):
         super().__init__(global_name)
         self.global_name = global_name
         self.reason = reason or f"names {global_name}, which is not on the allow-list of checkpoint pickles"
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 class PickleBudgetError(UnsafePickleError):
@@ -135,66 +153,82 @@ class PickleBudget:
 
 # training_args.bin is ~6 KiB and ~1000 opcodes; optimizer.pt grows ~100 opcodes per parameter tensor.
 ARGS_BUDGET = PickleBudget(max_bytes=4 << 20, max_opcodes=1_000_000)
-STATE_BUDGET = PickleBudget(max_bytes=64 << 20, max_opcodes=4_000_000)
+STATE_BUDGET = PickleBudget(max_bytes=64 << 20, max_opcodes=2_000_000)
 MAX_PICKLE_BYTES = ARGS_BUDGET.max_bytes
 
 
 # --- the opcode scan --------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=1)
-def _opcode_table() -> dict[int, tuple[str, int, str]]:
-    """opcode byte -> (name, argument length code of pickletools, argument name)."""
-    import pickletools
-
-    return {ord(op.code): (op.name, op.arg.n if op.arg else 0, op.arg.name if op.arg else "") for op in pickletools.opcodes}
-
-
+# What the scan does with an opcode: skip it, remember a string, put to or get from the memo, or check it.
+_SKIP, _STRING, _PUT, _MEMOIZE, _GET, _CHECK, _STOP = range(7)
 _STRINGS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
-_NEUTRAL = {"MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "FRAME", "PROTO"}
 _PREFIX = {-2: (1, False), -3: (4, True), -4: (4, False), -5: (8, False)}  # pickletools' TAKEN_FROM_ARGUMENT*
 
 
+def _action(name: str) -> int:
+    if name in _STRINGS:
+        return _STRING
+    return {"PUT": _PUT, "BINPUT": _PUT, "LONG_BINPUT": _PUT, "MEMOIZE": _MEMOIZE, "GET": _GET, "BINGET": _GET,
+            "LONG_BINGET": _GET, "FRAME": _SKIP, "PROTO": _SKIP, "STOP": _STOP}.get(name, _CHECK)
+
+
+@functools.lru_cache(maxsize=1)
+def _opcode_table() -> list[tuple[str, int, str, int] | None]:
+    """opcode byte -> (name, argument length code of pickletools, argument name, action); None for no opcode."""
+    import pickletools
+
+    table: list[tuple[str, int, str, int] | None] = [None] * 256
+    for op in pickletools.opcodes:
+        table[ord(op.code)] = (op.name, op.arg.n if op.arg else 0, op.arg.name if op.arg else "", _action(op.name))
+    return table
+
+
 def scan_pickle(data: bytes, budget: PickleBudget, *, storages: bool) -> tuple[str, ...]:
-    """Every global the pickle names, checked against the allow-list and the budget without building anything."""
+    """Every global the pickle names, checked against the allow-list and the budget without building anything.
+
+    `storages`: a state pickle (tensors by persistent id; torch, numpy and containers only), not the arguments one.
+    """
     if len(data) > budget.max_bytes:
         raise PickleBudgetError(f"the pickle is {len(data)} bytes (at most {budget.max_bytes})")
-    table, found, memo = _opcode_table(), set(), {}
+    table, found, memo, size = _opcode_table(), set(), {}, len(data)
     recent: tuple[Any, Any] = (None, None)  # the last two values pushed, when they are known strings
     pos = count = 0
-    while pos < len(data):
-        entry = table.get(data[pos])
+    while pos < size:
+        entry = table[data[pos]]
         if entry is None:
             raise PickleReadError(f"byte {data[pos]:#04x} at offset {pos} is not a pickle opcode")
         count += 1
         if count > budget.max_opcodes:
             raise PickleBudgetError(f"more than {budget.max_opcodes} opcodes")
-        name, length, arg_name = entry
+        name, length, arg_name, action = entry
+        if length >= 0 and action == _CHECK:  # the common case, kept short: a fixed-size argument, no global
+            pos += 1 + length
+            if name in _NAMING:
+                found.add(_check_opcode(name, None, recent, storages=storages))
+            recent = (recent[1], None)
+            continue
         pos, arg = _read_argument(data, pos + 1, length, arg_name)
-        if name == "STOP":
+        if action == _STOP:
+            found.discard("")
             return tuple(sorted(found))
-        if name in _MEMO_PUTS:
-            index = len(memo) if name == "MEMOIZE" else _index(arg)
+        if action == _PUT or action == _MEMOIZE:
+            index = len(memo) if action == _MEMOIZE else _index(arg)
             if index > budget.max_memo:
                 raise PickleBudgetError(f"memo index {index} (at most {budget.max_memo})")
             memo[index] = recent[1]
-        elif name in _STRINGS:
+        elif action == _STRING:
             recent = (recent[1], arg)
-        elif name in _MEMO_GETS:
+        elif action == _GET:
             recent = (recent[1], memo.get(_index(arg)))
-        elif name not in _NEUTRAL:
-            global_name = _check_opcode(name, arg, recent, storages=storages)
-            if global_name:
-                found.add(global_name)
+        elif action == _CHECK:
+            found.add(_check_opcode(name, arg, recent, storages=storages))
             recent = (recent[1], None)
     raise PickleReadError("the pickle ends before its STOP opcode")
 
 
-_STRINGS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
-_MEMO_PUTS = {"MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"}
-_MEMO_GETS = {"BINGET", "LONG_BINGET", "GET"}
-_NEUTRAL = {"FRAME", "PROTO"}
-_PREFIX = {-2: (1, False), -3: (4, True), -4: (4, False), -5: (8, False)}  # pickletools' TAKEN_FROM_ARGUMENT*
+# Fixed-size opcodes that name a global or need a look: STACK_GLOBAL, copyreg extensions, persistent ids.
+_NAMING = {"STACK_GLOBAL", "EXT1", "EXT2", "EXT4", "BINPERSID"}
 
 
 def _index(arg: Any) -> int:
@@ -244,10 +278,15 @@ def _check_opcode(name: str, arg: Any, recent: tuple[Any, Any], *, storages: boo
     elif name in ("GLOBAL", "INST"):
         module, _, attr = str(arg).partition(" ")
     else:
-        return None
-    if allowed_kind(module, attr) is None:
+        return ""
+    kind = allowed_kind(module, attr)
+    if kind is None:
         raise UnsafePickleError(_printable(f"{module}.{attr}"))
-    return f"{module}.{attr}"
+    qualname = ".".join(_python3_name(module, attr))
+    if storages and kind != "stdlib" and not qualname.startswith(("torch.", "numpy.")):
+        raise UnsafePickleError(qualname, f"names {qualname}, an arguments type that optimizer, scheduler, RNG "
+                                          "and scaler states never hold")
+    return qualname
 
 
 def _printable(text: str) -> str:
@@ -298,31 +337,18 @@ def _encode(text: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes
     return text.encode("latin-1", errors)
 
 
-def _bytearray(*args: Any) -> bytearray:
-    """bytearray of given bytes only: bytearray(10**12) would allocate what the integer says."""
-    if args and not isinstance(args[0], (bytes, bytearray, str, list)):
-        raise UnsafePickleError("builtins.bytearray", "calls bytearray with a size instead of bytes")
-    return bytearray(*args)
-
-
-def _complex(*args: Any) -> complex:
-    if not all(isinstance(arg, (int, float, complex)) for arg in args):
-        raise UnsafePickleError("builtins.complex", "calls complex with something other than numbers")
-    return complex(*args)
-
-
 def _stdlib(qualname: str) -> Any:
     import collections
 
     return {"collections.OrderedDict": collections.OrderedDict, "collections.Counter": collections.Counter,
-            "builtins.set": set, "builtins.frozenset": frozenset, "builtins.bytearray": _bytearray,
-            "builtins.complex": _complex, "_codecs.encode": _encode}[qualname]
+            "builtins.set": set, "_codecs.encode": _encode}[qualname]
 
 
 def _find_class(self, module: str, name: str) -> Any:
     kind = allowed_kind(module, name)
     if kind is None:
         raise UnsafePickleError(_printable(f"{module}.{name}"))
+    module, name = _python3_name(module, name)
     return _stdlib(f"{module}.{name}") if kind == "stdlib" else _stub_class(module, name, kind)
 
 
@@ -362,9 +388,9 @@ class _Plain:
         if key in self.done:
             return self.done[key]
         if key in self.busy:
-            raise PickleReadError("the pickle holds a value that contains itself (a cycle)")
+            raise UnsafePickleError("", "holds a value that contains itself (a cycle), which no arguments object does")
         if depth > self.budget.max_depth:
-            raise PickleReadError(f"the pickle nests values more than {self.budget.max_depth} deep")
+            raise PickleBudgetError(f"values nested more than {self.budget.max_depth} deep")
         self.busy.add(key)
         self.keep.append(value)
         result = self._convert_new(value, depth + 1)
