@@ -21,7 +21,11 @@ from resumedoctor.dcp_metadata import (
 )
 from resumedoctor.findings import Finding, Rule, Severity
 from resumedoctor.registry import CheckFamily
-from resumedoctor.safe_pickle import PickleReadError, UnsafePickleError, check_state_pickle
+from resumedoctor.safe_pickle import (
+    PickleReadError,
+    UnsafePickleError,
+    check_state_pickle,
+)
 from resumedoctor.safetensors_header import SafetensorsError, count_non_finite
 from resumedoctor.seal import (
     SEAL_FILE,
