@@ -88,7 +88,7 @@ def allowed_kind(module: str, name: str) -> str | None:
     if qualname in STDLIB_ALLOWED:
         return "stdlib"
     match = _TRL_CONFIG_MODULE.match(module)
-    if match and match.group(1) not in _NOT_ARGUMENTS and name == _trl_config_name(match.group(1), name):
+    if match and match.group(1) not in _NOT_ARGUMENTS and _spells_config(match.group(1), name):
         return DATA_CLASS
     return None
 
@@ -107,10 +107,9 @@ def _python3_name(module: str, name: str) -> tuple[str, str]:
 _PY2_MODULES = {"copy_reg", "UserDict", "UserList", "exceptions"}
 
 
-def _trl_config_name(stem: str, name: str) -> str | None:
-    """`name` when it spells `stem` + Config in any capitalisation (grpo -> GRPOConfig, online_dpo -> OnlineDPOConfig)."""
-    wanted = stem.replace("_", "") + "config"
-    return name if name.isidentifier() and name.isascii() and name.lower() == wanted else None
+def _spells_config(stem: str, name: str) -> bool:
+    """Whether `name` spells `stem` + Config in any capitalisation (grpo -> GRPOConfig, online_dpo -> OnlineDPOConfig)."""
+    return name.isidentifier() and name.isascii() and name.lower() == stem.replace("_", "") + "config"
 
 
 # --- errors and budgets -----------------------------------------------------------------------------
@@ -154,7 +153,6 @@ class PickleBudget:
 # training_args.bin is ~6 KiB and ~1000 opcodes; optimizer.pt grows ~100 opcodes per parameter tensor.
 ARGS_BUDGET = PickleBudget(max_bytes=4 << 20, max_opcodes=1_000_000)
 STATE_BUDGET = PickleBudget(max_bytes=64 << 20, max_opcodes=2_000_000)
-MAX_PICKLE_BYTES = ARGS_BUDGET.max_bytes
 
 
 # --- the opcode scan --------------------------------------------------------------------------------
@@ -450,7 +448,7 @@ def read_pickle_member(path: Path, budget: PickleBudget = ARGS_BUDGET) -> bytes:
             if member.file_size > budget.max_bytes:
                 raise PickleBudgetError(f"{member.filename} is {member.file_size} bytes (at most {budget.max_bytes})")
             with archive.open(member) as handle:
-                return handle.read(budget.max_bytes + 1)[:budget.max_bytes + 1]
+                return handle.read(budget.max_bytes + 1)  # one byte over: scan_pickle says it is too big
     except ArchivePickleError as exc:
         raise PickleReadError(exc.reason) from None
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
@@ -474,7 +472,7 @@ def read_training_args(path: Path) -> dict[str, Any]:
     except (UnsafePickleError, PickleReadError):
         raise
     except Exception as exc:  # noqa: BLE001 - a malformed pickle is one line for the user
-        raise PickleReadError(f"the arguments pickle cannot be read: {type(exc).__name__}: {exc}") from None
+        raise PickleReadError(f"the arguments pickle cannot be read: {type(exc).__name__}: {_printable(str(exc))}") from None
     plain = to_plain(loaded)
     if not isinstance(plain, dict):
         raise PickleReadError("the pickle does not hold an arguments object")
