@@ -1,7 +1,7 @@
 """CKPT: is the checkpoint that the resume will load whole, and consistent with itself?
 
 Everything here reads file headers, zip directories and small JSON files; tensors are read only
-with `--deep`, and no pickle is ever loaded.
+with `--deep`, and no pickle is ever loaded (pickles are scanned against an allow-list, see safe_pickle).
 """
 
 from __future__ import annotations
@@ -21,7 +21,11 @@ from resumedoctor.dcp_metadata import (
 )
 from resumedoctor.findings import Finding, Rule, Severity
 from resumedoctor.registry import CheckFamily
-from resumedoctor.safe_pickle import PickleReadError, UnsafePickleError
+from resumedoctor.safe_pickle import (
+    PickleReadError,
+    UnsafePickleError,
+    check_state_pickle,
+)
 from resumedoctor.safetensors_header import SafetensorsError, count_non_finite
 from resumedoctor.seal import (
     SEAL_FILE,
@@ -232,11 +236,15 @@ FILE_UNREADABLE = Rule(
 
 TRAINING_ARGS_UNSAFE = Rule(
     "CKPT028", "training-args-unsafe-pickle", ERROR,
-    "training_args.bin holds a pickle that would run code when loaded.",
-    "training_args.bin should pickle nothing but the argument classes of transformers, TRL and "
-    "accelerate. This one names another global (os.system, eval, subprocess, ...): loading it with "
-    "torch.load(weights_only=False), as some tools and notebooks do, runs that code. resumedoctor read "
-    "it with a restricted unpickler that ran nothing. Treat the whole checkpoint as untrusted.",
+    "A pickle of the checkpoint (training_args.bin, optimizer, scheduler, RNG, scaler) would run code, "
+    "exhausts a reader, or is not the one torch.load reads.",
+    "These files should pickle nothing but argument classes, tensors and containers: the globals "
+    "transformers, TRL and torch really write, an explicit allow-list. This one names another global "
+    "(os.system, eval, torch.hub.load, ...), uses a data class in a way that runs its code, is built to "
+    "exhaust memory or time, or holds a second pickle that differs from the data.pkl torch.load reads. "
+    "Loading it with torch.load(weights_only=False), as some tools and notebooks do, can run that code, "
+    "and the Trainer refuses it on resume. resumedoctor read it with a restricted scanner that ran "
+    "nothing. Treat the whole checkpoint as untrusted.",
 )
 
 SEAL_MISMATCH = Rule(
@@ -332,6 +340,9 @@ WEIGHT_FILES = (
 )
 ARCHIVE_SUFFIXES = (".pt", ".pth", ".bin")
 RNG_NAME = re.compile(r"^rng_state(?:_(\d+))?\.pth$")
+# The Trainer's own state archives, whose pickles are checked against the allow-list (DeepSpeed's and FSDP's
+# files are loaded by those libraries, with globals of their own, and are only checked for structure).
+STATE_PICKLES = frozenset({"optimizer.pt", "scheduler.pt", "scaler.pt"})
 TAG_DIR = re.compile(r"^global_step\d+$")
 # accelerate's save_fsdp_model / save_fsdp_optimizer with SHARDED_STATE_DICT: torch.distributed.checkpoint folders.
 DCP_DIR = re.compile(r"^(pytorch_model_fsdp|optimizer)_\d+$")
@@ -638,6 +649,8 @@ class CheckpointInspector:
             yield self.finding(LEGACY_PICKLE, f"{label}: legacy pickle format, not verified (never unpickled)", path)
         elif report.unreadable:
             yield self.finding(FILE_UNREADABLE, f"{label}: {report.problems[0]}", path)
+        elif report.suspicious:
+            yield self._unsafe(path, report.suspicious[0])
         elif report.problems:
             rule = TRAINING_ARGS_DAMAGED if path.name == "training_args.bin" else ARCHIVE_DAMAGED
             more = f" (+{len(report.problems) - 1} more)" if len(report.problems) > 1 else ""
@@ -648,15 +661,33 @@ class CheckpointInspector:
         for name in sorted(self.layout.files):
             if name.endswith(ARCHIVE_SUFFIXES):
                 yield from self._archive_findings(self.folder / name, name)
+        for name in sorted(self.layout.files):
+            if name in STATE_PICKLES or RNG_NAME.match(name):
+                yield from self.check_state_pickle(self.folder / name)
         if "training_args.bin" in self.layout.files and self.ctx.torch_archive(self.folder / "training_args.bin").ok:
             yield from self.check_training_args_pickle(self.folder / "training_args.bin")
+
+    def _unsafe(self, path: Path, reason: str) -> Finding:
+        return self.finding(TRAINING_ARGS_UNSAFE, f"{path.name} {reason}; nothing was run", path,
+                            hint="do not torch.load this checkpoint; find out where it came from")
+
+    def check_state_pickle(self, path: Path) -> Iterator[Finding]:
+        """The pickle of optimizer.pt, scheduler.pt, rng_state*.pth, scaler.pt: only allowed globals (scanned, not loaded)."""
+        if not self.ctx.torch_archive(path).ok:
+            return  # damaged or crafted: _archive_findings reports it
+        try:
+            self.ctx.load(check_state_pickle, path)
+        except UnsafePickleError as exc:
+            yield self._unsafe(path, exc.reason)
+        except PickleReadError as exc:
+            yield self.finding(ARCHIVE_DAMAGED, f"{path.name}: {exc.reason}", path,
+                               hint="this file is damaged; resume from an earlier checkpoint")
 
     def check_training_args_pickle(self, path: Path) -> Iterator[Finding]:
         try:
             self.ctx.training_args(path)
         except UnsafePickleError as exc:
-            yield self.finding(TRAINING_ARGS_UNSAFE, f"training_args.bin names {exc.global_name}; it was not run", path,
-                               hint="do not torch.load this checkpoint; find out where it came from")
+            yield self._unsafe(path, exc.reason)
         except PickleReadError as exc:
             yield self.finding(TRAINING_ARGS_DAMAGED, f"training_args.bin: {exc.reason}", path)
 

@@ -3,6 +3,8 @@
 `optimizer.pt`, `scheduler.pt`, `rng_state*.pth`, `scaler.pt` and `training_args.bin` are zip
 archives of a pickle (`<name>/data.pkl`) plus raw storages. A cut-off copy loses the central
 directory at the end of the file; a damaged one has member headers or data that do not add up.
+The pickle that counts is the one torch.load reads (torch_pickle_member); an archive holding other
+pickles that differ from it, or a data.pkl where torch does not look, was made to fool a reader.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+
+from resumedoctor.errors import ReasonError
 
 LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 LOCAL_HEADER_SIGNATURE = b"PK\x03\x04"
@@ -26,10 +30,51 @@ class ArchiveReport:
     # The pre-1.6 torch format: a bare pickle that cannot be verified without unpickling.
     legacy_pickle: bool = False
     unreadable: bool = False
+    # Pickles that disagree with the one torch.load reads: a crafted archive (CKPT028), not damage.
+    suspicious: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
-        return not self.problems and not self.legacy_pickle
+        return not self.problems and not self.legacy_pickle and not self.suspicious
+
+
+class ArchivePickleError(ReasonError):
+    """torch.load would read no pickle from this archive, or one of several that differ; `reason` is one line."""
+
+
+def torch_pickle_member(archive):
+    """The member torch.load unpickles: `<folder>/data.pkl`, where the folder is that of the archive's
+    first member and the name is matched without regard to case, as torch's zip reader (miniz) does."""
+    infos = archive.infolist()
+    if not infos:
+        raise ArchivePickleError("the archive has no members")
+    folder, slash, _ = infos[0].filename.partition("/")
+    if not slash:
+        raise ArchivePickleError(f"the first member {infos[0].filename[:80]!r} is not in a folder: torch cannot load it")
+    record = f"{folder}/data.pkl"
+    matches = [info for info in infos if info.filename.lower() == record.lower()]
+    if not matches:
+        raise ArchivePickleError(f"torch reads {record[:120]}, which the archive does not hold")
+    if len({(info.CRC, info.file_size) for info in matches}) > 1:
+        raise ArchivePickleError(f"{len(matches)} members differ that torch could read as {record[:120]}")
+    return matches[0]
+
+
+def _pickle_disagreements(archive) -> list[str]:
+    """Why the archive's pickles do not all agree with the one torch.load reads (empty for what torch.save writes)."""
+    pickles = [info for info in archive.infolist() if info.filename.lower().endswith(".pkl")]
+    if not pickles:
+        return []
+    try:
+        chosen = torch_pickle_member(archive)
+    except ArchivePickleError as exc:
+        where = ", ".join(info.filename[:80] for info in pickles[:3])
+        return [f"{exc.reason} (its pickles: {where})"]
+    differing = [info.filename[:80] for info in pickles if (info.CRC, info.file_size) != (chosen.CRC, chosen.file_size)]
+    if differing:
+        return [f"holds {len(differing)} other pickle(s) ({', '.join(differing[:3])}) that differ from the "
+                f"{chosen.filename[:80]} torch reads"]
+    return []
 
 
 def _is_pickle(head: bytes) -> bool:
@@ -89,7 +134,7 @@ def inspect_torch_archive(path: Path, *, deep: bool = False) -> ArchiveReport:
                 problems: list[str] = []
                 if not infos:
                     problems.append("the archive has no members")
-                pickles = tuple(name for name in names if name.endswith("data.pkl"))
+                pickles = tuple(name for name in names if name.lower().endswith("data.pkl"))
                 if infos and not pickles:
                     problems.append("no data.pkl member: not written by torch.save")
                 # Members must end before the central directory starts.
@@ -99,6 +144,7 @@ def inspect_torch_archive(path: Path, *, deep: bool = False) -> ArchiveReport:
                 if deep and not problems:
                     for info in infos:
                         problems += _crc_problems(archive, info)
-                return ArchiveReport(path, size, names, tuple(problems))
+                suspicious = tuple(_pickle_disagreements(archive)) if pickles else ()
+                return ArchiveReport(path, size, names, tuple(problems), suspicious=suspicious)
     except OSError as exc:
         return ArchiveReport(path, 0, problems=(f"cannot be read: {exc.strerror or exc}",), unreadable=True)

@@ -65,3 +65,54 @@ def test_flipped_byte_is_caught_by_crc_only_with_deep(full_run):
     assert inspect_torch_archive(path).ok
     deep = inspect_torch_archive(path, deep=True)
     assert not deep.ok and "CRC" in deep.problems[0]
+
+
+def _archive(path, members):
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members:
+            archive.writestr(name, data)
+    return path
+
+
+@pytest.mark.parametrize("layout", ["upper-case record", "pickle before the record", "duplicate, same bytes"])
+def test_the_pickle_member_is_the_one_torch_load_reads(tmp_path, layout):
+    """torch's reader takes `<folder of the first member>/data.pkl`, matched without regard to case."""
+    import pickle
+
+    import torch
+
+    from resumedoctor.torch_archive import torch_pickle_member
+
+    torch.save({"which": "real"}, tmp_path / "real.pt")
+    with zipfile.ZipFile(tmp_path / "real.pt") as real:
+        members = [(info.filename, real.read(info)) for info in real.infolist()]
+    folder = members[0][0].split("/")[0]
+    other = pickle.dumps({"which": "other"}, protocol=2)
+    if layout == "upper-case record":
+        members = [(f"{folder}/DATA.PKL" if name.endswith("data.pkl") else name, data) for name, data in members]
+    elif layout == "pickle before the record":
+        members = [(f"{folder}/xdata.pkl", other), *members]
+    else:
+        members = [*members, members[0]]
+    path = _archive(tmp_path / "crafted.pt", members)
+    loaded = torch.load(path, weights_only=True)  # the oracle; these payloads hold plain dicts only
+    with zipfile.ZipFile(path) as archive:
+        chosen = archive.read(torch_pickle_member(archive))
+    assert chosen == pickle.dumps(loaded, protocol=2) or loaded == {"which": "real"} and b"real" in chosen
+    report = inspect_torch_archive(path)
+    assert bool(report.suspicious) == (layout == "pickle before the record"), report
+
+
+def test_an_archive_whose_record_is_elsewhere_is_suspicious(tmp_path):
+    """data.pkl in another folder than the first member's: torch cannot read it, and the old reader would have."""
+    import torch
+
+    torch.save({"a": 1}, tmp_path / "real.pt")
+    with zipfile.ZipFile(tmp_path / "real.pt") as real:
+        members = [(info.filename, real.read(info)) for info in real.infolist()]
+    assert members[0][0].endswith("/data.pkl")
+    path = _archive(tmp_path / "moved.pt", [*members[1:], ("other/data.pkl", members[0][1])])
+    with pytest.raises(RuntimeError):
+        torch.load(path, weights_only=True)
+    report = inspect_torch_archive(path)
+    assert not report.ok and "does not hold" in report.suspicious[0]
