@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,9 @@ class RunContext:
             try:
                 self._cache[key] = (True, compute())
             except Exception as exc:  # noqa: BLE001 - cached and re-raised to every caller
+                # Kept for the whole run: its frames' locals go (the lines stay for --debug), or every
+                # cached error would hold what its computation had in hand.
+                traceback.clear_frames(exc.__traceback__)
                 self._cache[key] = (False, exc)
         ok, value = self._cache[key]
         if not ok:
