@@ -35,9 +35,7 @@ from resumedoctor.seal import (
 from resumedoctor.target import (
     CHECKPOINT_NAME,
     TMP_CHECKPOINT_NAME,
-    TargetError,
     checkpoint_step,
-    list_checkpoints,
 )
 
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
@@ -919,7 +917,8 @@ class SealLedger:
         self._unsealed_steps: list[int] = []
 
     def _sealing(self, index: int) -> bool:
-        seal = _readable_seal(self.ctx, self.checkpoints[index])
+        folder = self.checkpoints[index]
+        seal = _readable_seal(self.ctx, folder) if (folder / SEAL_FILE).is_file() else None
         return seal is not None and sealing_was_on(seal)
 
     def reference(self, step: int) -> tuple[Path, dict] | None:
@@ -950,18 +949,8 @@ class SealLedger:
         return len(self._unsealed) - first, [self.checkpoints[i] for i in self._unsealed[first:first + shown]]
 
 
-def checkpoints_of(ctx: RunContext, output_dir: Path) -> list[Path]:
-    """The checkpoint-N folders of an output_dir, listed once per run (the target's own listing when it is one)."""
-    if ctx.target.is_output_dir and output_dir == ctx.target.output_dir:
-        return list(ctx.target.checkpoints)
-    try:
-        return ctx.memo(("checkpoints", output_dir), lambda: list_checkpoints(output_dir), "list_checkpoints")
-    except TargetError:
-        return []
-
-
 def seal_ledger(ctx: RunContext, output_dir: Path) -> SealLedger:
-    return ctx.memo(("seal-ledger", output_dir), lambda: SealLedger(ctx, checkpoints_of(ctx, output_dir)))
+    return ctx.memo(("seal-ledger", output_dir), lambda: SealLedger(ctx, ctx.checkpoints_in(output_dir)))
 
 
 def _sealed_while_sealing(ctx: RunContext, folder: Path) -> bool:
@@ -979,7 +968,7 @@ def inspect_checkpoint(ctx: RunContext, folder: Path) -> list[Finding]:
 
 def newest_usable_checkpoint(ctx: RunContext) -> Path | None:
     """The newest checkpoint-N of the output_dir without an error finding (what a fixed resume uses)."""
-    for folder in reversed(checkpoints_of(ctx, ctx.target.output_dir)):
+    for folder in reversed(ctx.checkpoints_in(ctx.target.output_dir)):
         if not _errors(ctx, inspect_checkpoint(ctx, folder)):
             return folder
     return None

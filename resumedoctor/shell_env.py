@@ -77,7 +77,14 @@ def shell_environment(path: str | os.PathLike, *, wandb_dir: Path | None = None,
 
 def _wandb_decision(ctx, checkpoint: Path, comments: list[str]):
     """(the W&B decision for the checkpoint or None, a WANDB_RUN_ID kept for a new run or None); says why in `comments`."""
-    from resumedoctor.wandb_runs import decide, decision_problem, find_runs, judge_run_id, read_decision, shown
+    from resumedoctor.wandb_runs import (
+        decide,
+        decision_problem,
+        find_runs,
+        judge_run_id,
+        read_decision,
+        shown,
+    )
 
     runs = find_runs(ctx)
     progress = ctx.progress(checkpoint)

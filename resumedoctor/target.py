@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # transformers.trainer_utils._re_checkpoint: only these names are resume candidates.
@@ -67,8 +67,13 @@ class Target:
     is_output_dir: bool
     # The final model files `save_model` left in the output_dir: the run reached its end at least once.
     final_model: tuple[str, ...] = ()
-    # The output_dir's subfolders by name, sorted, from the one listing of the run.
-    subfolders: tuple[str, ...] = ()
+    # The output_dir's entries (name -> is a folder) from the one listing of the run; None: not listed.
+    listing: dict[str, bool] | None = field(default=None, compare=False, hash=False)
+
+    @property
+    def subfolders(self) -> list[str]:
+        """The output_dir's subfolders by name, sorted."""
+        return sorted(name for name, is_dir in (self.listing or {}).items() if is_dir)
 
     @property
     def display(self) -> str:
@@ -150,5 +155,5 @@ def resolve_target(path: str | os.PathLike) -> Target:
         checkpoints=tuple(checkpoints),
         is_output_dir=True,
         final_model=tuple(name for name in FINAL_MODEL_FILES if name in listing),
-        subfolders=tuple(sorted(name for name, is_dir in listing.items() if is_dir)),
+        listing=listing,
     )
