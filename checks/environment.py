@@ -18,7 +18,7 @@ from resumedoctor.findings import Finding, Rule, Severity
 from resumedoctor.recipe import RecipeError, installed_version
 from resumedoctor.registry import CheckFamily
 from resumedoctor.safe_pickle import PickleReadError, UnsafePickleError
-from resumedoctor.target import TargetError, checkpoint_step, list_checkpoints
+from resumedoctor.target import checkpoint_step
 
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 DISK_MARGIN = 1.10  # 10% above what the next saves need
@@ -288,9 +288,9 @@ def check_disk(ctx: RunContext, checkpoint: Path) -> Iterator[Finding]:
     if size == 0:
         return
     settings = save_settings(ctx, checkpoint, state if isinstance(state, dict) else {})
-    settings.later_checkpoints = tuple(step for step in map(checkpoint_step, _checkpoints(ctx.target.output_dir))
+    settings.later_checkpoints = tuple(step for step in map(checkpoint_step, ctx.checkpoints_in(ctx.target.output_dir))
                                        if step is not None and step > settings.global_step)
-    need = disk_need(settings, existing_checkpoints(ctx.target.output_dir))
+    need = disk_need(settings, existing_checkpoints(ctx))
     if need.checkpoints <= 0:
         return
     needed = int(size * need.checkpoints * DISK_MARGIN)
@@ -304,19 +304,10 @@ def check_disk(ctx: RunContext, checkpoint: Path) -> Iterator[Finding]:
             "free space, set save_total_limit (rotation deletes the oldest checkpoints), or save less often")
 
 
-def _checkpoints(output_dir: Path) -> list[Path]:
-    try:
-        return list_checkpoints(output_dir)
-    except TargetError:
-        return []
-
-
-def existing_checkpoints(output_dir: Path) -> int:
-    """What rotate_checkpoints counts: every `checkpoint-*` folder."""
-    try:
-        return sum(1 for path in output_dir.glob("checkpoint-*") if path.is_dir())
-    except OSError:
-        return 0
+def existing_checkpoints(ctx: RunContext) -> int:
+    """What rotate_checkpoints counts: every `checkpoint-*` folder (from the run's one listing)."""
+    listing = ctx.listing(ctx.target.output_dir)
+    return sum(1 for name, is_dir in listing.items() if is_dir and name.startswith("checkpoint-"))
 
 
 def _bytes(count: int) -> str:

@@ -14,7 +14,9 @@ from resumedoctor.wandb_runs import (
     SEARCHED,
     LocalRuns,
     RunIdVerdict,
+    RunMatch,
     decide,
+    decision_problem,
     find_runs,
     judge_run_id,
     read_decision,
@@ -105,8 +107,21 @@ RUN_AMBIGUOUS = Rule(
     "new id), or pass --wandb-dir with the run's own wandb folder.",
 )
 
+RUN_IDENTITY_INVALID = Rule(
+    "WANDB012", "run-identity-invalid", WARNING,
+    "The run's log names a run id, project or entity that W&B does not accept: the run cannot be continued.",
+    "W&B refuses a run id that is empty, starts or ends with whitespace, or holds one of :;,#?/' "
+    "(wandb's Settings.validate_run_id), and a project (or entity) longer than 128 characters or holding "
+    "one of /\\#?%: or a newline (Settings.validate_project). W&B's own ids are lowercase letters and "
+    "digits, so a log naming anything else, or a value with control, bidi-override or line-separator "
+    "characters, was altered or crafted. resumedoctor exports and records nothing for such a run: the next "
+    "start begins a new run and the history is split. An error when the environment already names that id "
+    "(wandb.init raises as the job starts). Check where the wandb folder came from; export WANDB_RUN_ID of "
+    "a run you trust, or a new id.",
+)
+
 RULES = (RUN_AHEAD, NEW_RUN, RUN_ID_MISMATCH, RESUME_MUST_WITHOUT_ID, RESUME_CONFLICT, OFFLINE_RUN,
-         LOG_UNREADABLE, DECISION_RECORDED, DECISION_STALE, NEW_RUN_ID, RUN_AMBIGUOUS)
+         LOG_UNREADABLE, DECISION_RECORDED, DECISION_STALE, NEW_RUN_ID, RUN_AMBIGUOUS, RUN_IDENTITY_INVALID)
 
 
 def _with_decision(finding: Finding, decision) -> Finding:
@@ -188,6 +203,12 @@ def run(ctx: RunContext) -> Iterator[Finding]:
         if identity is not None and verdict.kind in ("foreign", "fresh"):
             yield identity
         return
+    match = runs.matches[-1]
+    if problem := match.identity_problem:
+        if identity is not None:
+            yield identity
+        yield identity_invalid(ctx, match, problem)
+        return
     try:
         state = ctx.read_json(checkpoint / "trainer_state.json")
         global_step = int(state["global_step"])
@@ -195,7 +216,6 @@ def run(ctx: RunContext) -> Iterator[Finding]:
         if identity is not None:
             yield identity
         return  # the CKPT family reports the broken state
-    match = runs.matches[-1]
     decision = decide(match, checkpoint, global_step)
     fresh = verdict is not None and verdict.kind == "fresh"
     if identity is not None:
@@ -203,6 +223,20 @@ def run(ctx: RunContext) -> Iterator[Finding]:
     if fresh and decision.mode == "resume":
         return  # a new run chosen on purpose: nothing is logged twice, nothing to record
     yield from check_decision(ctx, runs, decision, global_step, wanted, fresh)
+
+
+def identity_invalid(ctx: RunContext, match: RunMatch, problem: str) -> Finding:
+    """WANDB012: the matched run's log names an identity W&B refuses; nothing is exported for it."""
+    path = str(match.newest.path)
+    if ctx.environ.get("WANDB_RUN_ID") == match.run_id:
+        return _at(RUN_IDENTITY_INVALID.finding(
+            f"WANDB_RUN_ID is the run id of {match.newest.path.name}, and {problem}: wandb.init refuses it as the "
+            f"job starts", path=path, hint="export a valid WANDB_RUN_ID (a new run), and check where this log came from"),
+            ERROR)
+    return RUN_IDENTITY_INVALID.finding(
+        f"{match.newest.path.name} logged this output_dir, but {problem}: resumedoctor exports and records nothing "
+        f"for it, so the next start begins a new W&B run and this run's history is not continued", path=path,
+        hint="check where this wandb folder came from; export WANDB_RUN_ID of a run you trust, or a new id")
 
 
 def check_decision(ctx: RunContext, runs: LocalRuns, decision, global_step: int, wanted: str | None,
@@ -214,6 +248,11 @@ def check_decision(ctx: RunContext, runs: LocalRuns, decision, global_step: int,
     offline = OFFLINE_RUN.finding(f"run {match.run_id} is offline ({match.newest.path.parent.name})", path=path,
                                   hint=f"wandb sync {match.newest.path.parent}")
     recorded = read_decision(ctx.target.output_dir, ctx)
+    if recorded is not None and (why := decision_problem(recorded)):
+        yield _with_decision(DECISION_STALE.finding(
+            f"the recorded decision in .resumedoctor/wandb.json cannot be applied: {why}; `env` and `launch` use "
+            f"the current one ({decision.mode} run {decision.run_id})", path=path), decision)
+        recorded = None
     if recorded is not None:
         if recorded.same_choice(decision):
             yield DECISION_RECORDED.finding(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from resumedoctor.errors import ReasonError
 from resumedoctor.findings import Finding, Severity
 from resumedoctor.safetensors_header import SafetensorsHeader, read_safetensors_header
 from resumedoctor.settings import Settings
-from resumedoctor.target import Target
+from resumedoctor.target import Target, TargetError, list_checkpoints, scan
 from resumedoctor.torch_archive import ArchiveReport, inspect_torch_archive
 
 T = TypeVar("T")
@@ -106,6 +107,9 @@ class RunContext:
             try:
                 self._cache[key] = (True, compute())
             except Exception as exc:  # noqa: BLE001 - cached and re-raised to every caller
+                # Kept for the whole run: its frames' locals go (the lines stay for --debug), or every
+                # cached error would hold what its computation had in hand.
+                traceback.clear_frames(exc.__traceback__)
                 self._cache[key] = (False, exc)
         ok, value = self._cache[key]
         if not ok:
@@ -155,6 +159,25 @@ class RunContext:
     def usable_checkpoints(self) -> list[Path]:
         """The target's checkpoints with no error finding, oldest first (all of them when none can judge)."""
         return [folder for folder in self.target.checkpoints if not self.checkpoint_errors(folder)]
+
+    def listing(self, folder: Path) -> dict[str, bool]:
+        """A folder's entries (name -> is a folder), listed once per run; {} when it cannot be listed."""
+        target = self.target
+        if target.is_output_dir and Path(folder) == target.output_dir and target.listing is not None:
+            return target.listing  # listed by resolve_target
+
+        def listed() -> dict[str, bool]:
+            try:
+                return scan(Path(folder))
+            except TargetError:
+                return {}
+        return self.memo(("listing", Path(folder)), listed, "scan")
+
+    def checkpoints_in(self, output_dir: Path) -> list[Path]:
+        """The checkpoint-N folders of an output_dir, oldest first, from its one listing of the run."""
+        if self.target.is_output_dir and Path(output_dir) == self.target.output_dir:
+            return list(self.target.checkpoints)
+        return list_checkpoints(Path(output_dir), self.listing(output_dir))
 
     def newest_usable_checkpoint(self) -> Path | None:
         usable = self.usable_checkpoints()

@@ -27,14 +27,30 @@ class ShellEnvironment:
         return "\n".join(out) + "\n"
 
 
+# Characters that must not reach a terminal or a shell as they are: controls (newline, escape), format
+# characters (bidi overrides, zero width), surrogates, private use, unassigned, line/paragraph separators.
+UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def unprintable(text: str) -> str | None:
+    """The first character of `text` that must not be printed as it is, or None."""
+    return next((ch for ch in text if unicodedata.category(ch) in UNPRINTABLE_CATEGORIES), None)
+
+
+def printable(text: str) -> str:
+    """`text` with every unprintable character written as its escape (`\\n`, `\\u202e`): one visible line."""
+    return "".join(ch.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   if unicodedata.category(ch) in UNPRINTABLE_CATEGORIES else ch for ch in text)
+
+
 def comment_line(text: str) -> str:
     """`# text` that stays one shell comment whatever the text holds.
 
     Comments quote run ids, paths and folder names read from the output_dir (untrusted): a newline in
-    one would end the comment and start a command under `eval "$(resumedoctor env OUT)"`. Every control
-    character (and Unicode's line and paragraph separators) becomes `?`.
+    one would end the comment and start a command under `eval "$(resumedoctor env OUT)"`, and a bidi
+    override would show another text than the shell reads. Every such character is escaped.
     """
-    return "# " + "".join("?" if unicodedata.category(ch) == "Cc" or ch in "\u2028\u2029\x85" else ch for ch in text)
+    return "# " + printable(text)
 
 
 def shell_environment(path: str | os.PathLike, *, wandb_dir: Path | None = None,
@@ -52,39 +68,55 @@ def shell_environment(path: str | os.PathLike, *, wandb_dir: Path | None = None,
     if importlib.util.find_spec("wandb") is None:
         result.comments.append("wandb is not installed: no W&B run to match")
         return result
+    decision, new_run_id = _wandb_decision(ctx, checkpoint, result.comments) if checkpoint is not None else (None, None)
+    from resumedoctor.wandb_runs import env_lines
+
+    result.lines = env_lines(decision, ctx.environ, new_run_id=new_run_id)
+    return result
+
+
+def _wandb_decision(ctx, checkpoint: Path, comments: list[str]):
+    """(the W&B decision for the checkpoint or None, a WANDB_RUN_ID kept for a new run or None); says why in `comments`."""
     from resumedoctor.wandb_runs import (
         decide,
-        env_lines,
+        decision_problem,
         find_runs,
         judge_run_id,
         read_decision,
+        shown,
     )
 
-    decision, new_run_id = None, None
-    if checkpoint is not None:
-        runs = find_runs(ctx)
-        progress = ctx.progress(checkpoint)
-        global_step = progress.global_step if progress is not None else None
-        if runs.matches and global_step is not None:
-            decision = decide(runs.matches[-1], checkpoint, global_step)
-            recorded = read_decision(target.output_dir, ctx)
-            if recorded is not None and not recorded.same_choice(decision):
-                result.comments.append(f"the recorded decision ({recorded.mode} for {recorded.checkpoint}) no longer "
-                                       f"fits; using the current one (resumedoctor fix --auto records it)")
-            result.comments.append(f"W&B: {decision.reason}")
-            wanted = ctx.environ.get("WANDB_RUN_ID")
-            verdict = None if ctx.environ.get("WANDB_FORK_FROM") else judge_run_id(ctx, runs, wanted)
-            if verdict is not None and verdict.kind == "fresh":
-                new_run_id = wanted
-                result.comments.append(
-                    f"WANDB_RUN_ID={wanted} names no local run: kept, " + (
-                        "the fork gets this id" if decision.mode == "fork" else
-                        f"a new run with this id starts (unset WANDB_RUN_ID and run this again to continue "
-                        f"run {decision.run_id})"))
-        elif runs.ambiguous:
-            result.comments.append(f"runs {', '.join(runs.ambiguous)} could each be this output_dir's (a relative "
-                                   "output_dir in a shared wandb folder): not decided; export WANDB_RUN_ID yourself")
-        elif not runs.matches:
-            result.comments.append("no local W&B run logged this output_dir")
-    result.lines = env_lines(decision, ctx.environ, new_run_id=new_run_id)
-    return result
+    runs = find_runs(ctx)
+    progress = ctx.progress(checkpoint)
+    global_step = progress.global_step if progress is not None else None
+    if runs.ambiguous and not runs.matches:
+        comments.append(f"runs {', '.join(runs.ambiguous)} could each be this output_dir's (a relative "
+                        "output_dir in a shared wandb folder): not decided; export WANDB_RUN_ID yourself")
+        return None, None
+    if not runs.matches:
+        comments.append("no local W&B run logged this output_dir")
+        return None, None
+    if global_step is None:
+        return None, None
+    match = runs.matches[-1]
+    if problem := match.identity_problem:  # a crafted log: nothing of it may reach the shell
+        comments.append(f"W&B: run {shown(match.run_id)} logged this output_dir, but {problem}: nothing is "
+                        f"exported for it, and the next start begins a new run (WANDB012)")
+        return None, None
+    decision = decide(match, checkpoint, global_step)
+    recorded = read_decision(ctx.target.output_dir, ctx)
+    if recorded is not None and (why := decision_problem(recorded)):
+        comments.append(f"the recorded decision (.resumedoctor/wandb.json) is not applied: {why}; using the "
+                        "current one (resumedoctor fix --auto records it)")
+    elif recorded is not None and not recorded.same_choice(decision):
+        comments.append(f"the recorded decision ({shown(recorded.mode)} for {shown(recorded.checkpoint)}) no longer "
+                        f"fits; using the current one (resumedoctor fix --auto records it)")
+    comments.append(f"W&B: {decision.reason}")
+    wanted = ctx.environ.get("WANDB_RUN_ID")
+    verdict = None if ctx.environ.get("WANDB_FORK_FROM") else judge_run_id(ctx, runs, wanted)
+    if verdict is None or verdict.kind != "fresh":
+        return decision, None
+    comments.append(f"WANDB_RUN_ID={wanted} names no local run: kept, " + (
+        "the fork gets this id" if decision.mode == "fork" else
+        f"a new run with this id starts (unset WANDB_RUN_ID and run this again to continue run {decision.run_id})"))
+    return decision, wanted

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # transformers.trainer_utils._re_checkpoint: only these names are resume candidates.
@@ -67,6 +67,13 @@ class Target:
     is_output_dir: bool
     # The final model files `save_model` left in the output_dir: the run reached its end at least once.
     final_model: tuple[str, ...] = ()
+    # The output_dir's entries (name -> is a folder) from the one listing of the run; None: not listed.
+    listing: dict[str, bool] | None = field(default=None, compare=False, hash=False)
+
+    @property
+    def subfolders(self) -> list[str]:
+        """The output_dir's subfolders by name, sorted."""
+        return sorted(name for name, is_dir in (self.listing or {}).items() if is_dir)
 
     @property
     def display(self) -> str:
@@ -77,27 +84,38 @@ class Target:
         return bool(self.final_model)
 
 
-def _names(folder: Path) -> list[str]:
+def scan(folder: Path) -> dict[str, bool]:
+    """Every entry of a folder, listed once: name -> whether it is a folder (links followed, as
+    `os.path.isdir` in `get_last_checkpoint`). `scandir` knows the type without a stat per entry."""
     try:
-        return os.listdir(folder)
+        return _scan(folder)
     except OSError as exc:
         raise TargetError(f"cannot list {folder}: {exc.strerror or exc}") from None
 
 
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    """`checkpoint-N` folders, oldest first, as `get_last_checkpoint` sees them."""
-    try:
-        names = os.listdir(output_dir)
-    except FileNotFoundError:
-        return []  # an output_dir not created yet (`launch` before the first start) holds none
-    except OSError as exc:
-        raise TargetError(f"cannot list {output_dir}: {exc.strerror or exc}") from None
-    found = [
-        output_dir / name
-        for name in names
-        if CHECKPOINT_NAME.match(name) and (output_dir / name).is_dir()
-    ]
-    return sorted(found, key=lambda path: checkpoint_step(path) or 0)
+def _scan(folder: Path) -> dict[str, bool]:
+    found = {}
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            try:
+                found[entry.name] = entry.is_dir()
+            except OSError:
+                found[entry.name] = False
+    return found
+
+
+def list_checkpoints(output_dir: Path, listing: dict[str, bool] | None = None) -> list[Path]:
+    """`checkpoint-N` folders, oldest first, as `get_last_checkpoint` sees them (`listing`: a `scan` done)."""
+    if listing is None:
+        try:
+            listing = _scan(output_dir)
+        except FileNotFoundError:
+            return []  # an output_dir not created yet (`launch` before the first start) holds none
+        except OSError as exc:
+            raise TargetError(f"cannot list {output_dir}: {exc.strerror or exc}") from None
+    found = [(int(match.group(1)), name) for name, is_dir in listing.items()
+             if is_dir and (match := CHECKPOINT_NAME.match(name))]
+    return [output_dir / name for _, name in sorted(found, key=lambda pair: pair[0])]
 
 
 def holds_training_state(names: list[str]) -> bool:
@@ -106,11 +124,11 @@ def holds_training_state(names: list[str]) -> bool:
                for name in names)
 
 
-def looks_like_checkpoint(folder: Path) -> bool:
+def looks_like_checkpoint(folder: Path, listing: dict[str, bool] | None = None) -> bool:
     """A `checkpoint-N` folder, or a folder holding a training state or trainer_state.json but no checkpoints."""
     if CHECKPOINT_NAME.match(folder.name):
         return True
-    names = _names(folder)
+    names = list(scan(folder) if listing is None else listing)
     if any(CHECKPOINT_NAME.match(name) or TMP_CHECKPOINT_NAME.match(name) for name in names):
         return False  # checkpoints inside: an output_dir, finished or not
     # trainer_state.json alone also marks a model-only checkpoint (save_only_model) that was renamed.
@@ -126,16 +144,16 @@ def resolve_target(path: str | os.PathLike) -> Target:
         raise TargetError(f"{given}: not a directory (give a checkpoint-N folder or an output_dir)")
     if not os.access(given, os.R_OK | os.X_OK):
         raise TargetError(f"{given}: permission denied")
-    if looks_like_checkpoint(given):
+    if CHECKPOINT_NAME.match(given.name) or looks_like_checkpoint(given, listing := scan(given)):
         return Target(path=given, output_dir=given.parent, checkpoint=given, checkpoints=(given,),
                       is_output_dir=False)
-    checkpoints = list_checkpoints(given)
-    names = set(_names(given))
+    checkpoints = list_checkpoints(given, listing)
     return Target(
         path=given,
         output_dir=given,
         checkpoint=checkpoints[-1] if checkpoints else None,
         checkpoints=tuple(checkpoints),
         is_output_dir=True,
-        final_model=tuple(name for name in FINAL_MODEL_FILES if name in names),
+        final_model=tuple(name for name in FINAL_MODEL_FILES if name in listing),
+        listing=listing,
     )

@@ -22,6 +22,74 @@ DECISION_FILE = "wandb.json"
 RESUME_VARIABLES = ("WANDB_RESUME", "WANDB_RESUME_FROM", "WANDB_FORK_FROM")
 
 
+# What W&B accepts, from wandb 0.31's own checks (read in its sources):
+# - a run id: `wandb.sdk.wandb_settings.Settings.validate_run_id`: not empty, no whitespace at either end,
+#   none of RUN_ID_RESERVED (wandb.init raises UsageError otherwise);
+# - a project: `Settings.validate_project`: at most 128 characters, none of PROJECT_RESERVED; the artifact
+#   registry's `wandb.sdk.artifacts._validators.validate_project_name` also refuses \r and \n.
+# W&B checks no entity name before the server does; an entity is a URL path segment like a project, so it
+# gets the project's rule. Beyond W&B's checks, a value with an unprintable character (shell_env's
+# UNPRINTABLE_CATEGORIES: controls, bidi overrides, line separators) is refused: W&B never generates one
+# (its ids are [a-z0-9]), it cannot be shown faithfully, and it is what a crafted log carries into a shell.
+RUN_ID_RESERVED = ":;,#?/'"
+PROJECT_RESERVED = "/\\#?%:\r\n"
+PROJECT_MAX_LENGTH = 128
+
+
+def _unprintable(value: str) -> str | None:
+    from resumedoctor.shell_env import unprintable
+
+    bad = unprintable(value)
+    return None if bad is None else f"it holds the unprintable character U+{ord(bad):04X}"
+
+
+def run_id_problem(value: object) -> str | None:
+    """Why W&B would refuse this run id (Settings.validate_run_id), or None when it accepts it."""
+    if not isinstance(value, str):
+        return f"it is not text but {shown(value)}"
+    if not value.strip():
+        return "it is empty"
+    if value != value.strip():
+        return "it starts or ends with whitespace"
+    reserved = sorted({ch for ch in value if ch in RUN_ID_RESERVED})
+    if reserved:
+        return f"it holds {' '.join(reserved)}, which W&B reserves"
+    return _unprintable(value)
+
+
+def name_problem(value: object) -> str | None:
+    """Why W&B would refuse this project (or entity) name (Settings.validate_project), or None."""
+    if not isinstance(value, str):
+        return f"it is not text but {shown(value)}"
+    if not value:
+        return "it is empty"
+    if len(value) > PROJECT_MAX_LENGTH:
+        return f"it has {len(value)} characters, more than W&B's {PROJECT_MAX_LENGTH}"
+    reserved = sorted({ch for ch in value if ch in PROJECT_RESERVED})
+    if reserved:
+        return f"it holds {' '.join(repr(ch)[1:-1] for ch in reserved)}, which W&B refuses in a name"
+    return _unprintable(value)
+
+
+def shown(value: object, most: int = 80) -> str:
+    """A value read from the output_dir as one printable, bounded token (escapes instead of raw characters)."""
+    from resumedoctor.shell_env import printable
+
+    text = value if isinstance(value, str) else repr(value)
+    return printable(text[:most] + "..." if len(text) > most else text)
+
+
+def identity_problem(run_id: object, project: object, entity: object) -> str | None:
+    """Why W&B would not accept this run's identity, naming the field; None when it would."""
+    problem = run_id_problem(run_id)
+    if problem:
+        return f"its run id {shown(run_id)} cannot be a W&B run id: {problem}"
+    for what, value in (("project", project), ("entity", entity)):
+        if value is not None and (problem := name_problem(value)):
+            return f"its {what} {shown(value)} cannot be a W&B {what}: {problem}"
+    return None
+
+
 @dataclass(frozen=True)
 class LocalRun:
     folder: Path
@@ -149,6 +217,11 @@ class RunMatch:
         combined = RunLog(self.newest.path, history=self.history)
         return combined.first_step_after(global_step)
 
+    @property
+    def identity_problem(self) -> str | None:
+        """Why W&B would refuse to continue or fork this run as its log names it (a crafted log)."""
+        return identity_problem(self.run_id, self.newest.project, self.newest.entity)
+
 
 @dataclass
 class LocalRuns:
@@ -271,6 +344,17 @@ def read_decision(output_dir: Path, ctx: RunContext | None = None) -> WandbDecis
         return WandbDecision(**raw)
     except (JsonFileError, ValueError, TypeError):
         return None
+
+
+def decision_problem(decision: WandbDecision) -> str | None:
+    """Why a recorded decision cannot be applied as it stands (values W&B refuses, wrong types); None if it can."""
+    if decision.mode not in ("resume", "fork"):
+        return f"its mode {shown(decision.mode)} is neither resume nor fork"
+    if type(decision.global_step) is not int or (decision.step is not None and type(decision.step) is not int):
+        return "its steps are not whole numbers"
+    if not isinstance(decision.checkpoint, str):
+        return "its checkpoint is not a name"
+    return identity_problem(decision.run_id, decision.project, decision.entity)
 
 
 def sealed_wandb_position(checkpoint: Path) -> dict | None:
