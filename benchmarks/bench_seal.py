@@ -40,7 +40,13 @@ def drop_cache(folder: Path) -> None:
 def main() -> int:
     import torch
     from datasets import Dataset
-    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     from resumedoctor.seal import read_seal, verify
     from resumedoctor.seal_callback import SealCallback

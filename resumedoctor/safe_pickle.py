@@ -13,8 +13,11 @@ DAG stays linear), a bound on depth and on the size of the result, and cycles re
 
 from __future__ import annotations
 
+import copy
 import functools
+import hashlib
 import io
+import marshal
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,7 +185,27 @@ def _opcode_table() -> list[tuple[str, int, str, int] | None]:
     return table
 
 
+_SCANNED: dict[tuple[bytes, PickleBudget, bool], tuple[str, ...]] = {}  # verdicts by content
+_READ_ARGS: dict[bytes, dict[str, Any]] = {}
+_CACHE_LIMIT = 4096
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
 def scan_pickle(data: bytes, budget: PickleBudget, *, storages: bool) -> tuple[str, ...]:
+    """scan_pickle_bytes, judged once per content: checkpoints of one run repeat the same pickles."""
+    key = (_digest(data), budget, storages)
+    if key not in _SCANNED:
+        found = scan_pickle_bytes(data, budget, storages=storages)
+        if len(_SCANNED) >= _CACHE_LIMIT:
+            _SCANNED.clear()
+        _SCANNED[key] = found
+    return _SCANNED[key]
+
+
+def scan_pickle_bytes(data: bytes, budget: PickleBudget, *, storages: bool) -> tuple[str, ...]:
     """Every global the pickle names, checked against the allow-list and the budget without building anything.
 
     `storages`: a state pickle (tensors by persistent id; torch, numpy and containers only), not the arguments one.
@@ -466,6 +489,23 @@ def check_state_pickle(path: Path) -> tuple[str, ...]:
 def read_training_args(path: Path) -> dict[str, Any]:
     """The saved arguments as a dict; raises UnsafePickleError or PickleReadError, never runs the pickle."""
     data = read_pickle_member(path, ARGS_BUDGET)
+    key = _digest(data)
+    if key not in _READ_ARGS:
+        if len(_READ_ARGS) >= _CACHE_LIMIT:
+            _READ_ARGS.clear()
+        _READ_ARGS[key] = _unpickle_arguments(data)
+    return _copy_plain(_READ_ARGS[key])
+
+
+def _copy_plain(value: dict[str, Any]) -> dict[str, Any]:
+    """A private copy for each caller; marshal copies plain data in C, far faster than deepcopy."""
+    try:
+        return marshal.loads(marshal.dumps(value))
+    except ValueError:  # a value marshal does not know (never in to_plain's output, but stay correct)
+        return copy.deepcopy(value)
+
+
+def _unpickle_arguments(data: bytes) -> dict[str, Any]:
     scan_pickle(data, ARGS_BUDGET, storages=False)
     try:
         loaded = _restricted_unpickler(data).load()
