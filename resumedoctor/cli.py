@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from resumedoctor import __version__
+from resumedoctor.printable import printable
 
 EXIT_USAGE = 2
 
@@ -380,10 +381,10 @@ def main(argv: list[str] | None = None) -> None:
             click.echo(exc.ctx.get_help())
             sys.exit(EXIT_USAGE)
         command = exc.ctx.command_path if exc.ctx else "resumedoctor"
-        click.echo(f"{command}: {exc.format_message()} (see --help)", err=True)
+        click.echo(printable(f"{command}: {exc.format_message()} (see --help)"), err=True)
         sys.exit(EXIT_USAGE)
     except click.ClickException as exc:
-        click.echo(f"resumedoctor: {exc.format_message()}", err=True)
+        click.echo(printable(f"resumedoctor: {exc.format_message()}"), err=True)  # may quote a crafted name
         sys.exit(EXIT_USAGE)
     except click.Abort:
         click.echo("resumedoctor: aborted", err=True)
@@ -400,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # the one place an unexpected error becomes one line
         if state["debug"]:
             raise
-        click.echo(f"resumedoctor: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
-                   err=True)
+        click.echo(printable(f"resumedoctor: internal error: {type(exc).__name__}: {exc} "
+                             "(run with --debug for the traceback)"), err=True)
         sys.exit(EXIT_USAGE)
     sys.exit(result if isinstance(result, int) else 0)

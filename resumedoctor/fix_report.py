@@ -6,6 +6,7 @@ import json
 
 from resumedoctor.fixing import FixResult, describe_operation, preview
 from resumedoctor.journal import Quarantine
+from resumedoctor.printable import printable
 from resumedoctor.report import render
 
 
@@ -37,7 +38,7 @@ def render_fix(result: FixResult, fmt: str, *, color: bool = False, asked_to_app
     if unsafe:
         lines.append(f"not applied, unsafe (pass --unsafe): {', '.join(unsafe)}")
     lines.append("")
-    text = "\n".join(lines) + "\n"
+    text = printable("\n".join(lines), keep_newlines=True) + "\n"  # names and diffs come from the output_dir
     return text + render(result.final, "text", color=color)
 
 

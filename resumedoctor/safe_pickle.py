@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from resumedoctor.errors import ReasonError
+from resumedoctor.printable import printable
 
 # --- the allow-list ---------------------------------------------------------------------------------
 
@@ -312,8 +313,7 @@ def _check_opcode(name: str, arg: Any, recent: tuple[Any, Any], *, storages: boo
 
 def _printable(text: str) -> str:
     """A global's name as one short line (a crafted one may hold control characters or be huge)."""
-    cleaned = "".join(ch if ch.isprintable() else "?" for ch in text[:200])
-    return cleaned + ("..." if len(text) > 200 else "")
+    return printable(text, limit=200)
 
 
 # --- the restricted unpickler ---------------------------------------------------------------------

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from resumedoctor.context import Options
+from resumedoctor.printable import printable
 from resumedoctor.settings import Settings
 from resumedoctor.target import resolve_target
 
@@ -25,22 +25,6 @@ class ShellEnvironment:
         out += [comment_line(comment) for comment in self.comments]
         out += [line.render() for line in self.lines]
         return "\n".join(out) + "\n"
-
-
-# Characters that must not reach a terminal or a shell as they are: controls (newline, escape), format
-# characters (bidi overrides, zero width), surrogates, private use, unassigned, line/paragraph separators.
-UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
-
-
-def unprintable(text: str) -> str | None:
-    """The first character of `text` that must not be printed as it is, or None."""
-    return next((ch for ch in text if unicodedata.category(ch) in UNPRINTABLE_CATEGORIES), None)
-
-
-def printable(text: str) -> str:
-    """`text` with every unprintable character written as its escape (`\\n`, `\\u202e`): one visible line."""
-    return "".join(ch.encode("unicode_escape", "backslashreplace").decode("ascii")
-                   if unicodedata.category(ch) in UNPRINTABLE_CATEGORIES else ch for ch in text)
 
 
 def comment_line(text: str) -> str:

@@ -37,7 +37,7 @@ PROJECT_MAX_LENGTH = 128
 
 
 def _unprintable(value: str) -> str | None:
-    from resumedoctor.shell_env import unprintable
+    from resumedoctor.printable import unprintable
 
     bad = unprintable(value)
     return None if bad is None else f"it holds the unprintable character U+{ord(bad):04X}"
@@ -73,7 +73,7 @@ def name_problem(value: object) -> str | None:
 
 def shown(value: object, most: int = 80) -> str:
     """A value read from the output_dir as one printable, bounded token (escapes instead of raw characters)."""
-    from resumedoctor.shell_env import printable
+    from resumedoctor.printable import printable
 
     text = value if isinstance(value, str) else repr(value)
     return printable(text[:most] + "..." if len(text) > most else text)

@@ -891,7 +891,7 @@ def test_identity_rules_agree_with_wandb_settings(value):
     only where a value holds an unprintable character (stated in wandb_runs)."""
     from wandb.sdk.wandb_settings import Settings as WandbSettings
 
-    from resumedoctor.shell_env import unprintable
+    from resumedoctor.printable import unprintable
     from resumedoctor.wandb_runs import name_problem, run_id_problem
 
     for field, ours in (("run_id", run_id_problem), ("project", name_problem)):
@@ -950,3 +950,22 @@ def test_many_checkpoints_are_listed_once_and_each_seal_is_read_once(full_run, t
     assert [f.path for f in stopped] == [str(output_dir / f"checkpoint-{10 * count}")]
     assert f"checkpoint-{10 * sealed} was sealed at save time, and {count - sealed} saves since" in stopped[0].message
     assert not [f for f in report.findings if f.severity.value == "error"]
+
+
+# --- terminal: reports quote names from the output_dir, escaped ---
+
+
+def test_text_report_and_errors_show_crafted_names_escaped(full_run, tmp_path):
+    """A folder name with an escape sequence (clear screen) and a forged line is shown as text, not obeyed."""
+    crafted = tmp_path / "out"
+    shutil.copytree(full_run, crafted)
+    evil = "checkpoint-6\x1b[2J\x1b[31m\nerror   CKPT999 forged"
+    (crafted / "checkpoint-6").rename(crafted / evil)
+    (crafted / evil / "trainer_state.json").write_text("{")  # a finding that quotes the folder's path
+    result = run_cli("diagnose", str(crafted), cwd=tmp_path)
+    assert_one_clear_answer(result)
+    assert "\x1b" not in result.stdout and "\\x1b[2J" in result.stdout
+    assert not any(line.startswith("error   CKPT999") for line in result.stdout.splitlines())
+    fixed = run_cli("fix", str(crafted), "--auto", "--dry-run", cwd=tmp_path)
+    assert_one_clear_answer(fixed)
+    assert "\x1b" not in fixed.stdout + fixed.stderr

@@ -7,12 +7,14 @@ One line per check family with a mark, then the findings (worst first), then a o
 from __future__ import annotations
 
 import io
+import shlex
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from resumedoctor.printable import printable
 from resumedoctor.report.verdict import (
     DO_NOT_RESUME,
     NOTHING_CHECKED,
@@ -29,6 +31,11 @@ if TYPE_CHECKING:
 
 STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 MARK = {"error": ("✖", "bold red"), "warning": ("!", "yellow"), "info": ("✔", "green"), "ok": ("✔", "green"), "skipped": ("○", "dim")}
+
+
+def _shown(text: str) -> str:
+    """A message quotes names and values from the output_dir: shown escaped, never as terminal control."""
+    return printable(text, keep_newlines=True)
 
 
 def _plural(count: int, word: str) -> str:
@@ -50,7 +57,7 @@ def _counts(findings) -> str:
 def _family_line(family: FamilyResult) -> tuple[Text, Text, Text]:
     if family.status == "skipped":
         mark, style = MARK["skipped"]
-        detail = Text(f"skipped: {family.reason}", style="dim")
+        detail = Text(f"skipped: {_shown(family.reason)}", style="dim")
     else:
         worst = max((f.severity.rank for f in family.findings), default=-1)
         key = {2: "error", 1: "warning", 0: "info", -1: "ok"}[worst]
@@ -67,7 +74,7 @@ def _verdict_line(report: Report, resume: str) -> Text:
         fixable = [f for f in report.findings if f.fix and f.severity.value == "error"]
         flags = "--auto --unsafe" if any(f.fix.safety.value == "unsafe" for f in fixable) else "--auto"
         flags += " --deep" if report.deep else ""
-        tail = f" ({len(fixable)} fixable: resumedoctor fix {report.target} {flags})" if fixable else ""
+        tail = f" ({len(fixable)} fixable: resumedoctor fix {printable(shlex.quote(str(report.target)))} {flags})" if fixable else ""
         return Text(f"✖ Do not resume: {counts}{tail}.", style="bold red")
     if verdict.kind == NOTHING_CHECKED:
         return Text(f"○ Nothing was checked: every check was skipped ({skip_reasons(verdict.skipped)}). "
@@ -93,8 +100,9 @@ def render(report: Report, *, color: bool = False, width: int | None = None) -> 
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=color, no_color=not color, width=width or 100,
                       highlight=False, emoji=False, soft_wrap=False)
-    resume = report.resume_from or "no checkpoint"
-    console.print(Text.assemble(("resumedoctor", "bold"), f" · {report.target} → resumes from ", (resume, "bold")))
+    resume = printable(report.resume_from or "no checkpoint")
+    console.print(Text.assemble(("resumedoctor", "bold"), f" · {printable(str(report.target))} → resumes from ",
+                                (resume, "bold")))
     console.print()
     table = Table.grid(padding=(0, 1))
     table.add_column(no_wrap=True)
@@ -111,11 +119,12 @@ def render(report: Report, *, color: bool = False, width: int | None = None) -> 
         findings.add_column(ratio=1)
         for finding in report.findings:
             severity = finding.severity.value
-            body = Text.assemble((f"{finding.code} ", "bold"), (finding.path or "", "dim"), "\n", finding.message)
+            body = Text.assemble((f"{finding.code} ", "bold"), (printable(finding.path or ""), "dim"), "\n",
+                                 _shown(finding.message))
             if finding.hint:
-                body.append(f"\nhint: {finding.hint}", style="dim")
+                body.append(f"\nhint: {_shown(finding.hint)}", style="dim")
             if finding.fix:
-                body.append(f"\nfix ({finding.fix.safety.value}): {finding.fix.description}", style="green")
+                body.append(f"\nfix ({finding.fix.safety.value}): {_shown(finding.fix.description)}", style="green")
             else:
                 body.append("\nfix: none available", style="dim")
             findings.add_row(Text(f" {severity}", style=STYLE[severity]), body)
