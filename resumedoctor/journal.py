@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from resumedoctor.bounded_read import iter_blocks
 from resumedoctor.target import state_dir
 
 TRANSACTIONS = "transactions"
@@ -66,9 +67,8 @@ def sha256_file(path: Path) -> str | None:
     if not path.is_file():
         return None
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    for block in iter_blocks(path):  # a regular file only: never blocks on a FIFO
+        digest.update(block)
     return digest.hexdigest()
 
 
