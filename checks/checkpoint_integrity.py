@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from resumedoctor.bounded_read import file_kind
+from resumedoctor.bounded_read import file_kind, read_text_bounded
 from resumedoctor.context import (
     CHECKPOINT_ERRORS,
     JsonFileError,
@@ -26,6 +26,7 @@ from resumedoctor.dcp_metadata import (
     DcpMetadataError,
     read_dcp_index,
 )
+from resumedoctor.errors import ReasonError
 from resumedoctor.findings import Finding, Rule, Severity
 from resumedoctor.registry import CheckFamily
 from resumedoctor.safe_pickle import PickleReadError, UnsafePickleError
@@ -334,6 +335,7 @@ WHOLENESS_CODES = frozenset({
     DEEPSPEED_INCOMPLETE.code, FILE_UNREADABLE.code, SHARDED_STATE_INCOMPLETE.code,
 })
 
+LATEST_LIMIT = 4096  # DeepSpeed's `latest` holds one tag folder name
 SHARD_NAME = re.compile(r"^(model|adapter_model)-\d+-of-\d+\.safetensors$")
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 WEIGHT_FILES = (
@@ -748,9 +750,8 @@ class CheckpointInspector:
     def deepspeed_tags(self) -> tuple[str, ...]:
         """The tag folder `latest` names (what DeepSpeed resumes from), or every one when it names none here."""
         try:
-            with open(self.folder / "latest", encoding="utf-8") as handle:
-                tag = handle.read(256).strip()
-        except (OSError, UnicodeDecodeError):
+            tag = read_text_bounded(self.folder / "latest", LATEST_LIMIT).strip()
+        except ReasonError:
             return self.layout.deepspeed_tag_dirs
         return (tag,) if tag in self.layout.deepspeed_tag_dirs else self.layout.deepspeed_tag_dirs
 
@@ -787,9 +788,9 @@ class CheckpointInspector:
             yield self.finding(DEEPSPEED_INCOMPLETE, "no `latest` file naming the DeepSpeed tag folder", latest_path)
             return
         try:
-            tag = latest_path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            yield self.finding(DEEPSPEED_INCOMPLETE, f"`latest` cannot be read: {exc}", latest_path)
+            tag = read_text_bounded(latest_path, LATEST_LIMIT).strip()
+        except ReasonError as exc:
+            yield self.finding(DEEPSPEED_INCOMPLETE, f"`latest` {exc.reason}", latest_path)
             return
         tag_dir = self.folder / tag
         if not tag or "/" in tag or not tag_dir.is_dir():

@@ -27,7 +27,7 @@ from resumedoctor.journal import (
     remove_empty_state_dir,
 )
 from resumedoctor.registry import Fixer, Registry, load_registry
-from resumedoctor.settings import Settings, find_settings
+from resumedoctor.settings import Settings, user_settings
 from resumedoctor.target import resolve_target, state_dir
 
 # Each round applies the safe fixes, or else the unsafe ones, then checks again: a quarantine can
@@ -248,7 +248,7 @@ def fix(
     """
     path = Path(path)
     target = resolve_target(path)
-    settings = settings if settings is not None else find_settings(path, Path.cwd())
+    settings = settings if settings is not None else user_settings(path)
     options = options or Options()
     registry = registry or load_registry()
     recovered = [] if dry_run else recover_interrupted(target.output_dir)
