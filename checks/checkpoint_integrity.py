@@ -9,17 +9,25 @@ from __future__ import annotations
 import bisect
 import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from resumedoctor.context import CHECKPOINT_ERRORS, JsonFileError, RunContext
+from resumedoctor.bounded_read import file_kind, read_text_bounded
+from resumedoctor.context import (
+    CHECKPOINT_ERRORS,
+    JsonFileError,
+    RunContext,
+    trainer_state_problem,
+)
 from resumedoctor.dcp_metadata import (
     METADATA_FILE,
     DcpIndex,
     DcpMetadataError,
     read_dcp_index,
 )
+from resumedoctor.errors import ReasonError
 from resumedoctor.findings import Finding, Rule, Severity
 from resumedoctor.registry import CheckFamily
 from resumedoctor.safe_pickle import (
@@ -137,9 +145,11 @@ MODEL_ONLY = Rule(
 )
 TRAINER_STATE_INVALID = Rule(
     "CKPT013", "trainer-state-invalid", ERROR,
-    "trainer_state.json cannot be parsed or is not a JSON object.",
+    "trainer_state.json cannot be parsed, or a field has a type the Trainer cannot use.",
     "The Trainer reads global_step, the log history and callback states from trainer_state.json on "
-    "resume; garbage there fails the resume with a JSON error.",
+    "resume; garbage there fails the resume with a JSON error, and a field of the wrong type (a "
+    "log_history that is not a list, stateful_callbacks that are not an object, a global_step that is "
+    "not an integer) fails it as soon as the Trainer uses it.",
 )
 GLOBAL_STEP_MISMATCH = Rule(
     "CKPT014", "global-step-mismatch", ERROR,
@@ -227,10 +237,11 @@ MODEL_CONFIG_INVALID = Rule(
 
 FILE_UNREADABLE = Rule(
     "CKPT027", "file-unreadable", ERROR,
-    "A file of the checkpoint cannot be read (permissions, dangling link, I/O error).",
+    "A file of the checkpoint cannot be read (permissions, dangling link, I/O error, a FIFO or device).",
     "The resume has to read every file of the checkpoint. A file that cannot even be opened (a "
     "dangling symlink into a cleaned-up scratch disk, missing permissions, a failing disk) stops the "
-    "resume after the GPUs are allocated.",
+    "resume after the GPUs are allocated. A FIFO, device or socket in place of a file (or a link to one, "
+    "such as /dev/zero) blocks or never ends when read: resumedoctor never reads it, the resume would hang.",
 )
 
 TRAINING_ARGS_UNSAFE = Rule(
@@ -331,6 +342,7 @@ WHOLENESS_CODES = frozenset({
     DEEPSPEED_INCOMPLETE.code, FILE_UNREADABLE.code, SHARDED_STATE_INCOMPLETE.code,
 })
 
+LATEST_LIMIT = 4096  # DeepSpeed's `latest` holds one tag folder name
 SHARD_NAME = re.compile(r"^(model|adapter_model)-\d+-of-\d+\.safetensors$")
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 WEIGHT_FILES = (
@@ -359,6 +371,7 @@ class CheckpointLayout:
     deepspeed_tag_dirs: tuple[str, ...]
     fsdp: bool
     dirs: frozenset[str] = frozenset()
+    special: tuple[tuple[str, str], ...] = ()  # (name, what it is): FIFOs, devices, sockets where files belong
 
     @property
     def shards(self) -> list[str]:
@@ -398,8 +411,11 @@ class CheckpointLayout:
 
 
 def detect_layout(folder: Path) -> CheckpointLayout:
-    files, dirs, tag_dirs, fsdp = set(), set(), [], False
+    files, dirs, tag_dirs, fsdp, special = set(), set(), [], False, []
     for entry in sorted(folder.iterdir()):
+        kind = _special_kind(entry)
+        if kind is not None:
+            special.append((entry.name, kind))
         if entry.is_dir():
             dirs.add(entry.name)
             if TAG_DIR.match(entry.name):
@@ -410,7 +426,16 @@ def detect_layout(folder: Path) -> CheckpointLayout:
             files.add(entry.name)
             if entry.name.startswith("pytorch_model_fsdp"):
                 fsdp = True
-    return CheckpointLayout(folder, frozenset(files), tuple(tag_dirs), fsdp, frozenset(dirs))
+    return CheckpointLayout(folder, frozenset(files), tuple(tag_dirs), fsdp, frozenset(dirs), tuple(special))
+
+
+def _special_kind(entry: Path) -> str | None:
+    """What a FIFO, device or socket is (a link followed: a link to /dev/zero is a device); None otherwise."""
+    try:
+        mode = entry.stat().st_mode
+    except OSError:
+        return None  # a dangling link: the readers report it unreadable
+    return None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else file_kind(mode)
 
 
 def _json_rule(error: JsonFileError, rule: Rule) -> Rule:
@@ -441,13 +466,22 @@ class CheckpointInspector:
             yield self.finding(FILE_UNREADABLE, f"the folder cannot be listed: {self.unreadable}")
             return
         found: list[Finding] = []
-        for check in (self.check_save_completed, self.check_weights_present, self.check_safetensors_files,
+        for check in (self.check_special_files, self.check_save_completed, self.check_weights_present, self.check_safetensors_files,
                       self.check_shard_index, self.check_adapter_and_config, self.check_torch_archives,
                       self.check_sharded_state, self.check_resume_state, self.check_deepspeed,
                       self.check_trainer_state):
             found += check()
+        found = _once_per_file(found)
         yield from found
         yield from self.check_seal(found)
+
+    def check_special_files(self) -> Iterator[Finding]:
+        """A FIFO, device or socket where a file belongs: reading it blocks or never ends (every reader here
+        refuses it, the resume would hang or fail on it)."""
+        for name, kind in self.layout.special:
+            yield self.finding(FILE_UNREADABLE, f"{name} is {kind}, not a regular file: the resume would block "
+                               "or fail reading it", self.folder / name,
+                               hint="replace it with the real file from a good copy, or resume from an earlier checkpoint")
 
     def check_seal(self, found: list[Finding]) -> Iterator[Finding]:
         """The seal against the files; for an unsealed save of a sealing run, whether the save finished."""
@@ -748,9 +782,8 @@ class CheckpointInspector:
     def deepspeed_tags(self) -> tuple[str, ...]:
         """The tag folder `latest` names (what DeepSpeed resumes from), or every one when it names none here."""
         try:
-            with open(self.folder / "latest", encoding="utf-8") as handle:
-                tag = handle.read(256).strip()
-        except (OSError, UnicodeDecodeError):
+            tag = read_text_bounded(self.folder / "latest", LATEST_LIMIT).strip()
+        except ReasonError:
             return self.layout.deepspeed_tag_dirs
         return (tag,) if tag in self.layout.deepspeed_tag_dirs else self.layout.deepspeed_tag_dirs
 
@@ -787,9 +820,9 @@ class CheckpointInspector:
             yield self.finding(DEEPSPEED_INCOMPLETE, "no `latest` file naming the DeepSpeed tag folder", latest_path)
             return
         try:
-            tag = latest_path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            yield self.finding(DEEPSPEED_INCOMPLETE, f"`latest` cannot be read: {exc}", latest_path)
+            tag = read_text_bounded(latest_path, LATEST_LIMIT).strip()
+        except ReasonError as exc:
+            yield self.finding(DEEPSPEED_INCOMPLETE, f"`latest` {exc.reason}", latest_path)
             return
         tag_dir = self.folder / tag
         if not tag or "/" in tag or not tag_dir.is_dir():
@@ -837,8 +870,10 @@ class CheckpointInspector:
             yield self.finding(_json_rule(exc, TRAINER_STATE_INVALID), f"trainer_state.json: {exc.reason}", path,
                                hint="resume from the previous checkpoint")
             return
-        if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
-            yield self.finding(TRAINER_STATE_INVALID, "trainer_state.json is not an object with an integer global_step", path)
+        problem = trainer_state_problem(state)
+        if problem is not None:
+            yield self.finding(TRAINER_STATE_INVALID, f"trainer_state.json: {problem}", path,
+                               hint="the Trainer fails on it when resuming; resume from the previous checkpoint")
             return
         global_step = state["global_step"]
         step = checkpoint_step(self.folder)
@@ -875,6 +910,19 @@ class CheckpointInspector:
                     path,
                     hint="fix --auto sets it to null",
                 )
+
+
+def _once_per_file(findings: list[Finding]) -> list[Finding]:
+    """One CKPT027 per file: the generic "not a regular file" finding, not each reader's echo of it."""
+    seen: set[str | None] = set()
+    kept = []
+    for finding in findings:
+        if finding.code == FILE_UNREADABLE.code:
+            if finding.path in seen:
+                continue
+            seen.add(finding.path)
+        kept.append(finding)
+    return kept
 
 
 def _names(names) -> str:

@@ -266,13 +266,10 @@ def run(ctx: RunContext) -> Iterator[Finding]:
         saved = ctx.training_args(checkpoint / "training_args.bin")
     except (UnsafePickleError, PickleReadError, OSError):
         return  # CKPT010 / CKPT028 report it
-    try:
-        state = ctx.read_json(checkpoint / "trainer_state.json")
-    except JsonFileError:
-        state = {}
+    state = ctx.trainer_state(checkpoint) or {}  # a broken one is CKPT013
     world = ctx.environ.get("WORLD_SIZE")
     world_saved = checkpoint_world_size(checkpoint)
-    resume = Resume(checkpoint, saved, state if isinstance(state, dict) else {}, recipe, drift(ctx, saved, recipe),
+    resume = Resume(checkpoint, saved, state, recipe, drift(ctx, saved, recipe),
                     recipe_path, world_saved, int(world) if world and world.isdigit() else world_saved)
     yield from data_findings(resume)
     yield from order_findings(resume)

@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
-from resumedoctor.context import JsonFileError, RunContext
+from resumedoctor.context import RunContext
 from resumedoctor.curriculum_state import STATE_FILE, read_state, validate_state
 from resumedoctor.findings import Finding, Rule, Severity
 from resumedoctor.recipe import RecipeError
@@ -109,11 +109,10 @@ def stage_problem(state: dict) -> str | None:
 
 def trainer_callback_state(ctx: RunContext, checkpoint: Path) -> dict | None:
     """This curriculum's attributes in trainer_state.json's stateful_callbacks, if any."""
-    try:
-        trainer_state = ctx.read_json(checkpoint / "trainer_state.json")
-    except JsonFileError:
-        return None
-    stored = (trainer_state.get("stateful_callbacks") or {}).get(CALLBACK_NAME) if isinstance(trainer_state, dict) else None
+    trainer_state = ctx.trainer_state(checkpoint)
+    if trainer_state is None:
+        return None  # unreadable or ill-typed: CKPT013
+    stored = (trainer_state.get("stateful_callbacks") or {}).get(CALLBACK_NAME)
     if isinstance(stored, list):
         stored = stored[0] if stored else None
     return stored if isinstance(stored, dict) else None
@@ -209,10 +208,10 @@ def run(ctx: RunContext) -> Iterator[Finding]:
     yield from check_restore_flag(ctx, checkpoint)
     if not has_curriculum:
         return
-    try:
-        step = int(ctx.read_json(checkpoint / "trainer_state.json")["global_step"])
-    except (JsonFileError, KeyError, TypeError, ValueError):
+    trainer_state = ctx.trainer_state(checkpoint)
+    if trainer_state is None:
         return  # the CKPT family reports it
+    step = trainer_state["global_step"]
     saved, source = checkpoint_state(ctx, checkpoint)
     fix_args = dict(checkpoint=str(checkpoint), live=str(live_path), step=step, saved=saved)
 
@@ -286,13 +285,15 @@ def check_live(ctx: RunContext, checkpoint: Path, step: int, live: dict, saved: 
 def check_restore_flag(ctx: RunContext, checkpoint: Path) -> Iterator[Finding]:
     if ctx.options.recipe is None:
         return
+    trainer_state = ctx.trainer_state(checkpoint)
     try:
-        trainer_state = ctx.read_json(checkpoint / "trainer_state.json")
         recipe = ctx.recipe()
         resolved = recipe.resolve("restore_callback_states_from_checkpoint")
-    except (JsonFileError, RecipeError, ImportError):
+    except (RecipeError, ImportError):
         return  # unreadable recipe: LEN001; no TRL to know the defaults: nothing to compare
-    callbacks = trainer_state.get("stateful_callbacks") if isinstance(trainer_state, dict) else None
+    if trainer_state is None:
+        return  # unreadable or ill-typed: CKPT013
+    callbacks = trainer_state.get("stateful_callbacks")
     # TrainerControl is always there; any other entry is a callback whose state would be lost, except
     # CurriculumCallback with a snapshot: it takes its state from the snapshot when the Trainer does not.
     source = checkpoint_state(ctx, checkpoint)[1]

@@ -13,11 +13,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from resumedoctor.bounded_read import TEXT_LIMIT, read_bytes_bounded
 from resumedoctor.context import JsonFileError, RunContext
+from resumedoctor.errors import ReasonError
 from resumedoctor.findings import Finding, Rule, Severity
 from resumedoctor.recipe import RecipeError, installed_version
 from resumedoctor.registry import CheckFamily
 from resumedoctor.safe_pickle import PickleReadError, UnsafePickleError
+from resumedoctor.settings import diagnosed_folders, shipped_settings
 from resumedoctor.target import checkpoint_step
 
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
@@ -72,7 +75,17 @@ GPU_MEMORY_LOW = Rule(
     "activation or generation buffer: with less free memory than that the resume dies with CUDA OOM.",
 )
 
-RULES = (LIBRARY_OLDER, TORCH_TOO_OLD, LIBRARY_CHANGED, DISK_LOW, NOT_WRITABLE, NO_GPU, GPU_MEMORY_LOW)
+SHIPPED_SETTINGS = Rule(
+    "ENV008", "settings-inside-output-dir", INFO,
+    "The diagnosed folder holds resumedoctor settings (pyproject.toml / resumedoctor.toml): not applied.",
+    "An output_dir or checkpoint comes from whoever trained it and may have been shared; settings that "
+    "switch checks off or lower severities are the user's to choose. resumedoctor reads its settings from "
+    "the working directory upwards (or --settings FILE), never from inside the folder it diagnoses: these "
+    "were ignored. Copy them to your own pyproject.toml if you want them.",
+)
+
+RULES = (LIBRARY_OLDER, TORCH_TOO_OLD, LIBRARY_CHANGED, DISK_LOW, NOT_WRITABLE, NO_GPU, GPU_MEMORY_LOW,
+         SHIPPED_SETTINGS)
 
 
 def version_tuple(text: str | None) -> tuple[int, ...]:
@@ -97,8 +110,8 @@ def recorded_versions(ctx: RunContext, checkpoint: Path) -> dict[str, str]:
         pass
     card = ctx.target.output_dir / "README.md"
     try:
-        text = card.read_text(encoding="utf-8", errors="replace") if card.is_file() else ""
-    except OSError:
+        text = read_bytes_bounded(card, TEXT_LIMIT).decode("utf-8", errors="replace") if card.is_file() else ""
+    except ReasonError:
         text = ""
     for name, package in (("TRL", "trl"), ("Transformers", "transformers"), ("Pytorch", "torch"),
                           ("Datasets", "datasets"), ("Tokenizers", "tokenizers")):
@@ -245,6 +258,7 @@ def disk_need(settings: SaveSettings, existing: int) -> DiskNeed:
 
 def run(ctx: RunContext) -> Iterator[Finding]:
     checkpoint = ctx.resume_point()
+    yield from check_shipped_settings(ctx)
     yield from check_writable(ctx)
     yield from check_gpus(ctx, checkpoint)
     if checkpoint is None:
@@ -266,6 +280,19 @@ def run(ctx: RunContext) -> Iterator[Finding]:
     yield from check_disk(ctx, checkpoint)
 
 
+def check_shipped_settings(ctx: RunContext) -> Iterator[Finding]:
+    """Settings files inside the output_dir or the diagnosed checkpoint: reported, never applied."""
+    for folder in diagnosed_folders(ctx.target.path):
+        if not folder.is_dir():
+            continue
+        for shipped in shipped_settings(folder):
+            yield SHIPPED_SETTINGS.finding(
+                f"{shipped.source.name} inside {folder} sets {shipped.describe()}: not applied (settings come from "
+                "the working directory upwards or --settings, never from the folder being diagnosed)",
+                path=str(shipped.source),
+                hint="if you trust them, copy them into your own pyproject.toml or pass --settings FILE")
+
+
 def check_writable(ctx: RunContext) -> Iterator[Finding]:
     output_dir = ctx.target.output_dir
     while not output_dir.exists() and output_dir.parent != output_dir:
@@ -280,14 +307,11 @@ def check_writable(ctx: RunContext) -> Iterator[Finding]:
 
 
 def check_disk(ctx: RunContext, checkpoint: Path) -> Iterator[Finding]:
-    try:
-        state = ctx.read_json(checkpoint / "trainer_state.json")
-    except JsonFileError:
-        state = {}
+    state = ctx.trainer_state(checkpoint) or {}  # a broken one is CKPT013
     size = folder_size(checkpoint)
     if size == 0:
         return
-    settings = save_settings(ctx, checkpoint, state if isinstance(state, dict) else {})
+    settings = save_settings(ctx, checkpoint, state)
     settings.later_checkpoints = tuple(step for step in map(checkpoint_step, ctx.checkpoints_in(ctx.target.output_dir))
                                        if step is not None and step > settings.global_step)
     need = disk_need(settings, existing_checkpoints(ctx))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
-from resumedoctor.context import JsonFileError, RunContext
+from resumedoctor.context import RunContext
 from resumedoctor.errors import ReasonError
 from resumedoctor.findings import Finding, Rule, Severity
 from resumedoctor.registry import CheckFamily
@@ -209,13 +209,12 @@ def run(ctx: RunContext) -> Iterator[Finding]:
             yield identity
         yield identity_invalid(ctx, match, problem)
         return
-    try:
-        state = ctx.read_json(checkpoint / "trainer_state.json")
-        global_step = int(state["global_step"])
-    except (JsonFileError, KeyError, TypeError, ValueError):
+    state = ctx.trainer_state(checkpoint)
+    if state is None:
         if identity is not None:
             yield identity
         return  # the CKPT family reports the broken state
+    global_step = state["global_step"]
     decision = decide(match, checkpoint, global_step)
     fresh = verdict is not None and verdict.kind == "fresh"
     if identity is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from resumedoctor.context import JsonFileError, RunContext
+from resumedoctor.context import RunContext
 from resumedoctor.curriculum_state import STATE_FILE, promotion_due, replay
 from resumedoctor.findings import Finding, FixSafety
 from resumedoctor.journal import Operation, WriteFile
@@ -60,12 +60,12 @@ def plan_replay(ctx: RunContext, finding: Finding) -> list[Operation]:
     checkpoint, live, step = finding.extra.get("checkpoint"), finding.extra.get("live"), finding.extra.get("step")
     if checkpoint is None or live is None:
         return []
-    try:
-        trainer_state = ctx.read_json(Path(checkpoint) / "trainer_state.json")
-    except JsonFileError:
+    trainer_state = ctx.trainer_state(Path(checkpoint))
+    if trainer_state is None:
         return []
     stored = (trainer_state.get("stateful_callbacks") or {}).get("CurriculumCallback") or {}
-    rule = stored.get("args") or {}
+    stored = (stored[0] if stored else {}) if isinstance(stored, list) else stored
+    rule = stored.get("args") if isinstance(stored.get("args"), dict) else {}
     current = finding.extra.get("live_state") or {}
     rule = {key: rule.get(key, current.get(key)) for key in ("metric", "thresholds", "window", "mode")}
     if not rule["metric"] or rule["thresholds"] is None or not rule["window"] or rule["mode"] not in ("max", "min"):

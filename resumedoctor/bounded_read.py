@@ -13,6 +13,7 @@ import os
 import re
 import stat
 from array import array
+from collections.abc import Iterator
 from itertools import accumulate
 from pathlib import Path
 from typing import IO, Any
@@ -26,6 +27,7 @@ MiB = 1024 * KiB
 JSON_STATE_LIMIT = 256 * MiB  # trainer_state.json: log_history of a week-long run is tens of MB
 JSON_CONFIG_LIMIT = 16 * MiB  # config.json, generation_config.json, adapter_config.json, seals, journals
 TEXT_LIMIT = 16 * MiB  # recipes, settings, chat templates
+LOG_LIMIT = 1024 * MiB  # a W&B transaction log (.wandb): a long run's is hundreds of MB
 MAX_JSON_DEPTH = 200  # real files nest < 10 deep; deeper is a crafted file, not a run
 
 
@@ -81,6 +83,19 @@ def open_regular(path: Path) -> IO[bytes]:
     except BaseException:
         os.close(fd)
         raise
+
+
+def iter_blocks(path: Path, block_size: int = MiB) -> Iterator[bytes]:
+    """The file's bytes block by block (for hashing), opened through open_regular."""
+    with open_regular(path) as handle:
+        while True:
+            try:
+                block = handle.read(block_size)
+            except OSError as exc:
+                raise FileReadError(f"cannot be read: {exc.strerror or exc}") from None
+            if not block:
+                return
+            yield block
 
 
 def read_bytes_bounded(path: Path, limit: int) -> bytes:

@@ -66,7 +66,7 @@ def _settings_for(path: Path, settings_file: Path | None, select: str | None, ig
 
     Codes are checked against the loaded registry (plugins add codes), loaded here only when needed.
     """
-    from resumedoctor.settings import SettingsError, find_settings, read_settings_file
+    from resumedoctor.settings import SettingsError, read_settings_file, user_settings
 
     try:
         if settings_file is not None:
@@ -76,7 +76,7 @@ def _settings_for(path: Path, settings_file: Path | None, select: str | None, ig
             if settings is None:
                 raise SettingsError(f"{settings_file} has no [tool.resumedoctor] table")
         else:
-            settings = find_settings(path, Path.cwd())
+            settings = user_settings(path)
         if settings.select or settings.ignore or settings.severity or select or ignore:
             from resumedoctor.catalog import known_codes
 

@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 from resumedoctor.bounded_read import (
     JSON_STATE_LIMIT,
     FileReadError,
+    NotRegularFileError,
+    open_regular,
     parse_json_bounded,
     read_bytes_bounded,
 )
@@ -41,7 +43,7 @@ def read_json_file(path: Path, limit: int = JSON_STATE_LIMIT) -> Any:
     """A JSON file inside the output_dir: a regular file, at most `limit` bytes, nested at most 200 deep."""
     try:
         text = read_bytes_bounded(path, limit)
-    except FileReadError as exc:
+    except (FileReadError, NotRegularFileError) as exc:  # the resume cannot read it either (or hangs on it)
         raise JsonFileError(exc.reason, unreadable=True) from None
     except ReasonError as exc:
         raise JsonFileError(exc.reason) from None
@@ -55,6 +57,67 @@ def read_json_file(path: Path, limit: int = JSON_STATE_LIMIT) -> Any:
         raise JsonFileError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
     except (ValueError, RecursionError) as exc:
         raise JsonFileError(f"not valid JSON: {exc if isinstance(exc, ValueError) else 'nested too deeply'}") from None
+
+
+# trainer_state.json fields that TrainerState.load_from_json takes as they are and the resume then uses:
+# a wrong type there fails the resume (log_history.append, stateful_callbacks.items(), step arithmetic).
+_NUMBER = (int, float)
+_STATE_FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "max_steps": ((int,), "an integer"),
+    "log_history": ((list,), "a list"),
+    "stateful_callbacks": ((dict,), "an object"),
+    "best_model_checkpoint": ((str, type(None)), "a path or null"),
+    "best_metric": ((*_NUMBER, type(None)), "a number or null"),
+    "best_global_step": ((int, type(None)), "an integer or null"),
+    "epoch": ((*_NUMBER, type(None)), "a number or null"),
+    "num_train_epochs": (_NUMBER, "a number"),
+    "num_input_tokens_seen": (_NUMBER, "a number"),
+    "total_flos": (_NUMBER, "a number"),
+    "logging_steps": (_NUMBER, "a number"),
+    "eval_steps": (_NUMBER, "a number"),
+    "save_steps": (_NUMBER, "a number"),
+    "train_batch_size": ((int, type(None)), "an integer or null"),
+}
+
+
+def trainer_state_problem(state: Any) -> str | None:
+    """Why a parsed trainer_state.json cannot be resumed from (a wrong type the Trainer fails on), or None."""
+    if not isinstance(state, dict):
+        return f"the file holds {_json_kind(state)}, not an object"
+    step = state.get("global_step")
+    if type(step) is not int or step < 0:
+        return f"global_step is {_json_kind(step)}, not a non-negative integer"
+    for key, (types, wanted) in _STATE_FIELD_TYPES.items():
+        value = state.get(key)
+        if key in state and (not isinstance(value, types) or isinstance(value, bool)):
+            return f"{key} is {_json_kind(value)}, not {wanted}"
+    callbacks = state.get("stateful_callbacks") or {}
+    for name, stored in callbacks.items():
+        entries = stored if isinstance(stored, list) else [stored]
+        if not all(isinstance(entry, dict) for entry in entries):
+            return f"stateful_callbacks[{name!r}] is not an object (or a list of objects)"
+    return None
+
+
+def _json_kind(value: Any) -> str:
+    """`a list`, `a string`, `null`, `NaN`: what a JSON value is, in words (never the value itself)."""
+    if value is None:
+        return "null"
+    if isinstance(value, float) and value != value:
+        return "NaN"
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _read_training_args(path: Path) -> dict:
+    """The restricted unpickler's reading, for a regular file only (a FIFO would block zipfile)."""
+    from resumedoctor.safe_pickle import PickleReadError, read_training_args
+
+    try:
+        open_regular(path).close()
+    except ReasonError as exc:
+        raise PickleReadError(exc.reason) from None
+    return read_training_args(path)
 
 
 @dataclass(frozen=True)
@@ -132,6 +195,14 @@ class RunContext:
     def read_json(self, path: Path) -> Any:
         return self.load(read_json_file, path)
 
+    def trainer_state(self, checkpoint: Path) -> dict | None:
+        """checkpoint/trainer_state.json when it is readable and well-typed; None otherwise (CKPT013 says why)."""
+        try:
+            state = self.read_json(Path(checkpoint) / "trainer_state.json")
+        except JsonFileError:
+            return None
+        return state if trainer_state_problem(state) is None else None
+
     def safetensors_header(self, path: Path) -> SafetensorsHeader:
         return self.load(read_safetensors_header, path)
 
@@ -140,9 +211,7 @@ class RunContext:
 
     def training_args(self, path: Path) -> dict:
         """The checkpoint's saved arguments, through the restricted unpickler (never runs the pickle)."""
-        from resumedoctor.safe_pickle import read_training_args
-
-        return self.load(read_training_args, path)
+        return self.load(_read_training_args, path)
 
     def severity_of(self, finding: Finding) -> Severity:
         return self.settings.severity_for(finding.code, finding.severity)
@@ -187,15 +256,11 @@ class RunContext:
         """global_step and max_steps as the checkpoint's trainer_state.json records them; None if unreadable."""
         if checkpoint is None:
             return None
-        try:
-            state = self.read_json(Path(checkpoint) / "trainer_state.json")
-        except JsonFileError:
+        state = self.trainer_state(Path(checkpoint))
+        if state is None:
             return None
-        step = state.get("global_step") if isinstance(state, dict) else None
-        horizon = state.get("max_steps") if isinstance(state, dict) else None
-        if type(step) is not int or step < 0:
-            return None
-        return Progress(step, horizon if type(horizon) is int and horizon > 0 else None)
+        horizon = state.get("max_steps")
+        return Progress(state["global_step"], horizon if type(horizon) is int and horizon > 0 else None)
 
     def trainer_config_class(self) -> str | None:
         """The arguments class the resume checkpoint was trained with (`trl...GRPOConfig`); None if unknown."""

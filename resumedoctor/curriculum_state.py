@@ -6,7 +6,6 @@ in `<output_dir>/curriculum_state.json` (live) and `checkpoint-N/curriculum_stat
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,8 @@ def replay(log_history: list[dict], metric: str, thresholds: list[float], window
     """The curriculum state a run would have at `up_to_step`, from trainer_state.json's log_history."""
     stage, history = 0, []
     for entry in log_history:
+        if not isinstance(entry, dict):
+            continue
         step = entry.get("step")
         if not isinstance(step, int) or step > up_to_step or metric not in entry:
             continue
@@ -40,12 +41,13 @@ def replay(log_history: list[dict], metric: str, thresholds: list[float], window
 
 def read_state(path: Path) -> dict:
     """A curriculum state file, validated against the contract; ValueError says what is wrong."""
+    from resumedoctor.bounded_read import JSON_STATE_LIMIT
+    from resumedoctor.context import JsonFileError, read_json_file
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot be read: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON: {exc.msg} at line {exc.lineno}") from None
+        data = read_json_file(path, JSON_STATE_LIMIT)
+    except JsonFileError as exc:
+        raise ValueError(exc.reason) from None
     validate_state(data)
     return data
 

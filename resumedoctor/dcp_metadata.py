@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from resumedoctor.bounded_read import FileTooLargeError, read_bytes_bounded
 from resumedoctor.errors import ReasonError
 from resumedoctor.safe_pickle import UnsafePickleError, _Stub
 
@@ -112,12 +113,11 @@ def read_dcp_index(folder: Path) -> DcpIndex:
     """The byte ranges `.metadata` promises; DcpMetadataError when it is missing, cut off or not an index."""
     path = folder / METADATA_FILE
     try:
-        size = path.stat().st_size
-        if size > MAX_METADATA_BYTES:
-            raise DcpMetadataError(f"`.metadata` is {size} bytes, more than this reader takes", unfamiliar=True)
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DcpMetadataError(f"`.metadata` cannot be read: {exc.strerror or exc}") from None
+        data = read_bytes_bounded(path, MAX_METADATA_BYTES)
+    except FileTooLargeError as exc:
+        raise DcpMetadataError(f"`.metadata` {exc.reason}", unfamiliar=True) from None
+    except ReasonError as exc:  # unreadable, or a FIFO / device / socket
+        raise DcpMetadataError(f"`.metadata` {exc.reason}") from None
     import pickle
 
     try:

@@ -12,7 +12,7 @@ from pathlib import Path
 from resumedoctor.context import Options, Progress, RunContext
 from resumedoctor.findings import Finding, FixInfo, FixSafety, Severity, summarize
 from resumedoctor.registry import CheckFamily, Registry, load_registry
-from resumedoctor.settings import Settings, find_settings
+from resumedoctor.settings import Settings, user_settings
 from resumedoctor.target import Target, resolve_target
 
 
@@ -203,6 +203,6 @@ def diagnose(
     """Diagnose PATH (a checkpoint folder or an output_dir): the one entry point of `diagnose`."""
     target = resolve_target(path)
     if settings is None:
-        settings = find_settings(Path(path), Path.cwd())
+        settings = user_settings(Path(path))
     registry = registry or load_registry()
     return run_checks(new_context(target, settings, options or Options(), environ, registry), registry)

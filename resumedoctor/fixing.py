@@ -29,7 +29,7 @@ from resumedoctor.journal import (
     remove_empty_state_dir,
 )
 from resumedoctor.registry import Fixer, Registry, load_registry
-from resumedoctor.settings import Settings, find_settings
+from resumedoctor.settings import Settings, user_settings
 from resumedoctor.target import resolve_target, state_dir
 from resumedoctor.writer_lock import LockBusyError, writer_lock
 
@@ -270,7 +270,7 @@ def fix(
     """
     path = Path(path)
     target = resolve_target(path)
-    settings = settings if settings is not None else find_settings(path, Path.cwd())
+    settings = settings if settings is not None else user_settings(path)
     options = options or Options()
     registry = registry or load_registry()
     if dry_run:

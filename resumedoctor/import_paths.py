@@ -15,6 +15,10 @@ import importlib.util
 import os
 import sys
 from importlib.machinery import ModuleSpec
+from pathlib import Path
+
+from resumedoctor.bounded_read import read_bytes_bounded
+from resumedoctor.errors import ReasonError
 
 # The reward functions `trl grpo` (trl/scripts/grpo.py) and the launcher know by name.
 TRL_REWARD_NAMES = ("accuracy_reward", "reasoning_accuracy_reward", "think_format_reward",
@@ -97,11 +101,10 @@ def defines(spec: ModuleSpec, name: str) -> bool | str | None:
     try:
         if os.path.getsize(origin) > MAX_SOURCE_BYTES:
             return None
-        with open(origin, "rb") as handle:
-            tree = ast.parse(handle.read(), filename=origin)
+        tree = ast.parse(read_bytes_bounded(Path(origin), MAX_SOURCE_BYTES), filename=origin)
     except SyntaxError as exc:
         return f"module {spec.name} cannot be imported: SyntaxError at line {exc.lineno} of {origin}: {exc.msg}"
-    except (OSError, ValueError):
+    except (OSError, ValueError, ReasonError):
         return None
     names, open_ended = top_level_names(tree)
     if name in names:

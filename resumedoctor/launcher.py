@@ -33,7 +33,7 @@ from resumedoctor.context import Options
 from resumedoctor.diagnose import Report, new_context, run_checks
 from resumedoctor.errors import ReasonError
 from resumedoctor.recipe import dump_yaml, load_recipe, reports_to_wandb
-from resumedoctor.settings import Settings, find_settings
+from resumedoctor.settings import Settings, user_settings
 from resumedoctor.target import Target, TargetError, resolve_target
 
 LAUNCHER_SECTION = "resumedoctor"
@@ -124,7 +124,7 @@ def prepare(recipe_path: Path, recipe_args: tuple[str, ...] = (), *, fix: bool =
         raise LaunchError("the recipe has no output_dir")
     output_dir = Path(str(output)).expanduser()
     _output_target(output_dir)  # a file, or an unreadable folder: one line, exit 2
-    settings = settings_for(output_dir) if settings_for else find_settings(output_dir, Path.cwd())
+    settings = settings_for(output_dir) if settings_for else user_settings(output_dir)
     options = Options(recipe=recipe_path, recipe_args=recipe_args, wandb_dir=wandb_dir, deep=deep, launching=True)
     plan = LaunchPlan(recipe_path, recipe_args, output_dir, None, curriculum=section.get("curriculum"),
                       callbacks=list(section.get("callbacks") or []))

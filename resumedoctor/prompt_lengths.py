@@ -17,6 +17,7 @@ from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
+from resumedoctor.bounded_read import iter_blocks
 from resumedoctor.cache import cache_dir
 from resumedoctor.errors import ReasonError
 
@@ -56,9 +57,11 @@ def _hash_files(paths: list[Path]) -> str:
     digest = hashlib.sha256()
     for path in sorted(paths):
         digest.update(str(path.name).encode())
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
+        try:
+            for block in iter_blocks(path):
                 digest.update(block)
+        except ReasonError as exc:
+            raise DatasetError(f"{path} {exc.reason}") from None
     return digest.hexdigest()
 
 

@@ -129,10 +129,65 @@ def compute_trl_fields() -> dict[str, Any]:
 
 
 def _read_text(path: Path) -> str:
+    from resumedoctor.bounded_read import read_text_bounded
+
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"cannot read {path}: {exc}") from None
+        return read_text_bounded(path)
+    except ReasonError as exc:  # unreadable, too large, not UTF-8, or a FIFO / device / socket
+        raise RecipeError(f"cannot read {path}: it {exc.reason}") from None
+
+
+# A recipe is a few dozen keys; anchors and aliases may repeat a block, never a billion times (billion laughs).
+MAX_EXPANDED_NODES = 100_000
+
+
+def _expanded_size(root) -> int | None:
+    """How many nodes the document has with every alias expanded (stops counting past the budget);
+    None when an alias refers to a node that contains it (a recursive structure)."""
+    import yaml
+
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children = ([item for pair in node.value for item in pair] if isinstance(node, yaml.MappingNode)
+                    else node.value if isinstance(node, yaml.SequenceNode) else [])
+        if children_done:
+            open_nodes.discard(id(node))
+            sizes[id(node)] = min(1 + sum(sizes[id(child)] for child in children), MAX_EXPANDED_NODES + 1)
+            continue
+        if id(node) in open_nodes:
+            return None
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        for child in children:
+            if id(child) in open_nodes:
+                return None
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return sizes[id(root)]
+
+
+def _budget_loader():
+    """yaml.SafeLoader (what TrlParser's yaml.safe_load uses) that refuses a document whose aliases
+    expand past MAX_EXPANDED_NODES, or refer to themselves, before anything is built from it."""
+    import yaml
+
+    class BudgetLoader(yaml.SafeLoader):
+        def compose_document(self):
+            node = super().compose_document()
+            size = _expanded_size(node) if node is not None else 0
+            if size is None:
+                raise RecipeError("an alias refers to a block that contains it (a recursive structure)")
+            if size > MAX_EXPANDED_NODES:
+                raise RecipeError(f"its aliases expand to more than {MAX_EXPANDED_NODES} values "
+                                  "(a \"billion laughs\" document), more than any recipe holds")
+            return node
+
+    return BudgetLoader
 
 
 def _where(mark) -> str:
@@ -145,7 +200,11 @@ def load_values(path: Path, text: str | None = None) -> dict:
 
     text = _read_text(path) if text is None else text
     try:
-        values = yaml.safe_load(text)
+        values = yaml.load(text, Loader=_budget_loader())  # noqa: S506 - a SafeLoader with an alias budget
+    except RecipeError as exc:
+        raise RecipeError(f"{path.name} is refused: {exc.reason}") from None
+    except RecursionError:
+        raise RecipeError(f"{path.name} is nested too deeply to be a recipe") from None
     except yaml.MarkedYAMLError as exc:
         raise RecipeError(f"{path.name} is not valid YAML{_where(exc.problem_mark)}: {exc.problem}") from None
     except yaml.YAMLError as exc:
@@ -175,6 +234,8 @@ def load_yaml(path: Path, text: str | None = None):
         raise RecipeError(f"{path.name} cannot be edited{_where(exc.problem_mark)}: {exc.problem}") from None
     except YAMLError as exc:
         raise RecipeError(f"{path.name} cannot be edited: {exc}") from None
+    except RecursionError:
+        raise RecipeError(f"{path.name} is nested too deeply to be a recipe") from None
     if data is None:
         from ruamel.yaml.comments import CommentedMap
 

@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from resumedoctor.bounded_read import open_regular
 from resumedoctor.errors import ReasonError
 
 # safetensors' own reader refuses headers larger than this.
@@ -88,7 +89,7 @@ def _parse_entry(name: str, raw: object) -> TensorEntry:
     if not isinstance(raw, dict):
         raise SafetensorsError(f"tensor {name!r}: entry is not an object")
     dtype, shape, offsets = raw.get("dtype"), raw.get("shape"), raw.get("data_offsets")
-    if dtype not in DTYPE_BITS:
+    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
         raise SafetensorsError(f"tensor {name!r}: unknown dtype {dtype!r}")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise SafetensorsError(f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
@@ -130,7 +131,7 @@ def parse_safetensors_header(prefix: bytes, file_size: int, path: Path = Path("<
         raise SafetensorsError("header bytes could not be read in full", truncated=True)
     try:
         document = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: also a 5000-digit number
         raise SafetensorsError(f"header is not valid UTF-8 JSON ({type(exc).__name__})") from None
     if not isinstance(document, dict):
         raise SafetensorsError("header JSON is not an object")
@@ -151,13 +152,15 @@ def parse_safetensors_header(prefix: bytes, file_size: int, path: Path = Path("<
 def read_safetensors_header(path: Path) -> SafetensorsHeader:
     """Read only the header of a safetensors file; raises SafetensorsError."""
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             file_size = os.fstat(handle.fileno()).st_size
             head = handle.read(8)
             if len(head) == 8:
                 (header_size,) = struct.unpack("<Q", head)
                 if header_size <= MAX_HEADER_SIZE:
                     head += handle.read(header_size)
+    except ReasonError as exc:  # a FIFO, device or socket: the resume would block or fail on it
+        raise SafetensorsError(exc.reason, unreadable=True) from None
     except OSError as exc:
         raise SafetensorsError(f"cannot be read: {exc.strerror or exc}", unreadable=True) from None
     return parse_safetensors_header(head, file_size, path)
@@ -184,7 +187,7 @@ def count_non_finite(header: SafetensorsHeader) -> dict[str, int]:
     counts: dict[str, int] = {}
     if header.data_size == 0:
         return counts
-    with open(header.path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+    with open_regular(header.path) as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
         for entry in header.tensors.values():
             spec = _NON_FINITE_MASKS.get(entry.dtype)
             if spec is None or entry.end == entry.begin:

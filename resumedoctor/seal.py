@@ -16,9 +16,13 @@ compared, hashes with --deep (a flipped byte that keeps the size is caught too).
 from __future__ import annotations
 
 import json
+import os
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+
+from resumedoctor.bounded_read import JSON_CONFIG_LIMIT, is_regular_file, iter_blocks
+from resumedoctor.errors import ReasonError
 
 SEAL_FILE = "resumedoctor.seal.json"
 # The temp file journal.atomic_write renames over the seal (journal.TMP_SUFFIX, not imported: the
@@ -59,15 +63,18 @@ def new_hasher(name: str):
 
 def hash_file(path: Path, name: str) -> str:
     hasher = new_hasher(name)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            hasher.update(block)
+    for block in iter_blocks(path, CHUNK):
+        hasher.update(block)
     return hasher.hexdigest()
 
 
 def checkpoint_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != SEAL_FILE
-                  and not p.name.endswith(TMP_SUFFIX))
+    """Every regular file under the checkpoint; linked folders are not entered (no way out, no loop)."""
+    found = []
+    for root, _dirs, names in os.walk(folder, followlinks=False):
+        found += [path for name in names if name != SEAL_FILE and not name.endswith(TMP_SUFFIX)
+                  and is_regular_file(path := Path(root, name))]
+    return sorted(found)
 
 
 def installed_versions() -> dict[str, str]:
@@ -90,9 +97,8 @@ def hash_file_pipelined(path: Path, name: str) -> str:
 
     def read() -> None:
         try:
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(CHUNK), b""):
-                    blocks.put(block)
+            for block in iter_blocks(path, CHUNK):
+                blocks.put(block)
         except BaseException as exc:  # noqa: BLE001 - handed to the hashing thread
             failure.append(exc)
         finally:
@@ -130,8 +136,6 @@ def build_seal(folder: Path, *, global_step: int, world_size: int, arguments: di
         hashes = {path: hash_file(path, name) for path in paths}
     files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, **({name: hashes[p]} if p in hashes else {})}
              for p in paths}
-    import hashlib
-
     curriculum = folder / "curriculum_state.json"
     return {
         "version": 1,
@@ -148,7 +152,7 @@ def build_seal(folder: Path, *, global_step: int, world_size: int, arguments: di
         "arguments": {key: arguments[key] for key in RESUME_ARGUMENTS if key in arguments},
         "dataset_fingerprint": dataset_fingerprint,
         "wandb": wandb,
-        "curriculum_sha256": hashlib.sha256(curriculum.read_bytes()).hexdigest() if curriculum.is_file() else None,
+        "curriculum_sha256": _sha256(curriculum) if is_regular_file(curriculum) else None,
     }
 
 
@@ -156,15 +160,63 @@ def seal_bytes(seal: dict) -> bytes:
     return (json.dumps(seal, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for block in iter_blocks(path):
+        digest.update(block)
+    return digest.hexdigest()
+
+
 def read_seal(folder: Path) -> dict:
     """The seal of a checkpoint; ValueError when it is unreadable or not a seal."""
+    from resumedoctor.context import JsonFileError, read_json_file
+
     try:
-        data = json.loads((folder / SEAL_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{SEAL_FILE} cannot be read: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("files"), dict) or data.get("hash") not in ("xxh3_128", "sha256"):
+        data = read_json_file(folder / SEAL_FILE, JSON_CONFIG_LIMIT)
+    except JsonFileError as exc:
+        raise ValueError(f"{SEAL_FILE} cannot be read: {exc.reason}") from None
+    if not isinstance(data, dict) or data.get("hash") not in ("xxh3_128", "sha256") or not _valid_files(data.get("files")):
         raise ValueError(f"{SEAL_FILE} is not a resumedoctor seal")
+    wrong = next((key for key, valid in _SEAL_FIELDS.items() if key in data and not valid(data[key])), None)
+    if wrong is not None:
+        raise ValueError(f"{SEAL_FILE} is not a resumedoctor seal: {wrong} has the wrong type")
     return data
+
+
+def _count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+# The fields readers use besides `files`, each with what a seal written by build_seal holds there.
+_SEAL_FIELDS = {
+    "global_step": _count,
+    "world_size": _count,
+    "rng_state_files": _count,
+    "after_the_fact": lambda value: isinstance(value, bool),
+    "after_the_fact_reason": lambda value: value is None or (isinstance(value, str) and value in AFTER_THE_FACT_REASONS),
+    "hashes_complete": lambda value: isinstance(value, bool),
+    "versions": lambda value: isinstance(value, dict) and all(isinstance(v, str) for v in value.values()),
+    "arguments": lambda value: isinstance(value, dict),
+    "wandb": lambda value: value is None or isinstance(value, dict),
+    "dataset_fingerprint": lambda value: value is None or isinstance(value, str),
+    "curriculum_sha256": lambda value: value is None or isinstance(value, str),
+}
+
+
+def _valid_files(files: Any) -> bool:
+    """{relative path inside the checkpoint: {"size": int, hash name: str}}."""
+    return isinstance(files, dict) and all(
+        _inside(relative) and isinstance(entry, dict) and type(entry.get("size")) is int
+        and all(isinstance(value, str) for key, value in entry.items() if key != "size")
+        for relative, entry in files.items())
+
+
+def _inside(relative: str) -> bool:
+    """A seal's path names a file below the checkpoint: relative, without `..`."""
+    parts = PurePosixPath(relative).parts
+    return bool(parts) and not relative.startswith("/") and ".." not in parts and "\0" not in relative
 
 
 def sealing_was_on(seal: dict) -> bool:
@@ -180,16 +232,25 @@ def verify(folder: Path, seal: dict, *, deep: bool) -> list[str]:
     to_hash = []
     for relative, entry in sorted(seal["files"].items()):
         path = folder / relative
-        if not path.is_file():
-            problems.append(f"{relative} is missing")
+        if not is_regular_file(path) or _leaves(folder, path):
+            problems.append(f"{relative} is missing" if not os.path.lexists(path)
+                            else f"{relative} is not a regular file of the checkpoint")
             continue
         size = path.stat().st_size
         if size != entry.get("size"):
             problems.append(f"{relative} is {size} bytes, sealed at {entry.get('size')}")
         elif deep and entry.get(name):
             to_hash.append((relative, path, entry.get(name)))
-    if to_hash:
-        hashes = hash_files([path for _, path, _ in to_hash], name)
-        problems += [f"{relative}: content differs from the seal ({name}), same size"
-                     for relative, path, expected in to_hash if hashes[path] != expected]
+    for relative, path, expected in to_hash:
+        try:
+            if hash_file_pipelined(path, name) != expected:
+                problems.append(f"{relative}: content differs from the seal ({name}), same size")
+        except ReasonError as exc:
+            problems.append(f"{relative} {exc.reason}")
     return problems
+
+
+def _leaves(folder: Path, path: Path) -> bool:
+    """Whether a folder on the way to `path` is a link: a seal's path must not lead out of the checkpoint."""
+    relative = path.relative_to(folder)
+    return any((folder / parent).is_symlink() for parent in relative.parents if parent != Path("."))

@@ -17,7 +17,7 @@ from resumedoctor.checks.checkpoint_integrity import (
     inspect_checkpoint,
 )
 from resumedoctor.checks.environment import recorded_versions
-from resumedoctor.context import JsonFileError, Options, RunContext
+from resumedoctor.context import Options, RunContext
 from resumedoctor.journal import Transaction, WriteFile, new_id
 from resumedoctor.safe_pickle import PickleReadError, UnsafePickleError
 from resumedoctor.seal import (
@@ -62,11 +62,10 @@ def after_the_fact_seal(ctx: RunContext, checkpoint: Path, reason: str) -> bytes
     errors = _errors(ctx, inspect_checkpoint(ctx, checkpoint))
     if errors:
         raise SealRefused(f"{errors[0].code}: {errors[0].message}")
-    try:
-        state = ctx.read_json(checkpoint / "trainer_state.json")
-        global_step = int(state["global_step"])
-    except (JsonFileError, KeyError, TypeError, ValueError):
-        raise SealRefused("trainer_state.json has no global_step") from None
+    state = ctx.trainer_state(checkpoint)
+    if state is None:
+        raise SealRefused("trainer_state.json has no global_step")
+    global_step = state["global_step"]
     try:
         arguments = ctx.training_args(checkpoint / "training_args.bin")
     except (UnsafePickleError, PickleReadError, OSError):

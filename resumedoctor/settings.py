@@ -4,11 +4,16 @@ Keys: `select` and `ignore` (codes or code prefixes, like ruff) and `severity` (
 prefix to error / warning / info). The command line's `--select` replaces `select`, `--ignore` adds.
 A code or prefix that no registered rule code starts with is refused (`check_known`): a typo must not
 switch a check off in silence.
+
+Settings are the user's: they are looked up from the working directory upwards (or named with
+`--settings`), never from inside the folder being diagnosed, which may come from anyone. A settings file
+shipped inside it is reported (ENV008), not applied.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field, replace
@@ -22,6 +27,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 KNOWN_KEYS = {"select", "ignore", "severity"}
+SETTINGS_FILES = ("resumedoctor.toml", "pyproject.toml")
 
 
 class SettingsError(Exception):
@@ -92,6 +98,13 @@ class Settings:
         check_known(self.ignore, known, f"{where}: ignore")
         check_known(self.severity, known, f"{where}: severity")
 
+    def describe(self) -> str:
+        """`ignore CKPT, severity CKPT019=info`: what these settings change."""
+        parts = [f"{key} {', '.join(codes)}" for key, codes in (("select", self.select), ("ignore", self.ignore)) if codes]
+        if self.severity:
+            parts.append("severity " + ", ".join(f"{code}={level.value}" for code, level in sorted(self.severity.items())))
+        return "; ".join(parts)
+
     def with_cli(self, select: str | None, ignore: str | None) -> Settings:
         updated = self
         if select:
@@ -127,31 +140,71 @@ def _settings_from_table(table: dict, source: Path) -> Settings:
 
 def read_settings_file(path: Path) -> Settings | None:
     """Settings in one file, or None when the file holds no resumedoctor table."""
+    from resumedoctor.bounded_read import read_text_bounded
+    from resumedoctor.errors import ReasonError
+
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"cannot read {path}: {exc}") from None
+        data = tomllib.loads(read_text_bounded(path))
+    except ReasonError as exc:  # unreadable, too large, not UTF-8, or a FIFO / device / socket
+        raise SettingsError(f"cannot read {path}: it {exc.reason}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"{path} is not valid TOML: {exc}") from None
-    table = data.get("tool", {}).get("resumedoctor")
+    except RecursionError:
+        raise SettingsError(f"{path} is nested too deeply to be settings") from None
+    tool = data.get("tool")
+    table = tool.get("resumedoctor") if isinstance(tool, dict) else None
     if table is None and path.name == "resumedoctor.toml":
         table = data
     if table is None:
         return None
+    if not isinstance(table, dict):
+        raise SettingsError(f"{path}: [tool.resumedoctor] must be a table")
     return _settings_from_table(table, path)
 
 
-def find_settings(*starts: Path) -> Settings:
-    """The nearest settings file above each start folder, in order; defaults when none exists."""
-    for start in starts:
-        folder = start.resolve()
-        if folder.is_file():
-            folder = folder.parent
-        for candidate_dir in (folder, *folder.parents):
-            for name in ("resumedoctor.toml", "pyproject.toml"):
-                candidate = candidate_dir / name
-                if candidate.is_file():
-                    settings = read_settings_file(candidate)
-                    if settings is not None:
-                        return settings
+def find_settings(start: Path, *, excluding: Iterable[Path] = ()) -> Settings:
+    """The nearest settings file from `start` (the working directory) upwards; defaults when none exists.
+
+    Folders inside an `excluding` folder (the diagnosed output_dir) are passed over: a settings file
+    there came with the run, not from the user.
+    """
+    excluded = [Path(os.path.realpath(folder)) for folder in excluding]
+    folder = Path(os.path.realpath(start))
+    if not folder.is_dir():
+        folder = folder.parent
+    for candidate_dir in (folder, *folder.parents):
+        if any(candidate_dir == skip or skip in candidate_dir.parents for skip in excluded):
+            continue
+        for name in SETTINGS_FILES:
+            candidate = candidate_dir / name
+            if candidate.is_file():
+                settings = read_settings_file(candidate)
+                if settings is not None:
+                    return settings
     return Settings()
+
+
+def diagnosed_folders(path: Path) -> list[Path]:
+    """The folder PATH names and, for a `checkpoint-N` folder, the output_dir holding it: not the user's."""
+    from resumedoctor.target import CHECKPOINT_NAME
+
+    path = Path(os.path.realpath(path))
+    return [path, path.parent] if CHECKPOINT_NAME.match(path.name) else [path]
+
+
+def user_settings(path: Path) -> Settings:
+    """The settings for diagnosing PATH: from the working directory upwards, never from inside PATH."""
+    return find_settings(Path.cwd(), excluding=diagnosed_folders(path))
+
+
+def shipped_settings(folder: Path) -> list[Settings]:
+    """The resumedoctor settings in files inside a diagnosed folder (never applied; unreadable ones pass)."""
+    found = []
+    for name in SETTINGS_FILES:
+        try:
+            settings = read_settings_file(folder / name) if os.path.lexists(folder / name) else None
+        except SettingsError:
+            continue
+        if settings is not None and (settings.select or settings.ignore or settings.severity):
+            found.append(settings)
+    return found

@@ -14,6 +14,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from resumedoctor.bounded_read import open_regular
 from resumedoctor.errors import ReasonError
 
 LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
@@ -113,8 +114,8 @@ def inspect_torch_archive(path: Path, *, deep: bool = False) -> ArchiveReport:
     import zipfile  # here, not at import: most CLI runs never open an archive
 
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
+            size = os.fstat(handle.fileno()).st_size
             head = handle.read(4)
             if size == 0:
                 return ArchiveReport(path, 0, problems=("empty file (0 bytes)",))
@@ -146,5 +147,7 @@ def inspect_torch_archive(path: Path, *, deep: bool = False) -> ArchiveReport:
                         problems += _crc_problems(archive, info)
                 suspicious = tuple(_pickle_disagreements(archive)) if pickles else ()
                 return ArchiveReport(path, size, names, tuple(problems), suspicious=suspicious)
+    except ReasonError as exc:  # a FIFO, device or socket: torch.load would block or fail on it
+        return ArchiveReport(path, 0, problems=(exc.reason,), unreadable=True)
     except OSError as exc:
         return ArchiveReport(path, 0, problems=(f"cannot be read: {exc.strerror or exc}",), unreadable=True)

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from resumedoctor.bounded_read import LOG_LIMIT, read_bytes_bounded
 from resumedoctor.errors import ReasonError
 
 HEADER = struct.Struct("<4sHB")  # ident ":W&B", magic 0xBEE1, version 0
@@ -46,9 +47,9 @@ class RecordStream:
 def iter_record_bytes(path: Path, stream: RecordStream) -> Iterator[bytes]:
     """Every record's serialized bytes; stops (and notes why) at the first damaged chunk."""
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise WandbLogError(f"cannot be read: {exc.strerror or exc}") from None
+        data = read_bytes_bounded(path, LOG_LIMIT)
+    except ReasonError as exc:  # unreadable, too large, or a FIFO / device / socket
+        raise WandbLogError(exc.reason) from None
     if len(data) < HEADER.size:
         raise WandbLogError(f"{len(data)} bytes: too short for the W&B log header")
     ident, magic, version = HEADER.unpack_from(data)

@@ -14,7 +14,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from resumedoctor.context import JsonFileError, RunContext
+from resumedoctor.bounded_read import JSON_CONFIG_LIMIT
+from resumedoctor.context import JsonFileError, RunContext, read_json_file
 from resumedoctor.target import checkpoint_step, state_dir
 from resumedoctor.wandb_log import RUN_FOLDER, RunLog, WandbLogError, read_run_log
 
@@ -338,7 +339,7 @@ def read_decision(output_dir: Path, ctx: RunContext | None = None) -> WandbDecis
     if not path.is_file():
         return None
     try:
-        raw = ctx.read_json(path) if ctx else json.loads(path.read_text(encoding="utf-8"))
+        raw = ctx.read_json(path) if ctx else read_json_file(path, JSON_CONFIG_LIMIT)
         raw = dict(raw)
         raw.pop("version", None)
         return WandbDecision(**raw)

@@ -470,3 +470,23 @@ def test_an_sft_recipe_is_not_judged_as_a_grpo_recipe(tmp_path):
     assert report.exit_code == 0, [(f.code, f.message) for f in report.findings]
     skipped = {family.prefix: family.reason for family in report.families if family.status == "skipped"}
     assert "SFTConfig" in skipped["LEN"] and "not checked" in skipped["CFG"]
+
+
+def test_a_recipe_with_anchors_reads_as_trl_reads_it(full_run, tmp_path):
+    """The alias budget refuses bombs only: anchors and merge keys read exactly as TrlParser's yaml.safe_load."""
+    import yaml
+    from trl import GRPOConfig, TrlParser
+
+    from resumedoctor.recipe import load_values
+
+    recipe = tmp_path / "anchors.yaml"
+    recipe.write_text(f"output_dir: {full_run}\nlearning_rate: &lr 3.0e-4\nmax_steps: &steps 8\n"
+                      "use_cpu: true\nreport_to: &none [none]\n"
+                      "lr_scheduler_kwargs: &kwargs {min_lr: 1.0e-5}\n"
+                      "model_init_kwargs: {<<: *kwargs, torch_dtype: float32}\n"
+                      "save_steps: *steps\nlogging_steps: 2\n")
+    assert load_values(recipe) == yaml.safe_load(recipe.read_text())
+    (parsed,) = TrlParser((GRPOConfig,)).parse_args_and_config(["--config", str(recipe)])
+    values = load_values(recipe)
+    assert (parsed.learning_rate, parsed.max_steps, parsed.save_steps) == (values["learning_rate"], 8, values["save_steps"])
+    assert parsed.model_init_kwargs == values["model_init_kwargs"] == {"min_lr": 1.0e-5, "torch_dtype": "float32"}

@@ -118,3 +118,34 @@ def test_unknown_code_in_pyproject_is_exit_2(tmp_path, full_run):
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip() == (f"resumedoctor: {tmp_path / 'pyproject.toml'}: select: unknown code or prefix "
                                      "'CKTP' (did you mean CKPT?)")
+
+
+def test_settings_come_from_the_working_directory_never_from_the_diagnosed_folder(tmp_path, full_run, monkeypatch):
+    from resumedoctor.settings import user_settings
+
+    (tmp_path / "pyproject.toml").write_text('[tool.resumedoctor]\nignore = ["CKPT021"]\n')  # the user's project
+    (full_run / "resumedoctor.toml").write_text('ignore = ["CKPT"]\n')  # shipped with the run
+    (full_run / "checkpoint-6" / "pyproject.toml").write_text('[tool.resumedoctor]\nselect = ["ENV"]\n')
+    for cwd, path in ((tmp_path, full_run), (full_run, full_run), (full_run / "checkpoint-6", full_run / "checkpoint-6"),
+                      (full_run, full_run / "checkpoint-6")):
+        monkeypatch.chdir(cwd)
+        settings = user_settings(path)
+        assert settings.source == tmp_path / "pyproject.toml" and settings.ignore == ("CKPT021",), (cwd, path)
+    monkeypatch.chdir(full_run / "checkpoint-6")
+    assert user_settings(full_run / "checkpoint-4").source == tmp_path / "pyproject.toml"  # checkpoint-6 is in the run
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert user_settings(full_run).source is None  # a file above PATH but not above the working directory: not read
+
+
+def test_settings_inside_the_run_are_reported_as_info(full_run, tmp_path):
+    (full_run / "pyproject.toml").write_text('[tool.resumedoctor]\nignore = ["CKPT"]\nseverity = { ENV = "error" }\n')
+    report = json.loads(run_cli("diagnose", full_run, "--format", "json", cwd=tmp_path).stdout)
+    shipped = [f for f in report["findings"] if f["code"] == "ENV008"]
+    assert len(shipped) == 1 and shipped[0]["severity"] == "info"  # not raised to error by the file itself
+    assert "ignore CKPT; severity ENV=error: not applied" in shipped[0]["message"]
+    assert report["summary"]["error"] == 0
+    (full_run / "pyproject.toml").write_text('[project]\nname = "x"\n')  # no resumedoctor table: nothing to say
+    report = json.loads(run_cli("diagnose", full_run, "--format", "json", cwd=tmp_path).stdout)
+    assert not [f for f in report["findings"] if f["code"] == "ENV008"]
