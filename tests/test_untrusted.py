@@ -1,19 +1,38 @@
-"""An output_dir is untrusted input (issue 13): the first cases, the shell lines of `resumedoctor env`.
+"""An output_dir is untrusted input (issue 13): each attack as a case.
 
-Real `bash` and `sh` evaluate the output, as the pre-training hook does; a crafted name must stay text.
+Sections: the shell lines of `env` (evaluated by real `bash` and `sh`), confinement of writes and the
+journal (confine), one writer and the live-trainer guard, the pickles (pickle), W&B identities and
+linear cost (shellcost), terminal output, readers of special, huge and damaged files and settings
+(readers). Payloads are built here; the CLI runs in a child bounded in time and memory (run_cli), and
+a sibling tree is hashed to prove nothing outside the output_dir changed (tree_digest).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import json
 import os
+import pickle
+import pickletools
 import resource
 import shutil
+import signal
+import struct
 import subprocess
 import sys
+import time
+import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
+from conftest import DEMO_RUN_ARGS
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from resumedoctor import safe_pickle
+from resumedoctor.torch_archive import inspect_torch_archive, torch_pickle_member
 
 MEMORY_LIMIT = 3 << 30  # address space for a child resumedoctor: plenty for a real run, far below a bomb
 
@@ -75,12 +94,7 @@ def test_env_output_evaluates_to_nothing_but_exports(full_run, tmp_path, shell):
 # output_dir stands for everything outside it and must not change.
 
 
-import json  # noqa: E402
-import signal  # noqa: E402
-import time  # noqa: E402
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 TX_ID = "20260101T000000.000000001-abcd"
 
@@ -448,13 +462,7 @@ def test_launch_fix_says_who_holds_the_lock(built_runs, tmp_path):
 # The oracle is torch's own restricted unpickler, torch.load(weights_only=True): it is only ever given crafted
 # payloads to refuse (never weights_only=False), and real files to load.
 
-import importlib  # noqa: E402
-import pickle  # noqa: E402
-import pickletools  # noqa: E402
-import zipfile  # noqa: E402
 
-from resumedoctor import safe_pickle  # noqa: E402
-from resumedoctor.torch_archive import inspect_torch_archive, torch_pickle_member  # noqa: E402
 
 STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt")
 
@@ -734,7 +742,6 @@ def test_pickle_bombs_are_findings_in_bounded_time_and_memory(full_run, tmp_path
 # decision or a folder name holds; W&B identities are checked as wandb.Settings checks them; the cost of an
 # output_dir is linear in its checkpoints (one listing, each seal read once).
 
-import zlib  # noqa: E402
 
 EVAL = 'eval "$(resumedoctor env "$TARGET" --wandb-dir "$WANDB_FOLDER")" && env'
 MARKERS = ("pwned", "pwned2", "pwned3")
@@ -974,10 +981,7 @@ def test_text_report_and_errors_show_crafted_names_escaped(full_run, tmp_path):
 # findings (CKPT027), sizes and nesting are bounded, YAML aliases have a budget, damaged values are findings,
 # and settings shipped inside the folder are reported (ENV008), never applied.
 
-import json as _json  # noqa: E402
-import struct as _struct  # noqa: E402
 
-from conftest import DEMO_RUN_ARGS as _DEMO_RUN_ARGS  # noqa: E402
 
 SPECIAL_NAMES = ["model.safetensors", "trainer_state.json", "optimizer.pt", "training_args.bin", "config.json"]
 QUICK = 30  # seconds: every case here answers in about one; a FIFO read would block until the timeout
@@ -985,13 +989,13 @@ QUICK = 30  # seconds: every case here answers in about one; a FIFO read would b
 
 def _recipe(folder: Path, output_dir: Path, extra: str = "") -> Path:
     recipe = folder / "recipe.yaml"
-    recipe.write_text(f"output_dir: {output_dir}\n" + _DEMO_RUN_ARGS + "resume_from_checkpoint: true\n" + extra)
+    recipe.write_text(f"output_dir: {output_dir}\n" + DEMO_RUN_ARGS + "resume_from_checkpoint: true\n" + extra)
     return recipe
 
 
 def _findings(result: subprocess.CompletedProcess) -> list[dict]:
     assert_one_clear_answer(result)
-    return _json.loads(result.stdout)["findings"]
+    return json.loads(result.stdout)["findings"]
 
 
 def _every_command_answers(run: Path, recipe: Path, cwd: Path) -> None:
@@ -1058,7 +1062,7 @@ def test_linked_folders_are_not_walked_out_of_the_checkpoint(full_run, tmp_path)
     (checkpoint / "outside").symlink_to(tmp_path)  # a way out
     (tmp_path / "secret.txt").write_text("not the checkpoint's")
     assert run_cli("seal", str(full_run), cwd=tmp_path, timeout=QUICK).returncode == 0
-    sealed = _json.loads((checkpoint / "resumedoctor.seal.json").read_text())["files"]
+    sealed = json.loads((checkpoint / "resumedoctor.seal.json").read_text())["files"]
     assert not any(name.startswith(("up/", "outside/")) for name in sealed), sorted(sealed)
     assert "model.safetensors" in sealed
     assert_one_clear_answer(run_cli("diagnose", str(full_run), "--deep", cwd=tmp_path, timeout=QUICK))
@@ -1067,11 +1071,11 @@ def test_linked_folders_are_not_walked_out_of_the_checkpoint(full_run, tmp_path)
 def test_a_seal_naming_files_outside_the_checkpoint_is_not_followed(full_run, tmp_path):
     assert run_cli("seal", str(full_run), cwd=tmp_path).returncode == 0
     seal_path = full_run / "checkpoint-6" / "resumedoctor.seal.json"
-    seal = _json.loads(seal_path.read_text())
+    seal = json.loads(seal_path.read_text())
     (tmp_path / "outside.txt").write_text("x")
     for escape in ("../../outside.txt", str(tmp_path / "outside.txt")):
         seal["files"] = {**seal["files"], escape: {"size": 1}}
-        seal_path.write_text(_json.dumps(seal))
+        seal_path.write_text(json.dumps(seal))
         findings = _findings(run_cli("diagnose", str(full_run / "checkpoint-6"), "--deep", "--format", "json",
                                      cwd=tmp_path, timeout=QUICK))
         assert [f["code"] for f in findings if f["path"] == str(seal_path)] == ["CKPT031"]  # not a seal: never used
@@ -1100,16 +1104,16 @@ def test_a_yaml_bomb_recipe_is_one_line_fast(full_run, tmp_path, bomb):
 
 def _safetensors_with_first_dtype(path: Path, dtype) -> None:
     raw = path.read_bytes()
-    (size,) = _struct.unpack("<Q", raw[:8])
-    header = _json.loads(raw[8:8 + size])
+    (size,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + size])
     header[next(name for name in header if name != "__metadata__")]["dtype"] = dtype
-    text = _json.dumps(header).encode()
-    path.write_bytes(_struct.pack("<Q", len(text)) + text + raw[8 + size:])
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + size:])
 
 
 def _edit_json(path: Path, **values) -> None:
-    data = _json.loads(path.read_text())
-    path.write_text(_json.dumps({**data, **values}))
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, **values}))
 
 
 DAMAGED = {  # the issue's "damaged values crash" cases: each is a finding on checkpoint-6 now
@@ -1161,10 +1165,10 @@ FUZZ_VALUES = {"a list": [1, 2], "a string": "x", "null": None, "a huge int": "9
 
 def _json_with(data: dict, key: str | None, value) -> str:
     """data with one top-level value replaced (key None: the whole document), huge ints as raw digits."""
-    raw = value if isinstance(value, str) and value.isdigit() else _json.dumps(value)
+    raw = value if isinstance(value, str) and value.isdigit() else json.dumps(value)
     if key is None:
         return raw
-    return "{" + ", ".join(f"{_json.dumps(k)}: {raw if k == key else _json.dumps(v)}" for k, v in data.items()) + "}"
+    return "{" + ", ".join(f"{json.dumps(k)}: {raw if k == key else json.dumps(v)}" for k, v in data.items()) + "}"
 
 
 def test_fuzzing_every_top_level_value_never_crashes(full_run, tmp_path):
@@ -1180,7 +1184,7 @@ def test_fuzzing_every_top_level_value_never_crashes(full_run, tmp_path):
     for name in ("trainer_state.json", "config.json", "resumedoctor.seal.json"):
         path = full_run / "checkpoint-6" / name
         original = path.read_bytes()
-        data = _json.loads(original)
+        data = json.loads(original)
         for key in [None, *data]:
             for label, value in FUZZ_VALUES.items():
                 path.write_text(_json_with(data, key, value))
