@@ -33,6 +33,7 @@ from resumedoctor.registry import CheckFamily
 from resumedoctor.safe_pickle import (
     PickleReadError,
     UnsafePickleError,
+    check_legacy_pickle,
     check_state_pickle,
 )
 from resumedoctor.safetensors_header import SafetensorsError, count_non_finite
@@ -681,6 +682,13 @@ class CheckpointInspector:
     def _archive_findings(self, path: Path, label: str) -> Iterator[Finding]:
         report = self.ctx.torch_archive(path)
         if report.legacy_pickle:
+            try:
+                self.ctx.load(check_legacy_pickle, path)
+            except UnsafePickleError as exc:
+                yield self._unsafe(path, exc.reason)
+                return
+            except (PickleReadError, ReasonError):
+                pass  # its first pickle cannot be judged either: the warning below says "not verified"
             yield self.finding(LEGACY_PICKLE, f"{label}: legacy pickle format, not verified (never unpickled)", path)
         elif report.unreadable:
             yield self.finding(FILE_UNREADABLE, f"{label}: {report.problems[0]}", path)

@@ -486,6 +486,21 @@ def check_state_pickle(path: Path) -> tuple[str, ...]:
     return scan_pickle(read_pickle_member(path, STATE_BUDGET), STATE_BUDGET, storages=True)
 
 
+def check_legacy_pickle(path: Path) -> tuple[str, ...]:
+    """The globals of the first pickle of a file in torch's pre-zip format, all on the allow-list.
+
+    torch.load of that format unpickles its first pickle at once (weights_only=False runs whatever it
+    names), so it is scanned like any other; what follows it (storages, more pickles) stays unverified.
+    Raises UnsafePickleError or PickleReadError (no STOP within the budget: cannot be judged).
+    """
+    from resumedoctor.bounded_read import open_regular
+
+    with open_regular(path) as handle:
+        data = handle.read(STATE_BUDGET.max_bytes)
+    # scanning stops at the first STOP: that pickle is the one torch.load runs first
+    return scan_pickle_bytes(data, STATE_BUDGET, storages=path.name != "training_args.bin")
+
+
 def read_training_args(path: Path) -> dict[str, Any]:
     """The saved arguments as a dict; raises UnsafePickleError or PickleReadError, never runs the pickle."""
     data = read_pickle_member(path, ARGS_BUDGET)

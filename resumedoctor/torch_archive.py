@@ -43,9 +43,30 @@ class ArchivePickleError(ReasonError):
     """torch.load would read no pickle from this archive, or one of several that differ; `reason` is one line."""
 
 
+def shifted_bytes(archive) -> int:
+    """How far Python's zipfile moved every offset because the directory is not where the end record says.
+
+    zipfile assumes bytes were prepended and shifts; torch's reader does not. A file whose two readers
+    would see two different archives (one harmless, one not) is crafted: torch.save never writes one.
+    """
+    import zipfile
+
+    try:
+        end = zipfile._EndRecData(archive.fp)  # the raw end record, before zipfile's shift
+    except (OSError, AttributeError, TypeError, ValueError):
+        return 0
+    if not end:
+        return 0
+    return archive.start_dir - end[zipfile._ECD_OFFSET]
+
+
 def torch_pickle_member(archive):
     """The member torch.load unpickles: `<folder>/data.pkl`, where the folder is that of the archive's
     first member and the name is matched without regard to case, as torch's zip reader (miniz) does."""
+    shift = shifted_bytes(archive)
+    if shift:
+        raise ArchivePickleError(f"its zip directory is {shift} bytes from where its end record puts it: "
+                                 "torch and Python would read two different archives from this file")
     infos = archive.infolist()
     if not infos:
         raise ArchivePickleError("the archive has no members")
@@ -63,6 +84,9 @@ def torch_pickle_member(archive):
 
 def _pickle_disagreements(archive) -> list[str]:
     """Why the archive's pickles do not all agree with the one torch.load reads (empty for what torch.save writes)."""
+    if shift := shifted_bytes(archive):
+        return [f"its zip directory is {shift} bytes from where its end record puts it: torch and Python "
+                "would read two different archives from this file"]
     pickles = [info for info in archive.infolist() if info.filename.lower().endswith(".pkl")]
     if not pickles:
         return []
@@ -145,7 +169,7 @@ def inspect_torch_archive(path: Path, *, deep: bool = False) -> ArchiveReport:
                 if deep and not problems:
                     for info in infos:
                         problems += _crc_problems(archive, info)
-                suspicious = tuple(_pickle_disagreements(archive)) if pickles else ()
+                suspicious = tuple(_pickle_disagreements(archive))
                 return ArchiveReport(path, size, names, tuple(problems), suspicious=suspicious)
     except ReasonError as exc:  # a FIFO, device or socket: torch.load would block or fail on it
         return ArchiveReport(path, 0, problems=(exc.reason,), unreadable=True)

@@ -45,6 +45,10 @@ def _open_lock(path: Path) -> int:
     if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
         os.close(descriptor)
         raise ConfinementError(f"{path} is not a regular file of yours: refusing to use it as the lock")
+    if info.st_nlink > 1:  # a hard link to a file elsewhere: writing the pid would change that file
+        os.close(descriptor)
+        raise ConfinementError(f"{path} is a hard link to another file ({info.st_nlink} names): refusing to "
+                               "use it as the lock; remove it and run again")
     return descriptor
 
 

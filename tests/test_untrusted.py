@@ -1209,3 +1209,117 @@ def test_settings_shipped_inside_the_output_dir_are_reported_not_applied(full_ru
         shipped = [f for f in findings if f["code"] == "ENV008"]
         assert shipped and all(f["severity"] == "info" and "not applied" in f["message"] for f in shipped), findings
     assert "ignore CKPT" in " ".join(f["message"] for f in shipped)
+
+
+# --- found by trying to break it: a shifted zip, a bare pickle, a hard-linked lock, names in messages ---
+
+
+class _RunsTouch:
+    """A pickle payload: unpickling it runs `touch MARKER` (never unpickled here; torch.load is the oracle)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _end_record(data: bytes) -> tuple[int, int, int, int]:
+    """(member count, directory size, directory offset, end record position) of a zip without a comment."""
+    end = len(data) - 22
+    assert data[end:end + 4] == b"PK\x05\x06"
+    _, _, _, _, count, size, offset, _ = struct.unpack("<4sHHHHIIH", data[end:end + 22])
+    return count, size, offset, end
+
+
+def shifted_archive(payload: bytes, decoy: bytes) -> bytes:
+    """One file, two archives: torch's reader follows the end record to `payload`; Python's zipfile sees
+    the directory is not where the record says, assumes prepended bytes, shifts, and reads `decoy`."""
+    count, size, offset, _ = _end_record(payload)
+    decoy_count, decoy_size, decoy_offset, _ = _end_record(decoy)
+    assert (count, size) == (decoy_count, decoy_size)
+    payload_locals, payload_directory = payload[:offset], payload[offset:offset + size]
+    decoy_locals, directory = decoy[:decoy_offset], bytearray(decoy[decoy_offset:decoy_offset + decoy_size])
+    delta = len(payload_locals) + size - (size + len(decoy_locals))  # where the decoy's locals land, minus the shift
+    position = 0
+    while position < len(directory):
+        name_length, extra_length, comment_length = struct.unpack("<HHH", directory[position + 28:position + 34])
+        (local_offset,) = struct.unpack("<I", directory[position + 42:position + 46])
+        struct.pack_into("<I", directory, position + 42, local_offset + delta)
+        position += 46 + name_length + extra_length + comment_length
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, count, count, size, len(payload_locals), 0)
+    return payload_locals + payload_directory + decoy_locals + bytes(directory) + end
+
+
+def test_a_zip_whose_readers_disagree_is_ckpt028(full_run, tmp_path):
+    import io as _io
+
+    import torch
+
+    def saved(value) -> bytes:
+        buffer = _io.BytesIO()
+        torch.save(value, buffer)
+        return buffer.getvalue()
+
+    marker = tmp_path / "MARKER_RAN"
+    data = shifted_archive(saved(_RunsTouch(marker)), saved({"a": 1}))
+    # The oracle: Python's zipfile reads the harmless archive, torch reads the payload (refused by weights_only).
+    with zipfile.ZipFile(_io.BytesIO(data)) as archive:
+        assert b"system" not in archive.read("archive/data.pkl")
+    with pytest.raises(pickle.UnpicklingError, match="system"):
+        torch.load(_io.BytesIO(data), weights_only=True)
+    output_dir = tmp_path / "out"
+    shutil.copytree(full_run, output_dir)
+    for name in ("training_args.bin", "rng_state.pth"):
+        (output_dir / "checkpoint-6" / name).write_bytes(data)
+    result = run_cli("diagnose", str(output_dir), "--format", "json", cwd=tmp_path)
+    assert_one_clear_answer(result)
+    flagged = {Path(f["path"]).name for f in json.loads(result.stdout)["findings"]
+               if f["code"] == "CKPT028" and f["severity"] == "error"}
+    assert flagged == {"training_args.bin", "rng_state.pth"}, result.stdout
+    assert result.returncode == 1 and not marker.exists()
+
+
+def test_a_bare_pickle_payload_in_the_old_format_is_ckpt028_not_a_warning(full_run, tmp_path):
+    import torch
+
+    marker = tmp_path / "MARKER_RAN"
+    output_dir = tmp_path / "out"
+    shutil.copytree(full_run, output_dir)
+    (output_dir / "checkpoint-6" / "training_args.bin").write_bytes(pickle.dumps(_RunsTouch(marker), protocol=2))
+    # an honest file in torch's pre-zip format, beside it, stays the "not verified" warning
+    torch.save({"state": {}, "param_groups": []}, output_dir / "checkpoint-6" / "optimizer.pt",
+               _use_new_zipfile_serialization=False)
+    result = run_cli("diagnose", str(output_dir), "--format", "json", cwd=tmp_path)
+    assert_one_clear_answer(result)
+    findings = {(Path(f["path"]).parent.name, Path(f["path"]).name, f["code"]): f
+                for f in json.loads(result.stdout)["findings"]}
+    unsafe = findings[("checkpoint-6", "training_args.bin", "CKPT028")]
+    assert unsafe["severity"] == "error" and "system" in unsafe["message"]
+    assert findings[("checkpoint-6", "optimizer.pt", "CKPT025")]["severity"] == "warning"
+    assert not any(key[:2] == ("checkpoint-6", "optimizer.pt") and key[2] == "CKPT028" for key in findings)
+    assert not marker.exists()
+
+
+def test_a_hard_linked_lock_is_refused_and_its_other_name_unchanged(full_run, tmp_path):
+    output_dir = tmp_path / "out"
+    shutil.copytree(full_run, output_dir)
+    precious = tmp_path / "precious.txt"
+    precious.write_text("precious\n")
+    (output_dir / ".resumedoctor").mkdir()
+    os.link(precious, output_dir / ".resumedoctor" / "lock")
+    result = run_cli("fix", str(output_dir), "--auto", "--unsafe", cwd=tmp_path)
+    assert result.returncode == 2 and "hard link" in result.stderr, result.stderr
+    assert_one_clear_answer(result)
+    assert precious.read_text() == "precious\n"
+
+
+def test_a_newline_in_a_checkpoint_name_does_not_split_report_lines(full_run, tmp_path):
+    output_dir = tmp_path / "out"
+    shutil.copytree(full_run, output_dir)
+    (output_dir / "checkpoint-6").rename(output_dir / "checkpoint-6\nforged line")
+    (output_dir / "checkpoint-6\nforged line" / "model.safetensors").write_bytes(b"\0" * 8)
+    result = run_cli("diagnose", str(output_dir), cwd=tmp_path)
+    assert_one_clear_answer(result)
+    assert "checkpoint-6\\nforged line" in result.stdout
+    assert not any(line.lstrip().startswith("forged line") for line in result.stdout.splitlines()), result.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from resumedoctor.printable import printable
 from resumedoctor.report.paths import relative_to_cwd
 from resumedoctor.report.verdict import NOTHING_CHECKED, caveat, judge
 
@@ -40,6 +41,6 @@ def render(report: Report) -> str:
         lines.append(f"::{level} {title}::{escape_data(f'{report.target}: {caveat(verdict)}')}")
     summary = report.summary
     lines.append(
-        f"resumedoctor: {summary['error']} errors, {summary['warning']} warnings, {summary['info']} info in {report.target}"
+        f"resumedoctor: {summary['error']} errors, {summary['warning']} warnings, {summary['info']} info in {printable(str(report.target))}"
     )
     return "\n".join(lines) + "\n"

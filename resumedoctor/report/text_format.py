@@ -34,8 +34,11 @@ MARK = {"error": ("✖", "bold red"), "warning": ("!", "yellow"), "info": ("✔"
 
 
 def _shown(text: str) -> str:
-    """A message quotes names and values from the output_dir: shown escaped, never as terminal control."""
-    return printable(text, keep_newlines=True)
+    """A message quotes names and values from the output_dir: shown escaped, never as terminal control.
+
+    Messages are one line (the table wraps them), so a newline in one came from a crafted name.
+    """
+    return printable(text)
 
 
 def _plural(count: int, word: str) -> str:
