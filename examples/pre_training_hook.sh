@@ -21,9 +21,21 @@ for ((i = 0; i < ${#args[@]}; i++)); do
     esac
 done
 
-if ! resumedoctor diagnose "$OUT" ${recipe[@]+"${recipe[@]}"}; then
+# The first start of a run: the trainer would create OUT; create it now so the same checks run
+# (an empty output_dir is "nothing to resume", and the recipe is still checked against it).
+if [ ! -e "$OUT" ]; then
+    echo "pre-training hook: $OUT does not exist yet: a first start" >&2
+    mkdir -p -- "$OUT"
+fi
+
+status=0
+resumedoctor diagnose "$OUT" ${recipe[@]+"${recipe[@]}"} || status=$?
+if [ "$status" -eq 1 ]; then
     echo "pre-training hook: not starting; see the report above (resumedoctor explain CODE)" >&2
     exit 1
+elif [ "$status" -ne 0 ]; then
+    echo "pre-training hook: not starting; resumedoctor could not check $OUT (exit $status, see above)" >&2
+    exit "$status"
 fi
 
 # W&B: continue the run, or fork it at the _step after the checkpoint; unset stale WANDB_* variables.

@@ -40,6 +40,14 @@ def test_pre_training_hook_starts_a_clean_run(full_run, tmp_path):
     assert marker.exists()
 
 
+def test_pre_training_hook_starts_the_first_run_of_a_new_output_dir(tmp_path):
+    """The hook is in front of every start, the first one included: OUT does not exist yet."""
+    marker = tmp_path / "training-started"
+    result = _hook(tmp_path / "new-run", marker)
+    assert result.returncode == 0, result.stderr
+    assert marker.exists() and "a first start" in result.stderr
+
+
 def test_pre_training_hook_refuses_a_broken_run(full_run, tmp_path):
     (full_run / "checkpoint-6" / "trainer_state.json").unlink()
     marker = tmp_path / "training-started"
