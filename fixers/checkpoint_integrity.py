@@ -35,8 +35,8 @@ def plan_quarantine_newer_than_usable(ctx: RunContext, finding: Finding) -> list
         return []  # nothing usable to fall back to: quarantining everything would restart from step 0
     fallback_step = checkpoint_step(Path(fallback))
     newer = [folder for folder in ctx.target.checkpoints if (checkpoint_step(folder) or 0) > fallback_step]
-    if any(held_back(ctx, folder) for folder in newer):
-        return []  # a trainer is writing: what looks broken may be a save in progress
+    if any(held_back(ctx, folder) or folder.is_symlink() for folder in newer):
+        return []  # a trainer is writing (what looks broken may be a save in progress), or a link we never move
     return [Quarantine(folder, f"unusable; the resume moves back to {Path(fallback).name}") for folder in newer]
 
 
@@ -48,8 +48,8 @@ QUARANTINE_REASONS = {
 
 def plan_quarantine_checkpoint(ctx: RunContext, finding: Finding) -> list[Operation]:
     folder = _checkpoint_of(finding)
-    if folder is None or held_back(ctx, folder):
-        return []
+    if folder is None or held_back(ctx, folder) or folder.is_symlink():
+        return []  # fix never moves a link (confinement): the finding says no fix, rather than one that refuses
     return [Quarantine(folder, QUARANTINE_REASONS.get(finding.code, "unusable"))]
 
 
@@ -72,7 +72,7 @@ def plan_seal_after_the_fact(ctx: RunContext, finding: Finding) -> list[Operatio
 
 def plan_quarantine_tmp_checkpoint(ctx: RunContext, finding: Finding) -> list[Operation]:
     folder = _checkpoint_of(finding)
-    if folder is None or held_back(ctx, folder):
+    if folder is None or held_back(ctx, folder) or folder.is_symlink():
         return []
     return [Quarantine(folder, "left over from an interrupted save")]
 

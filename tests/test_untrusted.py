@@ -1323,3 +1323,20 @@ def test_a_newline_in_a_checkpoint_name_does_not_split_report_lines(full_run, tm
     assert_one_clear_answer(result)
     assert "checkpoint-6\\nforged line" in result.stdout
     assert not any(line.lstrip().startswith("forged line") for line in result.stdout.splitlines()), result.stdout
+
+
+def test_a_linked_checkpoint_is_never_offered_a_fix_that_fix_refuses(full_run, tmp_path):
+    """fix never moves a link; diagnose must not promise that it will (newer-than-usable quarantine)."""
+    output_dir, elsewhere = tmp_path / "out", tmp_path / "bigdisk"
+    shutil.copytree(full_run, output_dir)
+    elsewhere.mkdir()
+    (output_dir / "checkpoint-6").rename(elsewhere / "checkpoint-6")
+    (output_dir / "checkpoint-6").symlink_to(elsewhere / "checkpoint-6")
+    (elsewhere / "checkpoint-6" / "model.safetensors").write_bytes(b"\0" * 8)
+    before = tree_digest(elsewhere)
+    report = json.loads(run_cli("diagnose", str(output_dir), "--format", "json", cwd=tmp_path).stdout)
+    errors = [f for f in report["findings"] if f["severity"] == "error"]
+    assert errors and not any(f["fix"] for f in errors), errors
+    fixed = run_cli("fix", str(output_dir), "--auto", "--unsafe", cwd=tmp_path)
+    assert_one_clear_answer(fixed)
+    assert fixed.returncode == 1 and (output_dir / "checkpoint-6").is_symlink() and tree_digest(elsewhere) == before
