@@ -29,6 +29,7 @@ from resumedoctor.dcp_metadata import (
 )
 from resumedoctor.errors import ReasonError
 from resumedoctor.findings import Finding, Rule, Severity
+from resumedoctor.live_save import recently_written
 from resumedoctor.registry import CheckFamily
 from resumedoctor.safe_pickle import (
     PickleReadError,
@@ -1110,12 +1111,16 @@ def check_output_dir(ctx: RunContext) -> Iterator[Finding]:
     if newest_errors:
         fallback = usable[-1] if usable else None
         instead = f"the newest usable checkpoint is {fallback.name}" if fallback else "no checkpoint here is usable"
+        hint = (f"repair {newest.name} (its findings above), or resume from {fallback} (fix --unsafe quarantines "
+                f"{newest.name})" if fallback else "repair it, start from scratch or restore a good copy")
+        age = recently_written(newest)
+        if age is not None:  # a save in progress looks exactly like a cut-off one, for a moment
+            hint = (f"files in {newest.name} were written {age:.0f} s ago: if a trainer is still saving, wait for "
+                    f"the save to finish and check again (fix will not quarantine a save in progress); otherwise {hint}")
         finding = RESUME_TARGET_UNUSABLE.finding(
             f"resume_from_checkpoint=True would pick {newest.name}, which is unusable "
             f"({_error_summary(newest_errors)}); {instead}",
-            path=str(newest),
-            hint=(f"repair {newest.name} (its findings above), or resume from {fallback} (fix --unsafe quarantines "
-                  f"{newest.name})" if fallback else "repair it, start from scratch or restore a good copy"),
+            path=str(newest), hint=hint,
         )
         finding.extra.update(checkpoint=str(newest), fallback=str(fallback) if fallback else None,
                              caused_by=newest_errors)

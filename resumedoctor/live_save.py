@@ -52,6 +52,13 @@ def _save_folders(output_dir: Path) -> list[Path]:
             and os.path.isdir(output_dir / name) and not os.path.islink(output_dir / name)]
 
 
+def recently_written(folder: Path) -> float | None:
+    """Seconds since the newest write in FOLDER when that is within the live window, else None (one look, no wait)."""
+    newest = max((mtime for _, mtime in _snapshot(folder).values()), default=0)
+    age = (time.time_ns() - newest) / 1e9
+    return age if 0 <= age < LIVE_WINDOW_S else None
+
+
 def _find_live_saves(output_dir: Path) -> dict[Path, str]:
     now = time.time_ns()
     fresh = {}

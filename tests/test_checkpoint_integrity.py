@@ -639,3 +639,20 @@ def test_a_backup_named_like_a_checkpoint_is_warned_about_rotation(full_run):
 def test_the_parent_of_an_output_dir_suggests_it(full_run):
     report = diagnose(full_run.parent, settings=Settings())
     assert codes(report) == ["CKPT020"] and f"did you mean {full_run}?" in report.findings[0].message
+
+
+def test_a_just_written_unusable_checkpoint_says_a_save_may_be_in_progress(full_run):
+    """A save in progress looks like a cut-off one; only fresh files get the "wait for the save" hint."""
+    newest = full_run / "checkpoint-6"
+    with open(newest / "model.safetensors", "r+b") as handle:
+        handle.truncate(100)
+
+    def hint() -> str:
+        report = diagnose(full_run, settings=Settings(), environ={})
+        return next(f.hint for f in report.findings if f.code == "CKPT018")
+
+    assert "if a trainer is still saving, wait for the save to finish" in hint()
+    an_hour_ago = os.path.getmtime(newest / "model.safetensors") - 3600
+    for path in [newest, *newest.rglob("*")]:
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    assert "still saving" not in hint() and "fix --unsafe quarantines checkpoint-6" in hint()
