@@ -304,7 +304,17 @@ FAMILY = CheckFamily(
 def _not_applicable(ctx: RunContext) -> str | None:
     if ctx.options.recipe is not None and not _recipe_reports_to_wandb(ctx):
         return "the recipe does not report to W&B (report_to)"
-    return None if wandb_dirs(ctx) or _env_set(ctx) else f"no wandb folder ({SEARCHED})"
+    if _env_set(ctx):
+        return None
+    if not wandb_dirs(ctx):
+        return f"no wandb folder ({SEARCHED})"
+    if ctx.resume_point() is None:
+        return None  # a start from step 0 with the run folders found: nothing to continue, nothing to judge
+    runs = find_runs(ctx)
+    if not (runs.matches or runs.ambiguous or runs.unreadable):
+        # "no problems" would claim the W&B side was checked; no run of this output_dir was found to check
+        return "no local W&B run logged this output_dir (pass --wandb-dir DIR if it logged elsewhere)"
+    return None
 
 
 def _recipe_reports_to_wandb(ctx: RunContext) -> bool:

@@ -371,3 +371,12 @@ def test_a_name_alone_does_not_match_a_run_that_stopped_logging_long_before(wand
     shutil.copytree(wandb_world["output_dir"], moved, ignore=shutil.ignore_patterns("wandb"))
     shutil.rmtree(moved / "checkpoint-6")
     assert [f for f in run_diagnosis(moved, wandb_world).findings if f.extra.get("decision") is not None]
+
+
+def test_wandb_family_says_it_could_not_judge_when_no_run_logged_the_output_dir(full_run, tmp_path, monkeypatch):
+    """A wandb/ folder with only other runs' logs is no W&B check of this run: skipped with the reason, not "no problems"."""
+    (tmp_path / "wandb").mkdir()
+    monkeypatch.chdir(tmp_path)
+    report = diagnose(full_run, settings=Settings(), environ={})
+    family = next(result for result in report.families if result.prefix == "WANDB")
+    assert family.status == "skipped" and "no local W&B run logged this output_dir" in family.reason
