@@ -370,8 +370,14 @@ def _undo_locked(output_dir: Path, everything: bool) -> list[Transaction]:
     return chosen
 
 
+def _shown_path(path: Path, output_dir: Path) -> str:
+    """Relative inside the output_dir; absolute outside it (the recipe), where `../recipe.yaml` would mislead."""
+    where = os.path.relpath(path, output_dir)
+    return os.path.abspath(path) if where == ".." or where.startswith(".." + os.sep) else where
+
+
 def describe_operation(operation: Operation, output_dir: Path) -> str:
-    where = os.path.relpath(operation.path, output_dir)
+    where = _shown_path(operation.path, output_dir)
     if isinstance(operation, Quarantine):
         return f"quarantine {where}/ -> .resumedoctor/quarantine/ ({operation.code}: {operation.reason})"
     verb = "rewrite" if operation.path.exists() else "create"
@@ -384,7 +390,7 @@ def preview(operations: list[Operation], output_dir: Path) -> str:
     for operation in operations:
         chunks.append(f"# {describe_operation(operation, output_dir)}")
         if isinstance(operation, WriteFile):
-            where = os.path.relpath(operation.path, output_dir)
+            where = _shown_path(operation.path, output_dir)
             old = operation.path.read_text(encoding="utf-8", errors="replace") if operation.path.exists() else ""
             new = operation.content.decode("utf-8", errors="replace")
             chunks.append("".join(difflib.unified_diff(

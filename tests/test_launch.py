@@ -188,14 +188,14 @@ CURRICULUM = "  curriculum: {thresholds: [0.5], metric: reward, window: 2, mode:
 
 @pytest.mark.parametrize(("args", "extra", "planned"), [
     ((), CURRICULUM, "fixes: none"),
-    (("--fix", "--unsafe"), CURRICULUM + "max_prompt_length: 64\n", "(planned) rewrite ../recipe.yaml (LEN003"),
+    (("--fix", "--unsafe"), CURRICULUM + "max_prompt_length: 64\n", "(planned) rewrite RECIPE (LEN003"),  # outside the output_dir: shown absolute
 ])
 def test_dry_run_on_a_fresh_recipe_writes_nothing(workspace, args, extra, planned):
     recipe = workspace["recipe"](extra)
     before = tree(workspace["root"])
     result = launch(workspace, "--config", str(recipe), *args, "--dry-run")
     assert "resume from: nothing: training starts at step 0" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
-    assert planned in " ".join(result.stdout.split())
+    assert planned.replace("RECIPE", os.path.abspath(recipe)) in " ".join(result.stdout.split())
     assert result.returncode == (1 if "LEN003" in planned else 0)  # a dry run applies nothing: LEN003 stays
     assert not workspace["out"].exists()
     assert tree(workspace["root"]) == before
@@ -208,7 +208,7 @@ def test_dry_run_on_an_existing_output_dir_writes_nothing(workspace):
     before = tree(workspace["root"])
     result = launch(workspace, "--config", str(recipe), "--fix", "--dry-run")
     plan = " ".join(result.stdout.split())
-    assert "(planned) quarantine tmp-checkpoint-3/" in plan and "(planned) rewrite ../recipe.yaml" in plan, plan[-3000:]
+    assert "(planned) quarantine tmp-checkpoint-3/" in plan and f"(planned) rewrite {os.path.abspath(recipe)}" in plan, plan[-3000:]
     assert tree(workspace["root"]) == before
     assert not (workspace["out"] / ".resumedoctor").exists()
 
