@@ -107,7 +107,8 @@ def real_folder(path: Path, *, create: bool) -> Path:
                                "move it away (it was not written by resumedoctor) and run again")
     if info.st_uid != os.getuid():
         raise ConfinementError(f"{path} belongs to user id {info.st_uid}, not to you ({os.getuid()}); "
-                               "refusing to use it")
+                               "refusing to use it (its journal and backups are theirs: run as that user, or "
+                               "move the folder out of the output_dir)")
     return path
 
 
