@@ -328,10 +328,13 @@ def config_command(recipe: Path, path: Path | None, fmt: str, recipe_args: tuple
         raise UserFacingError(f"{recipe}: no such recipe file")
     if path is not None:
         _check_inputs(path, None)
+    notes: list[str] = []
     try:
-        rows = config_rows(recipe, path, recipe_args)
+        rows = config_rows(recipe, path, recipe_args, notes=notes)
     except RecipeError as exc:
         raise UserFacingError(exc.reason) from None
+    for note in notes:
+        click.echo(printable(f"resumedoctor config: {note}"), err=True)
     from resumedoctor.target import resolve_target
 
     checkpoint = resolve_target(path).checkpoint if path is not None else None

@@ -23,7 +23,8 @@ class ConfigRow:
 
 
 def config_rows(recipe_path: Path, path: Path | None = None, recipe_args: tuple[str, ...] = (),
-                environ: dict | None = None) -> list[ConfigRow]:
+                environ: dict | None = None, notes: list[str] | None = None) -> list[ConfigRow]:
+    """The recipe's rows; what could not be read for them is appended to `notes` (said, never hidden)."""
     from resumedoctor.checks import config_drift
 
     # What a key decides; `diagnose` judges each difference by its consequence for the resume.
@@ -39,8 +40,11 @@ def config_rows(recipe_path: Path, path: Path | None = None, recipe_args: tuple[
     if path is not None and target.checkpoint is not None and (target.checkpoint / "training_args.bin").is_file():
         try:
             saved = ctx.training_args(target.checkpoint / "training_args.bin")
-        except (UnsafePickleError, PickleReadError):
+        except (UnsafePickleError, PickleReadError) as exc:
             saved = {}
+            if notes is not None:
+                notes.append(f"{target.checkpoint.name}/training_args.bin was not read ({exc.reason}): "
+                             "the checkpoint column is empty, no drift was judged (resumedoctor diagnose says more)")
     keys = list(dict.fromkeys([*recipe.data, *recipe.overrides, *(k for k in classes if k in saved)]))
     rows = []
     for key in keys:

@@ -490,3 +490,12 @@ def test_a_recipe_with_anchors_reads_as_trl_reads_it(full_run, tmp_path):
     values = load_values(recipe)
     assert (parsed.learning_rate, parsed.max_steps, parsed.save_steps) == (values["learning_rate"], 8, values["save_steps"])
     assert parsed.model_init_kwargs == values["model_init_kwargs"] == {"min_lr": 1.0e-5, "torch_dtype": "float32"}
+
+
+def test_config_says_when_the_checkpoints_arguments_could_not_be_read(full_run, recipe_for):
+    """An empty checkpoint column must not read as "no drift": the refusal is said on stderr."""
+    (full_run / "checkpoint-6" / "training_args.bin").write_bytes(b"PK\x03\x04 not really a zip")
+    result = run_cli("config", recipe_for(per_device_train_batch_size=8), full_run, "--format", "json")
+    assert result.returncode == 0
+    assert not any(row["in_checkpoint"] for row in json.loads(result.stdout))
+    assert "checkpoint-6/training_args.bin was not read" in result.stderr and "no drift was judged" in result.stderr
