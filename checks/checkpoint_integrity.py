@@ -30,8 +30,10 @@ from resumedoctor.dcp_metadata import (
 from resumedoctor.errors import ReasonError
 from resumedoctor.findings import Finding, Rule, Severity
 from resumedoctor.live_save import recently_written
+from resumedoctor.printable import printable
 from resumedoctor.registry import CheckFamily
 from resumedoctor.safe_pickle import (
+    UNLISTED_KEY,
     PickleReadError,
     UnsafePickleError,
     check_legacy_pickle,
@@ -254,9 +256,22 @@ TRAINING_ARGS_UNSAFE = Rule(
     "transformers, TRL and torch really write, an explicit allow-list. This one names another global "
     "(os.system, eval, torch.hub.load, ...), uses a data class in a way that runs its code, is built to "
     "exhaust memory or time, or holds a second pickle that differs from the data.pkl torch.load reads. "
-    "Loading it with torch.load(weights_only=False), as some tools and notebooks do, can run that code, "
-    "and the Trainer refuses it on resume. resumedoctor read it with a restricted scanner that ran "
-    "nothing. Treat the whole checkpoint as untrusted.",
+    "Loading it with torch.load(weights_only=False), as some tools and notebooks do, can run that code; "
+    "the resume itself loads optimizer, scheduler, RNG and scaler states with torch.load, and "
+    "torch.load(weights_only=True) refuses such a global. resumedoctor read it with a restricted scanner "
+    "that ran nothing. Treat the whole checkpoint as untrusted.",
+)
+TRAINING_ARGS_CUSTOM_CLASS = Rule(
+    "CKPT037", "training-args-custom-class", WARNING,
+    "training_args.bin holds the arguments as an instance of the run's own class (a TrainingArguments subclass).",
+    "A training script that subclasses TrainingArguments or a TRL config (`__main__.MyArgs`, "
+    "`my_pkg.config.MyGRPOConfig`) saves its arguments as that class. resumedoctor read the file without "
+    "importing the class: it accepts a class outside its allow-list only as the class of an object rebuilt "
+    "without running code (no __init__, no call with arguments) whose state is a TrainingArguments', so the "
+    "saved arguments are still compared with the recipe. A resume does not load training_args.bin, so the "
+    "checkpoint stays usable. torch.load(weights_only=False) on this file would import the class's module "
+    "(and run what it runs on import); torch.load(weights_only=True) refuses it. Any other global outside the "
+    "allow-list is CKPT028.",
 )
 
 SEAL_MISMATCH = Rule(
@@ -335,6 +350,7 @@ RULES = (
     NON_FINITE_WEIGHTS, ADAPTER_CONFIG_INVALID, DEEPSPEED_INCOMPLETE, LEGACY_PICKLE,
     MODEL_CONFIG_INVALID, FILE_UNREADABLE, TRAINING_ARGS_UNSAFE, SEAL_MISMATCH, UNSEALED_SAVE, SEAL_INVALID,
     SEAL_WITHOUT_HASHES, SHARDED_STATE_INCOMPLETE, SEAL_INTERRUPTED, SEALING_STOPPED, ROTATED_LOOKALIKE,
+    TRAINING_ARGS_CUSTOM_CLASS,
 )
 # Findings that mean a file of the save is missing or damaged (not merely inconsistent state).
 WHOLENESS_CODES = frozenset({
@@ -729,7 +745,15 @@ class CheckpointInspector:
 
     def check_training_args_pickle(self, path: Path) -> Iterator[Finding]:
         try:
-            self.ctx.training_args(path)
+            arguments = self.ctx.training_args(path)
+            for qualname in arguments.get(UNLISTED_KEY, ()):
+                module = qualname.rpartition(".")[0]
+                yield self.finding(
+                    TRAINING_ARGS_CUSTOM_CLASS,
+                    f"training_args.bin was saved from {printable(qualname, limit=200)}, a class of the run's own; "
+                    f"read without importing it. A resume does not load this file",
+                    path, hint=f"nothing to do for the resume; torch.load(weights_only=False) on this file would "
+                               f"import {printable(module, limit=200)}")
         except UnsafePickleError as exc:
             yield self._unsafe(path, exc.reason)
         except PickleReadError as exc:

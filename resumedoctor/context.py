@@ -29,6 +29,8 @@ T = TypeVar("T")
 
 # Names of the shared verdicts a family can offer (CheckFamily.services).
 CHECKPOINT_ERRORS = "checkpoint_errors"  # (ctx, folder) -> the findings that make it unusable
+# Fields only GRPOConfig-like arguments hold: how a run's own subclass (training-args-custom-class) is known as GRPO.
+GRPO_FIELDS = ("num_generations", "max_completion_length", "beta")
 
 
 class JsonFileError(ReasonError):
@@ -267,13 +269,19 @@ class RunContext:
         checkpoint = self.resume_point() or self.target.checkpoint
         if checkpoint is None or not (Path(checkpoint) / "training_args.bin").is_file():
             return None
-        from resumedoctor.safe_pickle import PickleReadError, UnsafePickleError
+        from resumedoctor.safe_pickle import (
+            UNLISTED_KEY,
+            PickleReadError,
+            UnsafePickleError,
+        )
 
         try:
             saved = self.training_args(Path(checkpoint) / "training_args.bin")
         except (PickleReadError, UnsafePickleError, OSError):  # CKPT010/CKPT028 report them
             return None
         name = saved.get("__class__")
+        if name in saved.get(UNLISTED_KEY, ()) and all(key in saved for key in GRPO_FIELDS):
+            return "GRPOConfig"  # the run's own subclass (CKPT037) of GRPOConfig, known by GRPOConfig's fields
         return name if isinstance(name, str) else None
 
     def recipe_not_judged(self) -> str | None:

@@ -19,6 +19,7 @@ import hashlib
 import io
 import marshal
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,21 @@ def allowed_kind(module: str, name: str) -> str | None:
     if match and match.group(1) not in _NOT_ARGUMENTS and _spells_config(match.group(1), name):
         return DATA_CLASS
     return None
+
+
+# The copyreg pattern protocols 0 and 1 use to rebuild an object without its __init__:
+# _reconstructor(cls, object, None) then BUILD. Allowed in the arguments pickle only, checked when called.
+REBUILD_GLOBALS = ("copyreg._reconstructor", "builtins.object")
+
+
+def unlisted_class(module: str, name: str) -> bool:
+    """Whether a global not on the allow-list may be the user's own arguments class (`__main__.MyArgs`,
+    `my_pkg.config.MyGRPOConfig`): dotted identifiers outside the standard library. Whether it is one is
+    decided by how the pickle uses it (see _UnlistedClassStub)."""
+    module, name = _python3_name(module, name)
+    parts = module.split(".")
+    return (name.isidentifier() and all(part.isidentifier() for part in parts)
+            and parts[0] not in sys.stdlib_module_names and parts[0] not in ("builtins", "__builtin__"))
 
 
 def _python3_name(module: str, name: str) -> tuple[str, str]:
@@ -302,9 +318,11 @@ def _check_opcode(name: str, arg: Any, recent: tuple[Any, Any], *, storages: boo
     else:
         return ""
     kind = allowed_kind(module, attr)
+    qualname = ".".join(_python3_name(module, attr))
+    if kind is None and not storages and (qualname in REBUILD_GLOBALS or unlisted_class(module, attr)):
+        return qualname  # judged by how the pickle uses it, when the restricted unpickler rebuilds it
     if kind is None:
         raise UnsafePickleError(_printable(f"{module}.{attr}"))
-    qualname = ".".join(_python3_name(module, attr))
     if storages and kind != "stdlib" and not qualname.startswith(("torch.", "numpy.")):
         raise UnsafePickleError(qualname, f"names {qualname}, an arguments type that optimizer, scheduler, RNG "
                                           "and scaler states never hold")
@@ -344,6 +362,41 @@ class _DataClassStub(_Stub):
         raise UnsafePickleError(self.qualname, f"calls {self.qualname}(...), which would run its __init__")
 
 
+class _UnlistedClassStub(_DataClassStub):
+    """A class outside the allow-list, accepted only as the class of an object rebuilt without its __init__
+    (NEWOBJ without arguments, or copyreg's _reconstructor) whose state is a TrainingArguments' state.
+    One class per read (not cached), so that `built` counts this pickle's rebuilds only."""
+
+    built = 0
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        if args or kwargs:  # NEWOBJ with arguments, or a call through REDUCE
+            raise UnsafePickleError(cls.qualname)
+        cls.built += 1
+        return super().__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise UnsafePickleError(self.qualname)  # called through REDUCE or INST/OBJ: it would run its code
+
+
+class _ObjectMarker:
+    """builtins.object, which the arguments pickle may name only as _reconstructor's second argument."""
+
+    qualname = "builtins.object"
+
+
+def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
+    """copyreg._reconstructor, accepted only as protocols 0-1 rebuild a data class: (cls, object, None)."""
+    if not (isinstance(cls, type) and issubclass(cls, _DataClassStub) and base is _ObjectMarker and state is None):
+        raise UnsafePickleError("copyreg._reconstructor", "calls copyreg._reconstructor other than to rebuild an "
+                                "arguments object")
+    return cls.__new__(cls)
+
+
+# An arguments object's state always holds these (TrainingArguments' first fields).
+ARGUMENTS_KEYS = ("output_dir", "per_device_train_batch_size")
+
+
 @functools.lru_cache(maxsize=1024)
 def _stub_class(module: str, name: str, kind: str = VALUE) -> type:
     """One stand-in class per global (cached: a pickle naming it a million times makes one class)."""
@@ -367,6 +420,15 @@ def _stdlib(qualname: str) -> Any:
 
 def _find_class(self, module: str, name: str) -> Any:
     kind = allowed_kind(module, name)
+    qualname = ".".join(_python3_name(module, name))
+    if kind is None and qualname == "copyreg._reconstructor":
+        return _reconstructor
+    if kind is None and qualname == "builtins.object":
+        return _ObjectMarker
+    if kind is None and unlisted_class(module, name):
+        if qualname not in self.unlisted:  # imports nothing: a stand-in named after it
+            self.unlisted[qualname] = type(qualname.rpartition(".")[2], (_UnlistedClassStub,), {"qualname": qualname})
+        return self.unlisted[qualname]
     if kind is None:
         raise UnsafePickleError(_printable(f"{module}.{name}"))
     module, name = _python3_name(module, name)
@@ -385,7 +447,9 @@ def _restricted_unpickler(data: bytes):
         find_class = _find_class
         persistent_load = _persistent_load
 
-    return RestrictedUnpickler(io.BytesIO(data))
+    unpickler = RestrictedUnpickler(io.BytesIO(data))
+    unpickler.unlisted = {}  # qualname -> its stand-in class, for this read
+    return unpickler
 
 
 # --- to plain data -------------------------------------------------------------------------------
@@ -404,7 +468,11 @@ class _Plain:
         if isinstance(value, (str, bytes, int, float, bool, type(None), complex)):
             return value, 1
         if isinstance(value, type):
+            if issubclass(value, (_UnlistedClassStub, _ObjectMarker)):  # a class as a value, not as a class
+                raise UnsafePickleError(_printable(value.qualname))
             return getattr(value, "qualname", value.__name__), 1
+        if value is _reconstructor:
+            raise UnsafePickleError("copyreg._reconstructor")
         key = id(value)
         if key in self.done:
             return self.done[key]
@@ -426,6 +494,9 @@ class _Plain:
             state = value._state
             if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
                 state = {**(state[0] if isinstance(state[0], dict) else {}), **state[1]}  # (dict state, slot state)
+            if isinstance(value, _UnlistedClassStub) and not (
+                    isinstance(state, dict) and all(key in state for key in ARGUMENTS_KEYS)):
+                raise UnsafePickleError(_printable(value.qualname))  # not an arguments object: unknown code
             if isinstance(state, dict):
                 return self._mapping(state, depth)
             if len(value._args) == 1:
@@ -522,14 +593,25 @@ def _copy_plain(value: dict[str, Any]) -> dict[str, Any]:
 
 def _unpickle_arguments(data: bytes) -> dict[str, Any]:
     scan_pickle(data, ARGS_BUDGET, storages=False)
+    unpickler = _restricted_unpickler(data)
     try:
-        loaded = _restricted_unpickler(data).load()
+        loaded = unpickler.load()
     except (UnsafePickleError, PickleReadError):
         raise
     except Exception as exc:  # noqa: BLE001 - a malformed pickle is one line for the user
         raise PickleReadError(f"the arguments pickle cannot be read: {type(exc).__name__}: {_printable(str(exc))}") from None
+    for qualname, stand_in in unpickler.unlisted.items():
+        if not stand_in.built:  # named but never the class of a rebuilt object
+            raise UnsafePickleError(_printable(qualname))
     plain = to_plain(loaded)
     if not isinstance(plain, dict):
         raise PickleReadError("the pickle does not hold an arguments object")
     plain["__class__"] = loaded.qualname if isinstance(loaded, _Stub) else type(loaded).__name__
+    if unpickler.unlisted:
+        plain[UNLISTED_KEY] = sorted(unpickler.unlisted)
     return plain
+
+
+# The key of read_training_args' result that lists the classes outside the allow-list it rebuilt as
+# arguments objects (the user's own subclass of TrainingArguments), when there are any.
+UNLISTED_KEY = "__unlisted_classes__"

@@ -1340,3 +1340,106 @@ def test_a_linked_checkpoint_is_never_offered_a_fix_that_fix_refuses(full_run, t
     fixed = run_cli("fix", str(output_dir), "--auto", "--unsafe", cwd=tmp_path)
     assert_one_clear_answer(fixed)
     assert fixed.returncode == 1 and (output_dir / "checkpoint-6").is_symlink() and tree_digest(elsewhere) == before
+# --- argsclass ---
+
+
+def _raw_global(module: str, name: str) -> bytes:
+    return b"c" + f"{module}\n{name}\n".encode()
+
+
+def _state_body(state: dict) -> bytes:
+    """The opcodes of `state` without PROTO and STOP, to splice into a hand-built pickle."""
+    import io
+
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=2)
+    pickler.fast = True  # no memo: a value can be spliced by its bytes
+    pickler.dump(state)
+    return buffer.getvalue()[2:-1]
+
+
+def _real_state(run: Path) -> dict:
+    import torch
+
+    return dict(vars(torch.load(run / "checkpoint-6" / "training_args.bin", weights_only=False)))
+
+
+def _rebuilt(module: str, name: str, state: dict, *, args: bytes = b")") -> bytes:
+    """`module.name` rebuilt as pickle stores a dataclass: NEWOBJ on `args` (empty), then BUILD with `state`."""
+    return b"\x80\x02" + _raw_global(module, name) + args + b"\x81" + _state_body(state) + b"b."
+
+
+def _reconstructed(module: str, name: str, state: dict, base: tuple[str, str] = ("__builtin__", "object")) -> bytes:
+    """Protocols 0-1: copyreg._reconstructor(cls, base, None) through REDUCE, then BUILD."""
+    return (b"\x80\x02" + _raw_global("copy_reg", "_reconstructor") + b"(" + _raw_global(module, name)
+            + _raw_global(*base) + b"Nt" + b"R" + _state_body(state) + b"b.")
+
+
+def _diagnose_with_args(run: Path, payload: bytes, cwd: Path) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    replace_pickle(run / "checkpoint-6" / "training_args.bin", payload)
+    result = run_cli("diagnose", str(run), "--format", "json", cwd=cwd)
+    assert_one_clear_answer(result)
+    return result, json.loads(result.stdout)["findings"]
+
+
+def test_a_run_own_arguments_class_is_a_warning_read_without_importing_it(full_run, tmp_path):
+    marker = tmp_path / "imported"
+    (tmp_path / "lab_config.py").write_text(f"open({str(marker)!r}, 'w').close()\nclass MyArgs: pass\n")
+    state = _real_state(full_run)
+    for payload in (_rebuilt("lab_config", "MyArgs", state), _reconstructed("lab_config", "MyArgs", state)):
+        result, findings = _diagnose_with_args(full_run, payload, tmp_path)
+        assert not marker.exists(), "the class's module was imported"
+        assert [f["code"] for f in findings if f["severity"] == "error"] == [], findings
+        custom = [f for f in findings if f["code"] == "CKPT037"]
+        assert custom and custom[0]["severity"] == "warning" and "lab_config.MyArgs" in custom[0]["message"]
+        assert "lab_config" in custom[0]["hint"] and "weights_only=False" in custom[0]["hint"]
+        assert result.returncode == 0
+    # the oracle: torch.load(weights_only=False) really imports it (run in a child, cwd on sys.path)
+    subprocess.run([sys.executable, "-c", "import sys, torch; sys.path.insert(0, '.'); "
+                    f"torch.load({str(full_run / 'checkpoint-6' / 'training_args.bin')!r}, weights_only=False)"],
+                   cwd=tmp_path, capture_output=True, timeout=120)
+    assert marker.exists()
+
+
+def _unlisted_attacks(state: dict) -> dict[str, bytes]:
+    args_state = _state_body(state)
+    return {
+        # the class called through REDUCE: a real load runs its __init__ (or whatever it is)
+        "REDUCE": b"\x80\x02" + _raw_global("lab_config", "MyArgs") + b"(" + args_state + b"tR.",
+        "NEWOBJ with arguments": _rebuilt("lab_config", "MyArgs", state, args=b"(X\x02\x00\x00\x00rmt."),
+        "state not arguments": _rebuilt("lab_config", "MyArgs", {"command": "rm -rf ~"}),
+        "stdlib class rebuilt": _rebuilt("subprocess", "Popen", state),
+        "os.system rebuilt": _rebuilt("os", "system", state),
+        "class as a value": _rebuilt("transformers.training_args", "TrainingArguments",
+                                     {**state, "hook": "X"}).replace(b"X\x04\x00\x00\x00hookX\x01\x00\x00\x00X",
+                                                                     b"X\x04\x00\x00\x00hook" + _raw_global("lab_config", "Hook")),
+        "reconstructor with another base": _reconstructed("lab_config", "MyArgs", state, ("os", "system")),
+        "reconstructor as a value": _rebuilt("transformers.training_args", "TrainingArguments",
+                                             {**state, "hook": "X"}).replace(
+            b"X\x04\x00\x00\x00hookX\x01\x00\x00\x00X", b"X\x04\x00\x00\x00hook" + _raw_global("copy_reg", "_reconstructor")),
+    }
+
+
+@pytest.mark.parametrize("case", ["REDUCE", "NEWOBJ with arguments", "state not arguments", "stdlib class rebuilt",
+                                  "os.system rebuilt", "class as a value", "reconstructor with another base",
+                                  "reconstructor as a value"])
+def test_other_uses_of_an_unlisted_global_stay_ckpt028(full_run, tmp_path, case):
+    import torch
+
+    payload = _unlisted_attacks(_real_state(full_run))[case]
+    assert b"hookX\x01\x00\x00\x00X" not in payload  # the splice of a global as a value happened
+    path = full_run / "checkpoint-6" / "training_args.bin"
+    result, findings = _diagnose_with_args(full_run, payload, tmp_path)
+    with pytest.raises(pickle.UnpicklingError):  # the oracle: torch's restricted unpickler refuses it too
+        torch.load(path, weights_only=True)
+    assert [f["code"] for f in findings if f["code"] in ("CKPT028", "CKPT037")] == ["CKPT028"], (case, findings)
+    assert result.returncode == 1
+
+
+def test_an_unlisted_class_in_a_state_pickle_stays_ckpt028(full_run, tmp_path):
+    checkpoint = full_run / "checkpoint-6"
+    replace_pickle(checkpoint / "scheduler.pt", _rebuilt("lab_config", "MyArgs", _real_state(full_run)))
+    result = run_cli("diagnose", str(full_run), "--format", "json", cwd=tmp_path)
+    assert_one_clear_answer(result)
+    codes = [f["code"] for f in json.loads(result.stdout)["findings"]]
+    assert "CKPT028" in codes and "CKPT037" not in codes and result.returncode == 1
