@@ -134,7 +134,11 @@ def _key_path() -> Path:
 def _journal_key() -> bytes:
     """The user's secret for journal entries outside an output_dir (created once, mode 0600)."""
     path = _key_path()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise ConfinementError(f"cannot create the folder of your journal key {path} ({exc.strerror or exc}): "
+                               "set XDG_STATE_HOME to a folder you can write") from None
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
@@ -158,6 +162,15 @@ def outside_mac(transaction_id: str, path: str, old_sha256: str | None, new_sha2
     return hmac.new(_journal_key(), message, hashlib.sha256).hexdigest()
 
 
+class UnverifiedOutsideWrite(ConfinementError):
+    """An outside write whose HMAC is not this key's: forged, or journaled with another key (another
+    machine, container or HOME). The two cannot be told apart; either way it is never acted on."""
+
+    def __init__(self, reason: str, path: str):
+        super().__init__(reason)
+        self.path = path
+
+
 def check_outside(transaction_id: str, entry: dict) -> Path:
     """The absolute path of an outside write whose HMAC is right; ConfinementError otherwise."""
     path, mac = entry.get("path"), entry.get("mac")
@@ -165,6 +178,7 @@ def check_outside(transaction_id: str, entry: dict) -> Path:
         raise ConfinementError(f"{path!r} lies outside the output_dir")
     expected = outside_mac(transaction_id, path, entry.get("old_sha256"), entry.get("new_sha256"))
     if not hmac.compare_digest(expected.encode("ascii"), mac.encode("utf-8", "surrogatepass")):
-        raise ConfinementError(f"{path} lies outside the output_dir and this journal was not written by "
-                               "your resumedoctor: refusing to touch it")
+        raise UnverifiedOutsideWrite(f"{path} lies outside the output_dir and this journal's entry for it was "
+                                     f"not signed with your key ({_key_path()}): written elsewhere (another "
+                                     "machine, container or HOME) or forged; refusing to touch it", path)
     return Path(path)

@@ -361,6 +361,9 @@ def _undo_locked(output_dir: Path, everything: bool) -> list[Transaction]:
     newest_run = transactions[-1].run_id
     chosen = list(reversed(transactions if everything else [t for t in transactions if t.run_id == newest_run]))
     for transaction in chosen:
+        if transaction.unverified is not None:
+            raise FixError(_unverified_undo(transaction, chosen))
+    for transaction in chosen:
         try:
             transaction.roll_back()
         except (JournalError, OSError, ConfinementError) as exc:
@@ -368,6 +371,16 @@ def _undo_locked(output_dir: Path, everything: bool) -> list[Transaction]:
         transaction.discard()
     remove_empty_state_dir(output_dir, keep_lock=True)
     return chosen
+
+
+def _unverified_undo(transaction: Transaction, chosen: list[Transaction]) -> str:
+    """Why undo stops before a finished journal whose outside write it cannot verify, and what to do."""
+    recipe = transaction.unverified.unverified_outside
+    backup = transaction.folder / "backup"
+    return (f"cannot undo fix {transaction.id} ({transaction.journal_path}): {transaction.unverified.why}. Nothing was undone. If you "
+            f"made that fix yourself with another key, restore {recipe} by hand from {backup}/ (the bytes "
+            f"before the fix), then move {transaction.folder} out of the output_dir and run undo again"
+            + (f" for the other {len(chosen) - 1} fix(es)" if len(chosen) > 1 else ""))
 
 
 def _shown_path(path: Path, output_dir: Path) -> str:

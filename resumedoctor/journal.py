@@ -38,6 +38,7 @@ from resumedoctor.bounded_read import (
 )
 from resumedoctor.confinement import (
     ConfinementError,
+    UnverifiedOutsideWrite,
     check_outside,
     outside_mac,
     real_folder,
@@ -61,10 +62,12 @@ class JournalError(Exception):
 class UntrustedJournalError(ReasonError):
     """A journal that is not valid, or names a path outside the output_dir: it is never acted on."""
 
-    def __init__(self, journal: Path, why: str):
+    def __init__(self, journal: Path, why: str, *, unverified_outside: str | None = None):
         super().__init__(f"{journal}: {why}; nothing was done with it. If you did not write it, move its "
                          f"folder {journal.parent} out of the output_dir and run again")
         self.journal = journal
+        self.why = why
+        self.unverified_outside = unverified_outside  # the outside path whose signature is not this key's
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,7 @@ class Transaction:
         self.output_dir = output_dir
         self.folder = folder
         self.journal = journal
+        self.unverified: UntrustedJournalError | None = None  # a finished journal undo must not act on
 
     # ---- creation ------------------------------------------------------------------------------
     @classmethod
@@ -225,6 +229,8 @@ class Transaction:
         for entry in self.journal["operations"]:
             try:
                 self._paths(entry)
+            except UnverifiedOutsideWrite as exc:
+                raise UntrustedJournalError(self.journal_path, exc.reason, unverified_outside=exc.path) from None
             except ConfinementError as exc:
                 raise UntrustedJournalError(self.journal_path, exc.reason) from None
 
@@ -439,7 +445,13 @@ def list_transactions(output_dir: Path) -> list[Transaction]:
             shutil.rmtree(folder, ignore_errors=True)
         elif os.path.lexists(folder / JOURNAL_FILE):
             transaction = Transaction.load(output_dir, folder)
-            transaction.check_paths()
+            try:
+                transaction.check_paths()
+            except UntrustedJournalError as exc:
+                if not (exc.unverified_outside and transaction.status in ("committed", "undone")):
+                    raise
+                # Finished: fix never acts on it again, so it does not block fix; undo refuses it (unverified).
+                transaction.unverified = exc
             found.append(transaction)
         else:
             shutil.rmtree(folder)  # killed before its journal existed: it never touched the tree

@@ -499,3 +499,19 @@ def test_config_says_when_the_checkpoints_arguments_could_not_be_read(full_run, 
     assert result.returncode == 0
     assert not any(row["in_checkpoint"] for row in json.loads(result.stdout))
     assert "checkpoint-6/training_args.bin was not read" in result.stderr and "no drift was judged" in result.stderr
+
+
+def test_a_recipe_fix_journaled_with_another_key_blocks_neither_fix_nor_a_clear_undo(full_run, recipe_for, tmp_path):
+    """Another container or HOME has another journal key: fix goes on, undo says how to restore by hand."""
+    recipe = recipe_for(per_device_train_batch_size=8)
+    original = recipe.read_text()
+    here, elsewhere = {"XDG_STATE_HOME": str(tmp_path / "state-a")}, {"XDG_STATE_HOME": str(tmp_path / "state-b")}
+    applied = run_cli("fix", full_run / "checkpoint-4", "--config", recipe, "--auto", "--unsafe", "--select", "CFG",
+                      env=here)
+    assert applied.returncode == 0 and "per_device_train_batch_size: 4" in recipe.read_text(), applied.stderr
+    again = run_cli("fix", full_run, "--auto", env=elsewhere)
+    assert again.returncode in (0, 1) and "internal error" not in again.stderr, again.stderr
+    refused = run_cli("undo", full_run, env=elsewhere)
+    assert refused.returncode == 2 and "per_device_train_batch_size: 4" in recipe.read_text()
+    assert str(tmp_path / "state-b") in refused.stderr and "backup" in refused.stderr, refused.stderr
+    assert run_cli("undo", full_run, env=here).returncode == 0 and recipe.read_text() == original
