@@ -1270,3 +1270,22 @@ def test_running_out_of_memory_in_a_family_is_one_line(full_run, tmp_path):
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert f"ran out of memory judging {full_run}" in result.stderr and "nothing was judged" in result.stderr
 
+
+@pytest.mark.parametrize("header", [b"", b":W&B\xe1\xbe\x00"], ids=["zeros", "valid-header-then-zeros"])
+def test_huge_sparse_wandb_logs_are_judged_without_reading_them_whole(full_run, tmp_path, header):
+    wandb_dir = tmp_path / "wandb"
+    logs = 2 if header else 8  # a readable header is read to its end: ~2.5 s a GB of zeros, in 32 KiB blocks
+    for index in range(logs):
+        log = wandb_dir / f"offline-run-20250101_00000{index}-abc{index}" / f"run-abc{index}.wandb"
+        log.parent.mkdir(parents=True)
+        with open(log, "wb") as handle:
+            handle.write(header)
+            handle.truncate(1000 << 20)  # sparse: 1000 MB on paper, nothing on disk
+    started = time.monotonic()
+    result = run_cli("diagnose", str(full_run), "--wandb-dir", str(wandb_dir), "--format", "json", cwd=tmp_path,
+                     timeout=60, memory=1 << 30)  # less than one log: it is never held whole
+    findings = _findings(result)
+    if not header:  # judged by its first 7 bytes
+        unreadable = [f for f in findings if f["code"] == "WANDB007"]
+        assert len(unreadable) == 8 and all("bad header" in f["message"] for f in unreadable), findings
+    assert time.monotonic() - started < 30
