@@ -29,6 +29,12 @@ JSON_CONFIG_LIMIT = 16 * MiB  # config.json, generation_config.json, adapter_con
 TEXT_LIMIT = 16 * MiB  # recipes, settings, chat templates
 LOG_LIMIT = 1024 * MiB  # a W&B transaction log (.wandb): a long run's is hundreds of MB
 MAX_JSON_DEPTH = 200  # real files nest < 10 deep; deeper is a crafted file, not a run
+# JSON values (counted as `,` `{` `[` outside strings) one file may hold. The byte bound alone does not
+# bound memory: json makes ~100 bytes of objects per value at worst (`[{"a":0},...]`: a dict per 2 counts),
+# so 256 MiB of `{},` would cost ~6 GB. The largest real file, the trainer_state of a week-long GRPO run
+# logging every step, holds ~100k log entries x ~40 keys = 4-5 M values; 20 M is 4x that and keeps a
+# parse under ~2 GB.
+MAX_JSON_VALUES = 20_000_000
 
 
 class NotRegularFileError(ReasonError):
@@ -37,6 +43,10 @@ class NotRegularFileError(ReasonError):
 
 class FileTooLargeError(ReasonError):
     """A file larger than the bound its reader allows."""
+
+
+class JsonBoundError(ValueError):
+    """JSON text beyond a bound of parse_json_bounded (values or nesting): refused before json builds it."""
 
 
 class FileReadError(ReasonError):
@@ -118,23 +128,64 @@ def read_text_bounded(path: Path, limit: int = TEXT_LIMIT) -> str:
         raise FileReadError("is not UTF-8 text") from None
 
 
-def parse_json_bounded(data: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """json.loads with a nesting bound (json itself only stops at the interpreter's recursion limit)."""
-    if _nesting_depth(data) > max_depth:
-        raise ValueError(f"nested deeper than {max_depth} levels")
+def parse_json_bounded(data: bytes | str, max_depth: int = MAX_JSON_DEPTH, max_values: int = MAX_JSON_VALUES) -> Any:
+    """json.loads with a nesting bound (json itself only stops at the interpreter's recursion limit) and a
+    bound on how many values it builds (its memory), both checked on the text before parsing."""
+    depth, values = _shape(data, max_values)
+    if values > max_values:
+        raise JsonBoundError(f"holds more than {max_values:,} JSON values, more than this file ever holds "
+                             f"(parsing it would take gigabytes of memory)")
+    if depth > max_depth:
+        raise JsonBoundError(f"nested deeper than {max_depth} levels")
     return json.loads(data)
 
 
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_STRING = re.compile(rb'"[^"]*"')  # once escapes are gone, every quote opens or closes a string
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _AS_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1 / -1 as signed bytes
+_NOT_VALUE_MARKS = bytes(b for b in range(256) if b not in b",[{")
+_CHUNK = MiB  # re.sub holds its pieces in a list (~20x the text): one chunk at a time keeps that bounded
 
 
-def _nesting_depth(data: bytes | str) -> int:
-    """Deepest bracket nesting outside strings; linear in the text, summed in C."""
+def _shape(data: bytes | str, max_values: int) -> tuple[int, int]:
+    """(deepest bracket nesting, `,` `[` `{` count) outside strings, read chunk by chunk, counted in C.
+
+    The count is the number of values json builds, give or take one per container; counting stops once it
+    passes `max_values`.
+    """
     text = data.encode("utf-8") if isinstance(data, str) else data
-    steps = _STRING.sub(b"", text).translate(None, _NOT_BRACKETS).translate(_AS_STEPS)
-    return max(accumulate(array("b", steps)), default=0)
+    depth = deepest = values = 0
+    in_string = False
+    for bare, in_string in _outside_strings(text, in_string):
+        values += len(bare.translate(None, _NOT_VALUE_MARKS))
+        if values > max_values:
+            return deepest, values
+        steps = array("b", bare.translate(None, _NOT_BRACKETS).translate(_AS_STEPS))
+        deepest = max(deepest, max(accumulate(steps, initial=depth)))
+        depth += sum(steps)
+    return deepest, values
+
+
+def _outside_strings(text: bytes, in_string: bool) -> Iterator[tuple[bytes, bool]]:
+    """Each chunk of the text with its strings removed, and whether the chunk ends inside a string."""
+    start = 0
+    while start < len(text):
+        chunk = text[start:start + _CHUNK]
+        escapes = len(chunk) - len(chunk.rstrip(b"\\"))
+        if escapes % 2 and len(chunk) > 1:  # never split `\\` or `\"` between chunks: pairs stay whole
+            chunk = chunk[:-1]
+        start += len(chunk)
+        bare = chunk.replace(b"\\\\", b"").replace(b'\\"', b"")  # escapes, left to right as JSON reads them
+        if in_string:
+            close = bare.find(b'"')
+            if close < 0:
+                continue
+            bare, in_string = bare[close + 1:], False
+        bare = _STRING.sub(b"", bare)
+        opened = bare.find(b'"')  # a string that goes on into the next chunk
+        if opened >= 0:
+            bare, in_string = bare[:opened], True
+        yield bare, in_string
 
 
 def _size(limit: int) -> str:

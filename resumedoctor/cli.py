@@ -394,6 +394,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except MemoryError as exc:  # diagnose.OutOfMemory names the folder and family; a bare one says what it can
+        message = str(exc) if getattr(exc, "judged_path", False) else f"ran out of memory{': ' if str(exc) else ''}{exc}"
+        click.echo(printable(f"resumedoctor: {message}"), err=True)
+        sys.exit(EXIT_USAGE)
     except TrainingFailed as exc:
         import traceback
 

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from resumedoctor.bounded_read import (
     JSON_STATE_LIMIT,
     FileReadError,
+    JsonBoundError,
     NotRegularFileError,
     open_regular,
     parse_json_bounded,
@@ -49,12 +50,14 @@ def read_json_file(path: Path, limit: int = JSON_STATE_LIMIT) -> Any:
         raise JsonFileError(exc.reason, unreadable=True) from None
     except ReasonError as exc:
         raise JsonFileError(exc.reason) from None
-    if not text.strip():
+    if not text or text.isspace():  # (strip() would copy the whole file)
         raise JsonFileError("empty file")
     try:
         return parse_json_bounded(text.decode("utf-8"))
     except UnicodeDecodeError:
         raise JsonFileError("not UTF-8 text") from None
+    except JsonBoundError as exc:
+        raise JsonFileError(f"refused: {exc}") from None
     except json.JSONDecodeError as exc:
         raise JsonFileError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
     except (ValueError, RecursionError) as exc:
@@ -109,6 +112,15 @@ def _json_kind(value: Any) -> str:
         return "NaN"
     names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object"}
     return names.get(type(value), type(value).__name__)
+
+
+def _file_identity(path: Path) -> tuple:
+    """The file behind a path (device, inode, size, mtime): a hard link in every checkpoint is one file."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return ("path", path)
+    return ("file", info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 def _read_training_args(path: Path) -> dict:
@@ -181,6 +193,10 @@ class RunContext:
             raise value
         return value
 
+    def drop_loaded(self) -> None:
+        """Forget everything read so far (after a MemoryError, so that reporting it has room)."""
+        self._cache.clear()
+
     def load(self, reader: Callable[..., T], path: Path, **kwargs: Any) -> T:
         """reader(path, **kwargs), computed once per run."""
         key = (reader, Path(path), tuple(sorted(kwargs.items())))
@@ -195,7 +211,8 @@ class RunContext:
                          "load_recipe")
 
     def read_json(self, path: Path) -> Any:
-        return self.load(read_json_file, path)
+        """A JSON file, parsed once per run: once per file, so hard links (same content) share one parse."""
+        return self.memo(("json", _file_identity(Path(path))), lambda: read_json_file(Path(path)), "read_json_file")
 
     def trainer_state(self, checkpoint: Path) -> dict | None:
         """checkpoint/trainer_state.json when it is readable and well-typed; None otherwise (CKPT013 says why)."""

@@ -20,6 +20,12 @@ class CheckCrashed(Exception):
     """A check family raised: a bug, reported as an internal error (exit 2), never a pass."""
 
 
+class OutOfMemory(MemoryError):
+    """A check family ran out of memory: the input is beyond what this machine can judge (exit 2, one line)."""
+
+    judged_path = True  # its message names the folder and the family (cli.main tells it from a bare MemoryError)
+
+
 @dataclass(frozen=True)
 class RuleInfo:
     """What a renderer may know about a rule: plain data, no check logic."""
@@ -122,8 +128,14 @@ def _run_family(family: CheckFamily, ctx: RunContext, registry: Registry) -> Fam
     started = time.perf_counter()
     try:
         raw = list(family.run(ctx))
+    except MemoryError:
+        raw = None  # raised below, out of this block: the MemoryError's frames hold what filled memory
     except Exception as exc:
         raise CheckCrashed(f"check family {family.name!r} crashed: {type(exc).__name__}: {exc}") from exc
+    if raw is None:
+        ctx.drop_loaded()
+        raise OutOfMemory(f"ran out of memory judging {ctx.target.path} (check family {family.name!r}): "
+                          "what it holds is larger than this machine can read; nothing was judged")
     findings = []
     for finding in raw:
         if not ctx.settings.is_enabled(finding.code):

@@ -15,6 +15,7 @@ an error.
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 import zlib
@@ -22,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resumedoctor.bounded_read import LOG_LIMIT, read_bytes_bounded
+from resumedoctor.bounded_read import LOG_LIMIT, MiB, open_regular
 from resumedoctor.errors import ReasonError
 
 HEADER = struct.Struct("<4sHB")  # ident ":W&B", magic 0xBEE1, version 0
@@ -45,51 +46,79 @@ class RecordStream:
 
 
 def iter_record_bytes(path: Path, stream: RecordStream) -> Iterator[bytes]:
-    """Every record's serialized bytes; stops (and notes why) at the first damaged chunk."""
+    """Every record's serialized bytes; stops (and notes why) at the first damaged chunk.
+
+    The header is checked before anything else is read, then the log is read one 32 KiB block at a
+    time (a chunk never crosses a block), so memory is one block plus the record being assembled.
+    """
     try:
-        data = read_bytes_bounded(path, LOG_LIMIT)
-    except ReasonError as exc:  # unreadable, too large, or a FIFO / device / socket
+        handle = open_regular(path)
+    except ReasonError as exc:  # unreadable, or a FIFO / device / socket
         raise WandbLogError(exc.reason) from None
-    if len(data) < HEADER.size:
-        raise WandbLogError(f"{len(data)} bytes: too short for the W&B log header")
-    ident, magic, version = HEADER.unpack_from(data)
-    if ident != HEADER_IDENT or magic != HEADER_MAGIC or version != HEADER_VERSION:
-        raise WandbLogError("not a W&B transaction log (bad header)")
-    position, pending = HEADER.size, bytearray()
-    while position < len(data):
-        room = BLOCK_LEN - position % BLOCK_LEN
+    with handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > LOG_LIMIT:
+            raise WandbLogError(f"is larger than {LOG_LIMIT // MiB} MiB, more than this file ever holds")
+        block = _read(handle, BLOCK_LEN)
+        if len(block) < HEADER.size:
+            raise WandbLogError(f"{len(block)} bytes: too short for the W&B log header")
+        ident, magic, version = HEADER.unpack_from(block)
+        if ident != HEADER_IDENT or magic != HEADER_MAGIC or version != HEADER_VERSION:
+            raise WandbLogError("not a W&B transaction log (bad header)")
+        offset, position, pending = 0, HEADER.size, bytearray()  # offset: where `block` starts in the file
+        while block and offset <= LOG_LIMIT:
+            problem = yield from _records_in_block(block, offset, position, pending)
+            if problem:
+                stream.complete, stream.problem = False, problem
+                return
+            if len(block) < BLOCK_LEN:  # the end of the file (a full last block reads b"" next)
+                return
+            offset, position, block = offset + BLOCK_LEN, 0, _read(handle, BLOCK_LEN)
+        if block:
+            stream.complete, stream.problem = False, f"grew past {LOG_LIMIT // MiB} MiB while it was read"
+
+
+def _read(handle, size: int) -> bytes:
+    try:
+        return handle.read(size)
+    except OSError as exc:
+        raise WandbLogError(f"cannot be read: {exc.strerror or exc}") from None
+
+
+def _records_in_block(block: bytes, offset: int, position: int, pending: bytearray) -> Iterator[bytes]:
+    """The records completed by the chunks of one block; returns why it stopped early (None: read to its end).
+
+    `pending` carries a record split over blocks (FIRST, MIDDLE..., LAST) from one block to the next.
+    """
+    while position < len(block):
+        room = BLOCK_LEN - position
         if room < CHUNK.size:  # the writer pads the tail of a block that cannot hold a header
-            position += room
-            continue
-        if position + CHUNK.size > len(data):
-            stream.complete, stream.problem = False, "cut off inside a chunk header"
-            return
-        checksum, length, kind = CHUNK.unpack_from(data, position)
+            return None
+        if position + CHUNK.size > len(block):
+            return "cut off inside a chunk header"
+        checksum, length, kind = CHUNK.unpack_from(block, position)
         if checksum == 0 and length == 0 and kind == 0:
-            position += room  # zero padding up to the next block
-            continue
+            return None  # zero padding up to the next block
         start, end = position + CHUNK.size, position + CHUNK.size + length
         if kind not in _TYPE_CRC or length > room - CHUNK.size:
-            stream.complete, stream.problem = False, f"damaged chunk at byte {position}"
-            return
-        if end > len(data):
-            stream.complete, stream.problem = False, f"cut off inside a record at byte {position}"
-            return
-        payload = data[start:end]
+            return f"damaged chunk at byte {offset + position}"
+        if end > len(block):
+            return f"cut off inside a record at byte {offset + position}"
+        payload = block[start:end]
         if zlib.crc32(payload, _TYPE_CRC[kind]) & 0xFFFFFFFF != checksum:
-            stream.complete, stream.problem = False, f"checksum mismatch at byte {position}"
-            return
+            return f"checksum mismatch at byte {offset + position}"
         position = end
         if kind == FULL:
             yield payload
         elif kind == FIRST:
-            pending = bytearray(payload)
+            pending[:] = payload
         elif kind == MIDDLE:
             pending += payload
         else:
             pending += payload
             yield bytes(pending)
-            pending = bytearray()
+            pending.clear()
+    return None
 
 
 @dataclass

@@ -1002,6 +1002,7 @@ def _recipe(folder: Path, output_dir: Path, extra: str = "") -> Path:
 
 def _findings(result: subprocess.CompletedProcess) -> list[dict]:
     assert_one_clear_answer(result)
+    assert result.stdout, result.stderr
     return json.loads(result.stdout)["findings"]
 
 
@@ -1450,3 +1451,80 @@ def test_an_unlisted_class_in_a_state_pickle_stays_ckpt028(full_run, tmp_path):
     assert_one_clear_answer(result)
     codes = [f["code"] for f in json.loads(result.stdout)["findings"]]
     assert "CKPT028" in codes and "CKPT037" not in codes and result.returncode == 1
+# --- memory ---
+# Memory is bounded as well as bytes: a JSON file may hold at most bounded_read.MAX_JSON_VALUES values (a 210 MiB
+# log of 10 M entries would cost ~5 GB parsed), hard links are parsed once, a MemoryError is one line (exit 2),
+# and a W&B log is judged by its header before it is read, then read one block at a time.
+
+
+def _write_trainer_state(path: Path, entry: str, count: int) -> None:
+    """The real trainer_state with `count` copies of `entry` as log_history, written as text (never held parsed)."""
+    state = json.loads(path.read_text())
+    head, tail = json.dumps({**state, "log_history": "@@"}).split('"@@"')
+    chunk = ",".join([entry] * 100_000)
+    with open(path, "w") as handle:
+        handle.write(head + "[")
+        for index in range(count // 100_000):
+            handle.write(("," if index else "") + chunk)
+        handle.write("]" + tail)
+
+
+def test_a_trainer_state_of_ten_million_log_entries_is_refused_before_parsing(full_run, tmp_path):
+    state = full_run / "checkpoint-6" / "trainer_state.json"
+    _write_trainer_state(state, '{"loss":0.1,"step":1}', 10_000_000)
+    assert 200 << 20 < state.stat().st_size < 256 << 20  # under the byte bound: only the value bound stops it
+    for other in ("checkpoint-2", "checkpoint-4"):  # the breaker's hard links: one file in every checkpoint
+        (full_run / other / "trainer_state.json").unlink()
+        os.link(state, full_run / other / "trainer_state.json")
+    started = time.monotonic()
+    result = run_cli("diagnose", str(full_run), "--format", "json", cwd=tmp_path, timeout=120, memory=2 << 30)
+    findings = {(f["code"], f["severity"], f["path"]): f["message"] for f in _findings(result)}
+    refused = findings[("CKPT013", "error", str(state))]  # the older checkpoints' are summed up by CKPT019
+    assert "refused" in refused and "more than 20,000,000 JSON values" in refused, findings
+    unusable = {path for code, severity, path in findings if (code, severity) == ("CKPT019", "warning")}
+    assert {Path(path).name for path in unusable} == {"checkpoint-2", "checkpoint-4"}, findings
+    assert any(code == "CKPT018" and "no checkpoint here is usable" in message
+               for (code, _, _), message in findings.items()), findings
+    assert result.returncode == 1 and time.monotonic() - started < 90
+
+
+def test_a_realistic_big_trainer_state_is_read_and_judged_normally(full_run, tmp_path):
+    """200 000 entries of 20 keys (4 M values, 90 MiB), more than a week of GRPO logging: no false alarm."""
+    state = full_run / "checkpoint-6" / "trainer_state.json"
+    entry = json.dumps({**{f"train/metric_{i}": 0.123456789 + i for i in range(18)}, "epoch": 0.5, "step": 6})
+    _write_trainer_state(state, entry, 200_000)
+    result = run_cli("diagnose", str(full_run), "--format", "json", cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, _findings(result)
+    assert not [f for f in _findings(result) if f["severity"] == "error"]
+    assert json.loads(result.stdout)["run"]["global_step"] == 6  # the state was read, not skipped
+
+
+def test_running_out_of_memory_in_a_family_is_one_line(full_run, tmp_path):
+    """Three distinct states each under every bound (19 M values, 28 MiB) but ~700 MB parsed: more than 1.5 GiB holds."""
+    for checkpoint in ("checkpoint-2", "checkpoint-4", "checkpoint-6"):
+        _write_trainer_state(full_run / checkpoint / "trainer_state.json", "{}", 9_400_000)
+    result = run_cli("diagnose", str(full_run), cwd=tmp_path, timeout=120, memory=3 << 29)
+    assert_one_clear_answer(result)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert f"ran out of memory judging {full_run}" in result.stderr and "nothing was judged" in result.stderr
+
+
+@pytest.mark.parametrize("header", [b"", b":W&B\xe1\xbe\x00"], ids=["zeros", "valid-header-then-zeros"])
+def test_huge_sparse_wandb_logs_are_judged_without_reading_them_whole(full_run, tmp_path, header):
+    wandb_dir = tmp_path / "wandb"
+    logs = 2 if header else 8  # a readable header is read to its end: ~2.5 s a GB of zeros, in 32 KiB blocks
+    for index in range(logs):
+        log = wandb_dir / f"offline-run-20250101_00000{index}-abc{index}" / f"run-abc{index}.wandb"
+        log.parent.mkdir(parents=True)
+        with open(log, "wb") as handle:
+            handle.write(header)
+            handle.truncate(1000 << 20)  # sparse: 1000 MB on paper, nothing on disk
+    started = time.monotonic()
+    result = run_cli("diagnose", str(full_run), "--wandb-dir", str(wandb_dir), "--format", "json", cwd=tmp_path,
+                     timeout=60, memory=1 << 30)  # less than one log: it is never held whole
+    findings = _findings(result)
+    if not header:  # judged by its first 7 bytes
+        unreadable = [f for f in findings if f["code"] == "WANDB007"]
+        assert len(unreadable) == 8 and all("bad header" in f["message"] for f in unreadable), findings
+    assert time.monotonic() - started < 30
