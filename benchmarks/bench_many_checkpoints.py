@@ -16,8 +16,6 @@ Target: the time per checkpoint at 10,000 is close to that at 100 (growth ratio 
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import sys
 import tempfile
@@ -32,21 +30,9 @@ SIZES = (100, 1_000, 10_000)
 
 def build(template: Path, output_dir: Path, count: int) -> None:
     """`count` checkpoints hard-linked from one real checkpoint; the first half sealed at save time."""
-    from resumedoctor.seal import SEAL_FILE, build_seal, seal_bytes
+    from resumedoctor.demo import hard_linked_checkpoints
 
-    state = json.loads((template / "trainer_state.json").read_text())
-    files = [p for p in template.iterdir() if p.is_file() and p.name not in ("trainer_state.json", SEAL_FILE)]
-    output_dir.mkdir()
-    for index in range(1, count + 1):
-        step = 10 * index
-        folder = output_dir / f"checkpoint-{step}"
-        folder.mkdir()
-        for path in files:
-            os.link(path, folder / path.name)
-        (folder / "trainer_state.json").write_text(json.dumps({**state, "global_step": step, "max_steps": 10 * count}))
-        if index <= count // 2:
-            seal = build_seal(folder, global_step=step, world_size=1, arguments={}, versions={}, with_hashes=False)
-            (folder / SEAL_FILE).write_bytes(seal_bytes(seal))
+    hard_linked_checkpoints(template, output_dir, count, sealed_until=count // 2)
 
 
 def measure(output_dir: Path, count: int) -> dict:

@@ -169,3 +169,26 @@ def reshard_checkpoint(checkpoint: Path, max_shard_size: str = "40KB") -> list[s
     (checkpoint / "model.safetensors").unlink()
     model.save_pretrained(checkpoint, max_shard_size=max_shard_size)
     return sorted(p.name for p in checkpoint.glob("model-*.safetensors"))
+
+
+def hard_linked_checkpoints(template: Path, output_dir: Path, count: int, sealed_until: int) -> None:
+    """`count` checkpoints hard-linked from one real checkpoint, a trainer_state.json per step; the first
+    `sealed_until` sealed at save time (as SealCallback seals), the rest saved after sealing stopped."""
+    import json
+    import os
+
+    from resumedoctor.seal import SEAL_FILE, build_seal, seal_bytes
+
+    state = json.loads((template / "trainer_state.json").read_text())
+    files = [p for p in template.iterdir() if p.is_file() and p.name not in ("trainer_state.json", SEAL_FILE)]
+    output_dir.mkdir()
+    for index in range(1, count + 1):
+        step = 10 * index
+        folder = output_dir / f"checkpoint-{step}"
+        folder.mkdir()
+        for path in files:
+            os.link(path, folder / path.name)
+        (folder / "trainer_state.json").write_text(json.dumps({**state, "global_step": step, "max_steps": 10 * count}))
+        if index <= sealed_until:
+            seal = build_seal(folder, global_step=step, world_size=1, arguments={}, versions={}, with_hashes=False)
+            (folder / SEAL_FILE).write_bytes(seal_bytes(seal))

@@ -32,6 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resumedoctor import safe_pickle
+from resumedoctor.demo import hard_linked_checkpoints
 from resumedoctor.torch_archive import inspect_torch_archive, torch_pickle_member
 
 MEMORY_LIMIT = 3 << 30  # address space for a child resumedoctor: plenty for a real run, far below a bomb
@@ -922,26 +923,6 @@ def test_identity_rules_agree_with_wandb_settings(value):
             assert (ours(value) is None) == accepted, (field, value, ours(value))
 
 
-def _many_checkpoints(template: Path, output_dir: Path, count: int, sealed_until: int) -> None:
-    """`count` checkpoints hard-linked from one real TRL checkpoint, trainer_state per step; the first
-    `sealed_until` sealed at save time (as SealCallback seals), the rest saved after sealing stopped."""
-    from resumedoctor.seal import SEAL_FILE, build_seal, seal_bytes
-
-    state = json.loads((template / "trainer_state.json").read_text())
-    files = [p for p in template.iterdir() if p.is_file() and p.name not in ("trainer_state.json", SEAL_FILE)]
-    output_dir.mkdir()
-    for index in range(1, count + 1):
-        step = 10 * index
-        folder = output_dir / f"checkpoint-{step}"
-        folder.mkdir()
-        for path in files:
-            os.link(path, folder / path.name)
-        (folder / "trainer_state.json").write_text(json.dumps({**state, "global_step": step, "max_steps": 10 * count}))
-        if index <= sealed_until:
-            seal = build_seal(folder, global_step=step, world_size=1, arguments={}, versions={}, with_hashes=False)
-            (folder / SEAL_FILE).write_bytes(seal_bytes(seal))
-
-
 def test_many_checkpoints_are_listed_once_and_each_seal_is_read_once(full_run, tmp_path, monkeypatch):
     from resumedoctor.diagnose import load_registry, new_context, run_checks
     from resumedoctor.settings import Settings
@@ -949,7 +930,7 @@ def test_many_checkpoints_are_listed_once_and_each_seal_is_read_once(full_run, t
 
     count, sealed = 300, 150
     output_dir = tmp_path / "many"
-    _many_checkpoints(full_run / "checkpoint-6", output_dir, count, sealed)
+    hard_linked_checkpoints(full_run / "checkpoint-6", output_dir, count, sealed)
     registry = load_registry()
     listed: list[str] = []
     real_scandir, real_listdir = os.scandir, os.listdir
