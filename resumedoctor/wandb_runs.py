@@ -253,7 +253,11 @@ def _could_have_written(match: RunMatch, checkpoints: tuple[Path, ...]) -> bool:
 
 
 def find_runs(ctx: RunContext) -> LocalRuns:
-    """Every local run, and the ones whose logged config names this output_dir."""
+    """Every local run, and the ones whose logged config names this output_dir (found once per run)."""
+    return ctx.memo(("find_runs",), lambda: _find_runs(ctx), "find_runs")
+
+
+def _find_runs(ctx: RunContext) -> LocalRuns:
     unreadable: list[tuple[Path, str]] = []
     by_id: dict[str, list[tuple[LocalRun, RunLog, Path]]] = {}
     seen_folders: set[str] = set()
