@@ -25,7 +25,7 @@ from _common import record  # noqa: E402
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 RECIPE = """model_name_or_path: {model}
 dataset_name: {dataset}
-reward_funcs: [resumedoctor.demo.length_reward]
+reward_funcs: [demo_run.length_reward]
 output_dir: {out}
 use_cpu: {use_cpu}
 bf16: {bf16}
@@ -43,7 +43,7 @@ resumedoctor:
 
 
 def run(device: str, root: Path, steps: int) -> dict:
-    from resumedoctor.demo import build_prompt_rows, save_base_model
+    from demo_run import build_prompt_rows, save_base_model
 
     model = save_base_model(root / "model")
     dataset = root / "prompts.jsonl"

@@ -30,7 +30,7 @@ SIZES = (100, 1_000, 10_000)
 
 def build(template: Path, output_dir: Path, count: int) -> None:
     """`count` checkpoints hard-linked from one real checkpoint; the first half sealed at save time."""
-    from resumedoctor.demo import hard_linked_checkpoints
+    from demo_run import hard_linked_checkpoints
 
     hard_linked_checkpoints(template, output_dir, count, sealed_until=count // 2)
 
@@ -40,8 +40,8 @@ def measure(output_dir: Path, count: int) -> dict:
 
     from transformers.trainer_utils import get_last_checkpoint
 
-    from resumedoctor.diagnose import diagnose
-    from resumedoctor.settings import Settings
+    from resumedoctor.engine.runner import diagnose
+    from resumedoctor.engine.settings import Settings
 
     report = None
 
@@ -65,7 +65,7 @@ def measure(output_dir: Path, count: int) -> dict:
 
 
 def main() -> int:
-    from resumedoctor.demo import train_demo_run
+    from demo_run import train_demo_run
 
     workdir = Path(tempfile.mkdtemp(prefix="rd-many-"))
     try:

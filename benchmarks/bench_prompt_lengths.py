@@ -33,7 +33,7 @@ ALTERNATIVE_SAMPLE = 5_000  # the one-by-one loop is timed on a sample and scale
 
 
 def main() -> int:
-    from resumedoctor.demo import WORDS, save_base_model
+    from demo_run import WORDS, save_base_model
 
     workdir = Path(tempfile.mkdtemp(prefix="rd-prompts-"))
     os.environ["RESUMEDOCTOR_CACHE_DIR"] = str(workdir / "cache")
@@ -46,7 +46,7 @@ def main() -> int:
                 text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 60)))
                 handle.write(json.dumps({"id": index, "prompt": [{"role": "user", "content": text}]}) + "\n")
 
-        fresh_script = ("import sys, time; from pathlib import Path; from resumedoctor.prompt_lengths import measure\n"
+        fresh_script = ("import sys, time; from pathlib import Path; from resumedoctor.integrations.trl.prompt_lengths import measure\n"
                         "t = time.perf_counter(); m = measure(Path(sys.argv[1]), Path(sys.argv[2]))\n"
                         "print(time.perf_counter() - t, m.from_cache, len(m.lengths))\n")
 
@@ -63,7 +63,10 @@ def main() -> int:
 
         from transformers import AutoTokenizer
 
-        from resumedoctor.prompt_lengths import load_local_dataset, measure
+        from resumedoctor.integrations.trl.prompt_lengths import (
+            load_local_dataset,
+            measure,
+        )
 
         # Both ways in this process, imports already paid: load the dataset, then tokenize every prompt.
         started = time.perf_counter()

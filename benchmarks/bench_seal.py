@@ -48,8 +48,8 @@ def main() -> int:
         TrainingArguments,
     )
 
-    from resumedoctor.seal import read_seal, verify
-    from resumedoctor.seal_callback import SealCallback
+    from resumedoctor.integrations.seal.callback import SealCallback
+    from resumedoctor.integrations.seal.record import read_seal, verify
 
     config = LlamaConfig(vocab_size=320, hidden_size=1024, intermediate_size=2816, num_hidden_layers=7,
                          num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=64)

@@ -101,8 +101,8 @@ def main() -> int:
     parser.add_argument("--sizes-gib", type=float, nargs="+", default=[0.5, 1.0, 2.0])
     args = parser.parse_args()
 
-    from resumedoctor.diagnose import diagnose
-    from resumedoctor.settings import Settings
+    from resumedoctor.engine.runner import diagnose
+    from resumedoctor.engine.settings import Settings
 
     workdir = Path(tempfile.mkdtemp(prefix="rd-bench-", dir=args.workdir))
     rows = []

@@ -20,7 +20,7 @@ from _common import record, time_command  # noqa: E402
 
 
 def main() -> int:
-    from resumedoctor.demo import train_demo_run
+    from demo_run import train_demo_run
 
     workdir = Path(tempfile.mkdtemp(prefix="rd-startup-"))
     try:

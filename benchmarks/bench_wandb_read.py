@@ -38,10 +38,11 @@ run.finish()
 
 
 def main() -> int:
-    from resumedoctor.context import Options
-    from resumedoctor.demo import train_demo_run
-    from resumedoctor.diagnose import diagnose
-    from resumedoctor.settings import Settings
+    from demo_run import train_demo_run
+
+    from resumedoctor.engine.context import Options
+    from resumedoctor.engine.runner import diagnose
+    from resumedoctor.engine.settings import Settings
 
     workdir = Path(tempfile.mkdtemp(prefix="rd-wandb-"))
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true"}

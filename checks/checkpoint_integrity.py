@@ -14,33 +14,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from resumedoctor.bounded_read import file_kind, read_text_bounded
-from resumedoctor.context import (
+from resumedoctor.engine.context import (
     CHECKPOINT_ERRORS,
     JsonFileError,
     RunContext,
     trainer_state_problem,
 )
-from resumedoctor.dcp_metadata import (
-    METADATA_FILE,
-    DcpIndex,
-    DcpMetadataError,
-    read_dcp_index,
+from resumedoctor.engine.findings import Finding, Rule, Severity
+from resumedoctor.engine.live_save import recently_written
+from resumedoctor.engine.registry import CheckFamily
+from resumedoctor.engine.target import (
+    CHECKPOINT_NAME,
+    TMP_CHECKPOINT_NAME,
+    checkpoint_step,
 )
 from resumedoctor.errors import ReasonError
-from resumedoctor.findings import Finding, Rule, Severity
-from resumedoctor.live_save import recently_written
-from resumedoctor.printable import printable
-from resumedoctor.registry import CheckFamily
-from resumedoctor.safe_pickle import (
-    UNLISTED_KEY,
-    PickleReadError,
-    UnsafePickleError,
-    check_legacy_pickle,
-    check_state_pickle,
-)
-from resumedoctor.safetensors_header import SafetensorsError, count_non_finite
-from resumedoctor.seal import (
+from resumedoctor.integrations.seal.record import (
     SEAL_FILE,
     SEAL_TEMP_FILE,
     TMP_SUFFIX,
@@ -48,11 +37,22 @@ from resumedoctor.seal import (
     sealing_was_on,
     verify,
 )
-from resumedoctor.target import (
-    CHECKPOINT_NAME,
-    TMP_CHECKPOINT_NAME,
-    checkpoint_step,
+from resumedoctor.io.bounded_read import file_kind, read_text_bounded
+from resumedoctor.io.dcp_metadata import (
+    METADATA_FILE,
+    DcpIndex,
+    DcpMetadataError,
+    read_dcp_index,
 )
+from resumedoctor.io.printable import printable
+from resumedoctor.io.safe_pickle import (
+    UNLISTED_KEY,
+    PickleReadError,
+    UnsafePickleError,
+    check_legacy_pickle,
+    check_state_pickle,
+)
+from resumedoctor.io.safetensors_header import SafetensorsError, count_non_finite
 
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 # transformers.trainer_utils.sort_checkpoints: `checkpoint-*` folders, ordered by the number after the prefix.
@@ -277,7 +277,7 @@ TRAINING_ARGS_CUSTOM_CLASS = Rule(
 SEAL_MISMATCH = Rule(
     "CKPT029", "seal-mismatch", ERROR,
     "A file disagrees with the checkpoint's seal (missing, another size, or with --deep another content).",
-    "resumedoctor.seal.json was written as the last act of the save, with every file's size and "
+    "resumedoctor.integrations.seal.record.json was written as the last act of the save, with every file's size and "
     "content hash. A difference means the checkpoint changed since: a truncated copy, a lost file, or "
     "a flipped byte that no size or header check can see.",
 )
@@ -291,7 +291,7 @@ UNSEALED_SAVE = Rule(
 )
 SEAL_INVALID = Rule(
     "CKPT031", "seal-invalid", WARNING,
-    "resumedoctor.seal.json cannot be read.",
+    "resumedoctor.integrations.seal.record.json cannot be read.",
     "The seal is JSON written atomically; an unreadable one was damaged after the save. The checkpoint "
     "is checked as if it had no seal. `fix --auto` replaces it with a seal made after the fact (marked "
     "so) when the checkpoint has no error.",

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resumedoctor.context import JsonFileError, RunContext
-from resumedoctor.findings import Finding, Rule, Severity
-from resumedoctor.recipe import RecipeError
-from resumedoctor.registry import CheckFamily
-from resumedoctor.safe_pickle import PickleReadError, UnsafePickleError
-from resumedoctor.target import checkpoint_step, list_checkpoints
+from resumedoctor.engine.context import JsonFileError, RunContext
+from resumedoctor.engine.findings import Finding, Rule, Severity
+from resumedoctor.engine.registry import CheckFamily
+from resumedoctor.engine.target import checkpoint_step, list_checkpoints
+from resumedoctor.integrations.trl.recipe import RecipeError
+from resumedoctor.io.safe_pickle import PickleReadError, UnsafePickleError
 
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 
@@ -194,7 +194,7 @@ def drift(ctx: RunContext, saved: dict, recipe) -> dict[str, tuple]:
 
 def checkpoint_world_size(checkpoint: Path) -> int:
     """The seal's world size when sealed, else one rng_state_<rank>.pth per process."""
-    from resumedoctor.seal import SEAL_FILE, read_seal
+    from resumedoctor.integrations.seal.record import SEAL_FILE, read_seal
 
     if (checkpoint / SEAL_FILE).is_file():
         try:
@@ -515,7 +515,7 @@ def schedule_of(values, horizon: int, learning_rate: float):
     """transformers' schedule from TrainingArguments-named values (the base rate is the checkpoint's)."""
     import json
 
-    from resumedoctor.lr_schedule import Schedule
+    from resumedoctor.integrations.trl.lr_schedule import Schedule
 
     kwargs = values("lr_scheduler_kwargs")
     if isinstance(kwargs, str):
@@ -540,7 +540,7 @@ def _rate(value: float) -> str:
 
 def judge_schedule(ctx: RunContext, resume: Resume, keys, step: int, old: int, new: int) -> Finding:
     """Warning or info by the learning rates the resume really uses, under the checkpoint's schedule and the recipe's."""
-    from resumedoctor.lr_schedule import ScheduleError, learning_rates
+    from resumedoctor.integrations.trl.lr_schedule import ScheduleError, learning_rates
 
     what, name = resume.describe(keys), resume.checkpoint.name
     length = (f"the resume trains {_count(new - step, 'step')} (to {new}) instead of {max(old - step, 0)}; "

@@ -10,11 +10,15 @@ import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
-from resumedoctor.context import RunContext
-from resumedoctor.curriculum_state import STATE_FILE, read_state, validate_state
-from resumedoctor.findings import Finding, Rule, Severity
-from resumedoctor.recipe import RecipeError
-from resumedoctor.registry import CheckFamily
+from resumedoctor.engine.context import RunContext
+from resumedoctor.engine.findings import Finding, Rule, Severity
+from resumedoctor.engine.registry import CheckFamily
+from resumedoctor.integrations.curriculum.state import (
+    STATE_FILE,
+    read_state,
+    validate_state,
+)
+from resumedoctor.integrations.trl.recipe import RecipeError
 
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 CALLBACK_NAME = "CurriculumCallback"
@@ -149,7 +153,7 @@ def _at(finding: Finding, severity: Severity) -> Finding:
 
 def recipe_adds_curriculum(ctx: RunContext) -> str | None:
     """Where the recipe adds CurriculumCallback (the launcher's `resumedoctor:` section), or None."""
-    from resumedoctor.launcher import LAUNCHER_SECTION
+    from resumedoctor.integrations.trl.launcher import LAUNCHER_SECTION
 
     section = ctx.recipe().data.get(LAUNCHER_SECTION)
     if not isinstance(section, dict):

@@ -11,18 +11,23 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from resumedoctor.context import JsonFileError, RunContext
-from resumedoctor.findings import Finding, Rule, Severity
-from resumedoctor.import_paths import import_problem, reward_problem
-from resumedoctor.prompt_lengths import (
+from resumedoctor.engine.context import JsonFileError, RunContext
+from resumedoctor.engine.findings import Finding, Rule, Severity
+from resumedoctor.engine.registry import CheckFamily
+from resumedoctor.integrations.trl.import_paths import import_problem, reward_problem
+from resumedoctor.integrations.trl.prompt_lengths import (
     DatasetError,
     MeasureError,
     looks_local,
     measure,
     tokenizer_files,
 )
-from resumedoctor.recipe import REMOVED_KEYS, Recipe, RecipeError, TrlUnavailable
-from resumedoctor.registry import CheckFamily
+from resumedoctor.integrations.trl.recipe import (
+    REMOVED_KEYS,
+    Recipe,
+    RecipeError,
+    TrlUnavailable,
+)
 
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 

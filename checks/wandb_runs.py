@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
-from resumedoctor.context import RunContext
+from resumedoctor.engine.context import RunContext
+from resumedoctor.engine.findings import Finding, Rule, Severity
+from resumedoctor.engine.registry import CheckFamily
 from resumedoctor.errors import ReasonError
-from resumedoctor.findings import Finding, Rule, Severity
-from resumedoctor.registry import CheckFamily
-from resumedoctor.wandb_runs import (
+from resumedoctor.integrations.wandb.runs import (
     RESUME_VARIABLES,
     SEARCHED,
     LocalRuns,
@@ -319,7 +319,7 @@ def _not_applicable(ctx: RunContext) -> str | None:
 
 def _recipe_reports_to_wandb(ctx: RunContext) -> bool:
     """True unless the recipe, as TRL resolves it, leaves W&B out (an unreadable recipe: assume it reports)."""
-    from resumedoctor.recipe import reports_to_wandb
+    from resumedoctor.integrations.trl.recipe import reports_to_wandb
 
     try:
         return reports_to_wandb(ctx.recipe().resolve("report_to").value)

@@ -31,7 +31,7 @@ def main() -> int:
         print(f"{args.output_dir} is not empty; choose a new folder", file=sys.stderr)
         return 2
 
-    from resumedoctor.demo import train_demo_run
+    from demo_run import train_demo_run
 
     started = time.perf_counter()
     train_demo_run(args.output_dir, max_steps=args.steps, save_steps=args.save_steps, peft=args.peft)

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from resumedoctor.checks.checkpoint_integrity import SAFETENSORS_INDEX, SHARD_NAME
 
-from resumedoctor.context import JsonFileError, RunContext
-from resumedoctor.findings import Finding, FixSafety
-from resumedoctor.journal import Operation, Quarantine, WriteFile
-from resumedoctor.live_save import held_back
-from resumedoctor.registry import Fixer
-from resumedoctor.safetensors_header import SafetensorsError
-from resumedoctor.target import checkpoint_step
+from resumedoctor.engine.context import JsonFileError, RunContext
+from resumedoctor.engine.findings import Finding, FixSafety
+from resumedoctor.engine.live_save import held_back
+from resumedoctor.engine.registry import Fixer
+from resumedoctor.engine.target import checkpoint_step
+from resumedoctor.fix.journal import Operation, Quarantine, WriteFile
+from resumedoctor.io.safetensors_header import SafetensorsError
 
 FAMILY = "checkpoint-integrity"
 
@@ -56,8 +56,8 @@ def plan_quarantine_checkpoint(ctx: RunContext, finding: Finding) -> list[Operat
 def plan_seal_after_the_fact(ctx: RunContext, finding: Finding) -> list[Operation]:
     """The seal the save did not live to write (or an unreadable one replaced), marked after the fact;
     nothing for a checkpoint with an error: a seal must not bless a broken save."""
-    from resumedoctor.seal import AFTER_THE_FACT_REASONS, SEAL_FILE
-    from resumedoctor.seal_existing import SealRefused, after_the_fact_seal
+    from resumedoctor.integrations.seal.existing import SealRefused, after_the_fact_seal
+    from resumedoctor.integrations.seal.record import AFTER_THE_FACT_REASONS, SEAL_FILE
 
     folder = _checkpoint_of(finding)
     reason = finding.extra.get("seal_reason")

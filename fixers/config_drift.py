@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import copy
 
-from resumedoctor.context import RunContext
-from resumedoctor.findings import Finding, FixSafety
-from resumedoctor.journal import Operation, WriteFile
-from resumedoctor.recipe import RecipeError, dump_yaml
-from resumedoctor.recipe_edit import recipe_change, set_key
-from resumedoctor.registry import Fixer
+from resumedoctor.engine.context import RunContext
+from resumedoctor.engine.findings import Finding, FixSafety
+from resumedoctor.engine.registry import Fixer
+from resumedoctor.fix.journal import Operation, WriteFile
+from resumedoctor.integrations.trl.recipe import RecipeError, dump_yaml
+from resumedoctor.integrations.trl.recipe_edit import recipe_change, set_key
 
 FAMILY = "config-drift"
 

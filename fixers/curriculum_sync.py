@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from resumedoctor.context import RunContext
-from resumedoctor.curriculum_state import STATE_FILE, promotion_due, replay
-from resumedoctor.findings import Finding, FixSafety
-from resumedoctor.journal import Operation, WriteFile
-from resumedoctor.recipe_edit import recipe_change
-from resumedoctor.registry import Fixer
+from resumedoctor.engine.context import RunContext
+from resumedoctor.engine.findings import Finding, FixSafety
+from resumedoctor.engine.registry import Fixer
+from resumedoctor.fix.journal import Operation, WriteFile
+from resumedoctor.integrations.curriculum.state import STATE_FILE, promotion_due, replay
+from resumedoctor.integrations.trl.recipe_edit import recipe_change
 
 FAMILY = "curriculum-sync"
 LIVE_CODES = ("CURR001", "CURR002", "CURR003", "CURR004", "CURR005", "CURR006")

@@ -6,14 +6,14 @@ import copy
 import io
 from pathlib import Path
 
-from resumedoctor.context import RunContext
-from resumedoctor.findings import Finding, FixSafety
-from resumedoctor.journal import Operation, WriteFile
-from resumedoctor.prompt_lengths import load_local_dataset
-from resumedoctor.recipe import REMOVED_KEYS, RecipeError, dump_yaml
-from resumedoctor.recipe_edit import recipe_change, set_key
-from resumedoctor.registry import Fixer
-from resumedoctor.target import state_dir
+from resumedoctor.engine.context import RunContext
+from resumedoctor.engine.findings import Finding, FixSafety
+from resumedoctor.engine.registry import Fixer
+from resumedoctor.engine.target import state_dir
+from resumedoctor.fix.journal import Operation, WriteFile
+from resumedoctor.integrations.trl.prompt_lengths import load_local_dataset
+from resumedoctor.integrations.trl.recipe import REMOVED_KEYS, RecipeError, dump_yaml
+from resumedoctor.integrations.trl.recipe_edit import recipe_change, set_key
 
 FAMILY = "length-budgets"
 STRATEGIES = ("balanced", "completion_heavy", "prompt_heavy", "data")

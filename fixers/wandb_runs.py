@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from resumedoctor.context import RunContext
-from resumedoctor.findings import Finding, FixSafety
-from resumedoctor.journal import Operation, WriteFile
-from resumedoctor.registry import Fixer
-from resumedoctor.target import state_dir
-from resumedoctor.wandb_runs import DECISION_FILE
+from resumedoctor.engine.context import RunContext
+from resumedoctor.engine.findings import Finding, FixSafety
+from resumedoctor.engine.registry import Fixer
+from resumedoctor.engine.target import state_dir
+from resumedoctor.fix.journal import Operation, WriteFile
+from resumedoctor.integrations.wandb.runs import DECISION_FILE
 
 
 def plan_record_decision(ctx: RunContext, finding: Finding) -> list[Operation]:

@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 # The callbacks need transformers; they load on first use so that `import resumedoctor` stays light.
-_LAZY = {"SealCallback": "resumedoctor.seal_callback", "CurriculumCallback": "resumedoctor.curriculum"}
+_LAZY = {"SealCallback": "resumedoctor.integrations.seal.callback", "CurriculumCallback": "resumedoctor.integrations.curriculum.callback"}
 
 
 def __getattr__(name: str):

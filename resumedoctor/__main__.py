@@ -1,3 +1,3 @@
-from resumedoctor.cli import main
+from resumedoctor.cli.app import main
 
 main()

@@ -23,12 +23,17 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
+# The demo run builder lives in examples/ (it is not part of the installed package). Tests import it,
+# and the CLI processes they start import its reward function by name, so both paths need it.
+EXAMPLES = REPO / "examples"
+sys.path.insert(0, str(EXAMPLES))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(EXAMPLES), os.environ.get("PYTHONPATH")]))
 
 
 @pytest.fixture(scope="session")
 def built_runs(tmp_path_factory) -> dict[str, Path]:
     """Every kind of real checkpoint the CKPT checks must accept, built once."""
-    from resumedoctor.demo import reshard_checkpoint, train_demo_run
+    from demo_run import reshard_checkpoint, train_demo_run
 
     root = tmp_path_factory.mktemp("runs")
     runs = {
@@ -101,11 +106,11 @@ learning_rate: 1.0e-3
 GRPO_RECIPE = """\
 model_name_or_path: {model}
 dataset_name: {dataset}
-reward_funcs: [resumedoctor.demo.length_reward]
+reward_funcs: [demo_run.length_reward]
 output_dir: {output_dir}
 """ + TRAINING_ARGS
 
-# The demo run's own training arguments (resumedoctor.demo.train_demo_run's defaults) as recipe lines:
+# The demo run's own training arguments (demo_run.train_demo_run's defaults) as recipe lines:
 # a recipe with exactly these resumes the session's runs without drift.
 DEMO_RUN_ARGS = TRAINING_ARGS.replace("{max_steps}", "6") + "disable_tqdm: true\n"
 
@@ -130,7 +135,7 @@ print(run.id)
 @pytest.fixture(scope="session")
 def wandb_world(tmp_path_factory) -> dict:
     """One GRPO run logged to W&B offline (checkpoints 2, 4, 6), and an unrelated run beside it."""
-    from resumedoctor.demo import train_demo_run
+    from demo_run import train_demo_run
 
     root = tmp_path_factory.mktemp("wandb-world")
     import wandb
@@ -165,8 +170,9 @@ def built_curriculum_run(tmp_path_factory) -> Path:
 
     The promotion metric is the logged learning rate (the same in every run): stage 1 from step 4, stage 2 at step 6.
     """
-    from resumedoctor.curriculum import CurriculumCallback
-    from resumedoctor.demo import train_demo_run
+    from demo_run import train_demo_run
+
+    from resumedoctor.integrations.curriculum.callback import CurriculumCallback
 
     root = tmp_path_factory.mktemp("curriculum-run")
     return train_demo_run(root / "curriculum", max_steps=6, save_steps=2,

@@ -105,9 +105,8 @@ def resume_for_real(output_dir: Path, checkpoint: Path | str | bool, *, max_step
     """Resume the demo run with TRL's GRPOTrainer from `checkpoint` (a path, or True: transformers picks).
 
     Returns the global_step the Trainer starts at, then the one after each step it trains."""
+    from demo_run import train_demo_run
     from transformers import TrainerCallback
-
-    from resumedoctor.demo import train_demo_run
 
     steps: list[int] = []
 
@@ -135,9 +134,8 @@ def _child(output_dir: Path, seal: bool) -> None:
     import torch
     import transformers.modeling_utils as modeling_utils
     import transformers.tokenization_utils_tokenizers as tokenization_utils_tokenizers
+    from demo_run import train_demo_run
     from transformers import TrainerCallback
-
-    from resumedoctor.demo import train_demo_run
 
     stop_log = os.environ["LIFECYCLE_STOP_LOG"]
     watched = output_dir / f"checkpoint-{SAVE_STEP}"
@@ -216,7 +214,7 @@ def _child(output_dir: Path, seal: bool) -> None:
 
     callbacks = []
     if seal:
-        from resumedoctor.seal_callback import SealCallback
+        from resumedoctor.integrations.seal.callback import SealCallback
 
         callbacks.append(SealCallback())
     callbacks.append(Stops())  # after SealCallback: its on_save and on_train_end run first

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from conftest import codes
 
-from resumedoctor.context import Options, RunContext
-from resumedoctor.diagnose import diagnose, run_checks
-from resumedoctor.registry import load_registry
-from resumedoctor.safetensors_header import read_safetensors_header
-from resumedoctor.settings import Settings
-from resumedoctor.target import resolve_target
+from resumedoctor.engine.context import Options, RunContext
+from resumedoctor.engine.registry import load_registry
+from resumedoctor.engine.runner import diagnose, run_checks
+from resumedoctor.engine.settings import Settings
+from resumedoctor.engine.target import resolve_target
+from resumedoctor.io.safetensors_header import read_safetensors_header
 
 
 def by_code(report, code):
@@ -327,7 +327,7 @@ from accelerate.utils import load_fsdp_model, load_fsdp_optimizer, save_fsdp_mod
 from torch.distributed.fsdp import fully_shard
 from transformers import get_linear_schedule_with_warmup
 from transformers.trainer_callback import TrainerState
-from resumedoctor.demo import build_model, build_tokenizer
+from demo_run import build_model, build_tokenizer
 
 state = PartialState(cpu=True)  # two CPU processes, gloo
 rank, world = state.process_index, state.num_processes
@@ -568,7 +568,7 @@ def test_deepspeed_rng_file_of_one_process_missing(full_run):
 DEEPSPEED_TRAIN = """
 import sys
 from pathlib import Path
-from resumedoctor.demo import train_demo_run
+from demo_run import train_demo_run
 
 config = {"zero_optimization": {"stage": 2}, "zero_allow_untested_optimizer": True,
           "train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto", "gradient_accumulation_steps": "auto",

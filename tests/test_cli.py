@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli
 
 from resumedoctor import __version__
-from resumedoctor.registry import load_registry
+from resumedoctor.engine.registry import load_registry
 
 
 def test_version():
@@ -162,15 +162,15 @@ def test_unknown_code_in_a_settings_file_is_exit_2_for_every_command(full_run, t
     for args in (["diagnose", full_run], ["fix", full_run], ["seal", full_run]):
         result = run_cli(*args, cwd=tmp_path)
         one_line_usage_error(result, "resumedoctor.toml: ignore: unknown code or prefix 'FOO1'")
-    assert not list(full_run.glob("checkpoint-*/resumedoctor.seal.json")) and not (full_run / ".resumedoctor").exists()
+    assert not list(full_run.glob("checkpoint-*/resumedoctor.integrations.seal.record.json")) and not (full_run / ".resumedoctor").exists()
 
 
 def test_debug_after_double_dash_is_trls_not_ours(full_run):
     script = (
-        "import sys; import resumedoctor.diagnose as d\n"
+        "import sys; import resumedoctor.engine.runner as d\n"
         "def boom(*a, **k): raise RuntimeError('kaboom')\n"
         "d.run_checks = boom\n"
-        "from resumedoctor.cli import main; main(sys.argv[1:])\n"
+        "from resumedoctor.cli.app import main; main(sys.argv[1:])\n"
     )
     result = subprocess.run([sys.executable, "-c", script, "diagnose", str(full_run), "--", "--debug"],
                             capture_output=True, text=True)
@@ -194,7 +194,7 @@ report_to: none
 
 def launch_recipe(tmp_path, output_dir) -> str:
     """A TRL recipe for the tiny local model (as tests/test_launch.py writes them); --dry-run trains nothing."""
-    from resumedoctor.demo import build_prompt_rows, save_base_model
+    from demo_run import build_prompt_rows, save_base_model
 
     model = tmp_path / "model"
     if not model.exists():
@@ -265,10 +265,10 @@ def test_explain_is_generated_from_the_rule():
 def test_internal_error_is_one_line_and_debug_shows_traceback(full_run, tmp_path):
     # A crashing check (a bug) must give exit 2, never a silent pass; --debug shows where.
     script = (
-        "import sys; import resumedoctor.diagnose as d\n"
+        "import sys; import resumedoctor.engine.runner as d\n"
         "def boom(*a, **k): raise RuntimeError('kaboom')\n"
         "d.run_checks = boom\n"
-        "from resumedoctor.cli import main; main(sys.argv[1:])\n"
+        "from resumedoctor.cli.app import main; main(sys.argv[1:])\n"
     )
     quiet = subprocess.run([sys.executable, "-c", script, "diagnose", str(full_run)], capture_output=True, text=True)
     assert quiet.returncode == 2
@@ -280,7 +280,7 @@ def test_internal_error_is_one_line_and_debug_shows_traceback(full_run, tmp_path
 def test_diagnose_imports_no_heavy_library(built_runs):
     script = (
         "import sys\n"
-        "from resumedoctor.cli import main\n"
+        "from resumedoctor.cli.app import main\n"
         "try:\n    main(['diagnose', sys.argv[1], '--format', sys.argv[2]])\n"
         "except SystemExit:\n    pass\n"
         "heavy = {'torch', 'transformers', 'trl', 'wandb', 'datasets', 'numpy'}\n"

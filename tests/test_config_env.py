@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from conftest import DEMO_RUN_ARGS, codes, run_cli
 
-from resumedoctor.context import Options
-from resumedoctor.diagnose import diagnose
-from resumedoctor.fixing import fix
-from resumedoctor.settings import Settings
+from resumedoctor.engine.context import Options
+from resumedoctor.engine.runner import diagnose
+from resumedoctor.engine.settings import Settings
+from resumedoctor.fix.planner import fix
 
 # The demo run's own arguments: a recipe with exactly these resumes it without drift.
 BASE = "# recipe of the demo run\noutput_dir: {output_dir}\n" + DEMO_RUN_ARGS + "resume_from_checkpoint: true\n{extra}"
@@ -171,7 +171,7 @@ def test_world_size_change(full_run, recipe_for):
 
 
 def test_different_model_architecture(full_run, recipe_for, tmp_path):
-    from resumedoctor.demo import build_model, build_tokenizer
+    from demo_run import build_model, build_tokenizer
 
     other = tmp_path / "bigger-model"
     tokenizer = build_tokenizer()
@@ -319,7 +319,7 @@ def test_resume_from_an_older_checkpoint_saves_over_the_newer_ones(full_run, mon
 
 def resumed_checkpoints(run: Path, **arguments) -> list[str]:
     """Resume the run for real with transformers (the oracle) and list the checkpoints it leaves."""
-    from resumedoctor.demo import train_demo_run
+    from demo_run import train_demo_run
 
     before = {p.name for p in run.glob("checkpoint-*")}
     train_demo_run(run, resume_from_checkpoint=True, **arguments)
@@ -342,9 +342,8 @@ def test_save_steps_of_a_resume_are_the_checkpoints_own(full_run, recipe_for, mo
 
 def test_fractional_save_steps_of_a_new_run(tmp_path):
     """Without a saved save_steps (a run's start), a value below 1 is ceil(max_steps * save_steps)."""
+    from demo_run import train_demo_run
     from resumedoctor.checks.environment import SaveSettings, saves_to_come
-
-    from resumedoctor.demo import train_demo_run
 
     settings = SaveSettings(global_step=0, max_steps=5, save_steps=0.5, strategy="steps", limit=None,
                             best_kept=False, epoch=None, num_train_epochs=None, source="recipe")
@@ -360,7 +359,7 @@ cp -r "{run}" "{mount}/run"
 used=$(df -k --output=used "{mount}" | tail -1)
 mount -o remount,size=$((used + {room_kib}))k "{mount}"
 "{python}" -m resumedoctor diagnose "{mount}/run" --config "{recipe}" --select ENV --format json > "{out}/report.json" || true
-"{python}" -c "from pathlib import Path; from resumedoctor.demo import train_demo_run; \
+"{python}" -c "from pathlib import Path; from demo_run import train_demo_run; \
 train_demo_run(Path('{mount}/run'), max_steps=12, save_steps=2, resume_from_checkpoint=True, save_total_limit={limit})" \
     > "{out}/train.log" 2>&1 && echo 0 > "{out}/train.rc" || echo 1 > "{out}/train.rc"
 ls "{mount}/run" > "{out}/left.txt"
@@ -451,10 +450,9 @@ def test_output_dir_copy_keeps_checks_independent(full_run, tmp_path):
 
 def test_an_sft_recipe_is_not_judged_as_a_grpo_recipe(tmp_path):
     """SFTTrainer's own arguments (max_length) are no GRPO errors: the recipe families say they cannot judge."""
+    import demo_run as demo
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer, TrlParser
-
-    from resumedoctor import demo
 
     tokenizer = demo.build_tokenizer()
     rows = [{"messages": [{"role": "user", "content": "a b"}, {"role": "assistant", "content": "c d"}]}] * 16
@@ -477,7 +475,7 @@ def test_a_recipe_with_anchors_reads_as_trl_reads_it(full_run, tmp_path):
     import yaml
     from trl import GRPOConfig, TrlParser
 
-    from resumedoctor.recipe import load_values
+    from resumedoctor.integrations.trl.recipe import load_values
 
     recipe = tmp_path / "anchors.yaml"
     recipe.write_text(f"output_dir: {full_run}\nlearning_rate: &lr 3.0e-4\nmax_steps: &steps 8\n"

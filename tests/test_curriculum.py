@@ -16,18 +16,18 @@ from pathlib import Path
 import pytest
 from conftest import GRPO_RECIPE, codes
 
-from resumedoctor.context import Options
-from resumedoctor.diagnose import diagnose
-from resumedoctor.fixing import fix
-from resumedoctor.settings import Settings
+from resumedoctor.engine.context import Options
+from resumedoctor.engine.runner import diagnose
+from resumedoctor.engine.settings import Settings
+from resumedoctor.fix.planner import fix
 
 RULE = dict(thresholds=[8e-4, 5e-4, 2e-4], metric="learning_rate", window=2, mode="min")
 KILLED_RUN = """
 import os, signal, sys
 from pathlib import Path
 from transformers import TrainerCallback
-from resumedoctor.curriculum import CurriculumCallback
-from resumedoctor.demo import train_demo_run
+from resumedoctor.integrations.curriculum.callback import CurriculumCallback
+from demo_run import train_demo_run
 
 out, kill_step, event, logging_steps = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 
@@ -63,8 +63,9 @@ def core(state: dict) -> tuple:
 
 @pytest.fixture(scope="session")
 def curriculum_runs(tmp_path_factory) -> dict[str, Path]:
-    from resumedoctor.curriculum import CurriculumCallback
-    from resumedoctor.demo import train_demo_run
+    from demo_run import train_demo_run
+
+    from resumedoctor.integrations.curriculum.callback import CurriculumCallback
 
     root = tmp_path_factory.mktemp("curriculum")
     whole = train_demo_run(root / "whole", max_steps=8, save_steps=2, callbacks=[CurriculumCallback(**RULE)])
@@ -94,8 +95,9 @@ def curr(path: Path, **options):
 
 
 def resume(run: Path, *, restore: bool) -> None:
-    from resumedoctor.curriculum import CurriculumCallback
-    from resumedoctor.demo import train_demo_run
+    from demo_run import train_demo_run
+
+    from resumedoctor.integrations.curriculum.callback import CurriculumCallback
 
     train_demo_run(run, max_steps=8, save_steps=2, resume_from_checkpoint=True,
                    callbacks=[CurriculumCallback(**RULE)], restore_callback_states_from_checkpoint=restore)
@@ -119,7 +121,7 @@ def severities(report) -> dict[str, str]:
 
 
 CURRICULUM_SECTION = "resumedoctor:\n  curriculum: {thresholds: [8.0e-4, 5.0e-4, 2.0e-4], metric: learning_rate, window: 2, mode: min}\n"
-CALLBACKS_SECTION = "resumedoctor:\n  callbacks: [resumedoctor.curriculum.CurriculumCallback]\n"
+CALLBACKS_SECTION = "resumedoctor:\n  callbacks: [resumedoctor.integrations.curriculum.callback.CurriculumCallback]\n"
 
 
 def write_recipe(folder: Path, extra: str = "") -> Path:
@@ -161,8 +163,7 @@ def test_live_state_without_any_checkpoint_state_is_an_error(killed_run, tmp_pat
 def test_launch_accepts_the_crashed_run_when_it_adds_the_curriculum(killed_run, tmp_path):
     """`resumedoctor launch --dry-run` is the gate: the crashed state must not stop it; without the callback it must."""
     from conftest import run_cli
-
-    from resumedoctor.demo import build_prompt_rows
+    from demo_run import build_prompt_rows
 
     dataset = tmp_path / "prompts.jsonl"
     dataset.write_text("".join(json.dumps(row) + "\n" for row in build_prompt_rows(64)))

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from conftest import codes, run_cli
 
-from resumedoctor.diagnose import diagnose
-from resumedoctor.fixing import fix, undo
-from resumedoctor.settings import Settings
-from resumedoctor.target import STATE_DIR
+from resumedoctor.engine.runner import diagnose
+from resumedoctor.engine.settings import Settings
+from resumedoctor.engine.target import STATE_DIR
+from resumedoctor.fix.planner import fix, undo
 
 
 def tree(root: Path, *, skip_state: bool = False) -> dict[str, str]:
@@ -67,7 +67,7 @@ def test_fix_auto_unsafe_makes_transformers_resume_from_the_newest_usable(damage
 
 @pytest.mark.slow
 def test_trainer_really_resumes_after_the_fix(damaged_run):
-    from resumedoctor.demo import train_demo_run
+    from demo_run import train_demo_run
 
     fix(damaged_run, unsafe=True, settings=Settings())
     train_demo_run(damaged_run, max_steps=8, save_steps=2, resume_from_checkpoint=True)

@@ -25,15 +25,15 @@ from conftest import DEMO_RUN_ARGS
 from test_fix import tree
 from test_length_budgets import write_prompts
 
-from resumedoctor.catalog import explain_code
-from resumedoctor.context import Options
-from resumedoctor.diagnose import Report, diagnose
-from resumedoctor.findings import Finding, FixInfo, FixSafety, Severity
-from resumedoctor.fixing import FixResult, fix, undo
-from resumedoctor.registry import load_registry
-from resumedoctor.settings import Settings
+from resumedoctor.engine.catalog import explain_code
+from resumedoctor.engine.context import Options
+from resumedoctor.engine.findings import Finding, FixInfo, FixSafety, Severity
+from resumedoctor.engine.registry import load_registry
+from resumedoctor.engine.runner import Report, diagnose
+from resumedoctor.engine.settings import Settings
+from resumedoctor.fix.planner import FixResult, fix, undo
 
-# The demo run's own arguments (resumedoctor.demo.train_demo_run): this recipe resumes it without drift.
+# The demo run's own arguments (demo_run.train_demo_run): this recipe resumes it without drift.
 RECIPE = ("# recipe of the demo run (comments must survive every fix)\nmodel_name_or_path: {model}\n"
           "dataset_name: {dataset}\noutput_dir: {output_dir}\n" + DEMO_RUN_ARGS + "resume_from_checkpoint: true\n")
 SHORT_PROMPTS = [4, 6, 8] * 5  # words; every prompt fits the demo model's 128-token window
@@ -116,7 +116,7 @@ def edit_trainer_state(checkpoint: Path, **changes) -> None:
 
 def seal_write_interrupted(ws: Workspace) -> Setup:
     """SealCallback's atomic write was cut off: its temp file is left, every trainer file is whole."""
-    from resumedoctor.seal import SEAL_TEMP_FILE
+    from resumedoctor.integrations.seal.record import SEAL_TEMP_FILE
 
     run = ws.run()
     (run / "checkpoint-6" / SEAL_TEMP_FILE).write_text('{"version": 1, "files": {"model.saf')
@@ -125,7 +125,7 @@ def seal_write_interrupted(ws: Workspace) -> Setup:
 
 def unfinished_sealed_save(ws: Workspace) -> Setup:
     """A save that was sealing (its temp seal is there) and lost trainer_state.json: given directly."""
-    from resumedoctor.seal import SEAL_TEMP_FILE
+    from resumedoctor.integrations.seal.record import SEAL_TEMP_FILE
 
     run = ws.run()
     (run / "checkpoint-6" / SEAL_TEMP_FILE).write_text('{"version": 1')
@@ -445,7 +445,7 @@ def test_fix_applies_its_fixer_creates_no_error_and_undo_restores(outcome):
     # (c) undo gives back every byte, the recipe and datasets beside the run included. The one exception:
     # the temp file of a seal write that was cut off is the fix's own atomic-write temp file, consumed
     # when the seal is written; it held no data (a partial copy of a seal that never existed).
-    from resumedoctor.seal import SEAL_TEMP_FILE
+    from resumedoctor.integrations.seal.record import SEAL_TEMP_FILE
 
     before = {path: digest for path, digest in outcome.tree_before.items()
               if not (outcome.case.fixer == "seal-after-the-fact" and path.endswith(SEAL_TEMP_FILE))}

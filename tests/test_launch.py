@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import GRPO_RECIPE
 
-from resumedoctor.wandb_log import read_run_log
+from resumedoctor.integrations.wandb.log_reader import read_run_log
 
 TESTS = Path(__file__).resolve().parent
 
@@ -28,7 +28,7 @@ RECIPE = ("# GRPO on the tiny local model\n" + GRPO_RECIPE.replace("{max_steps}"
 
 @pytest.fixture(scope="session")
 def launch_inputs(tmp_path_factory) -> dict[str, Path]:
-    from resumedoctor.demo import build_prompt_rows, save_base_model
+    from demo_run import build_prompt_rows, save_base_model
 
     root = tmp_path_factory.mktemp("launch-inputs")
     model = save_base_model(root / "model")
@@ -113,7 +113,7 @@ def test_broken_newest_checkpoint_is_refused_then_fixed(workspace):
     assert trained_steps(workspace["out"] / "checkpoint-8") == list(range(1, 9))
 
 
-GATE = ("import sys\nfrom resumedoctor.cli import main\n"
+GATE = ("import sys\nfrom resumedoctor.cli.app import main\n"
         "try:\n    main(['launch', '--config', *sys.argv[1:]])\nexcept SystemExit as exc:\n    code = exc.code\n"
         "print('EXIT', code, 'TORCH', 'torch' in sys.modules, file=sys.stderr)\n")
 
@@ -141,8 +141,8 @@ def present(completions, **kwargs):
 
 
 @pytest.mark.parametrize(("old", "new", "expected"), [
-    ("resumedoctor.demo.length_reward", "nosuchmodule.reward", "no module named 'nosuchmodule'"),
-    ("resumedoctor.demo.length_reward", "mymodule.missing_name", "defines no 'missing_name'"),
+    ("demo_run.length_reward", "nosuchmodule.reward", "no module named 'nosuchmodule'"),
+    ("demo_run.length_reward", "mymodule.missing_name", "defines no 'missing_name'"),
     ("launch_helpers.KillAfterSave", "launch_helpers.NoSuchCallback", "defines no 'NoSuchCallback'"),
 ])
 def test_a_reward_function_or_callback_that_is_not_there_is_refused_before_torch(workspace, old, new, expected):
@@ -167,7 +167,7 @@ def test_the_module_the_gate_accepts_is_one_that_imports(workspace):
                                 env=workspace["env"], cwd=workspace["root"])
         assert (result.returncode == 0) is works, (dotted, result.stderr[-500:])
     recipe = workspace["recipe"]()
-    recipe.write_text(recipe.read_text().replace("resumedoctor.demo.length_reward", "mymodule.present"))
+    recipe.write_text(recipe.read_text().replace("demo_run.length_reward", "mymodule.present"))
     accepted = gate(workspace, str(recipe), "--dry-run")
     assert "EXIT 0 TORCH False" in accepted.stderr, accepted.stdout[-2000:] + accepted.stderr[-2000:]
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from conftest import codes
 
-from resumedoctor.context import Options
-from resumedoctor.diagnose import diagnose
-from resumedoctor.fixing import fix, undo
-from resumedoctor.prompt_lengths import measure
-from resumedoctor.settings import Settings
+from resumedoctor.engine.context import Options
+from resumedoctor.engine.runner import diagnose
+from resumedoctor.engine.settings import Settings
+from resumedoctor.fix.planner import fix, undo
+from resumedoctor.integrations.trl.prompt_lengths import measure
 
 WINDOW = 128  # the demo model's max_position_embeddings
 
@@ -37,7 +37,7 @@ save_steps: 2
 
 
 def write_prompts(path: Path, lengths_in_words: list[int], *, conversational: bool = True) -> Path:
-    from resumedoctor.demo import WORDS
+    from demo_run import WORDS
 
     with open(path, "w") as handle:
         for index, words in enumerate(lengths_in_words):
@@ -248,7 +248,7 @@ def test_other_dataset_formats(budget_run, kind):
 def test_second_measure_comes_from_the_cache_without_heavy_imports(budget_run):
     first = measure(budget_run["dataset"], budget_run["run"] / "checkpoint-6")
     assert not first.from_cache
-    script = ("import sys; from pathlib import Path; from resumedoctor.prompt_lengths import measure\n"
+    script = ("import sys; from pathlib import Path; from resumedoctor.integrations.trl.prompt_lengths import measure\n"
               "m = measure(Path(sys.argv[1]), Path(sys.argv[2]))\n"
               "print(m.from_cache, len(m.lengths), 'transformers' in sys.modules, 'datasets' in sys.modules)\n")
     result = subprocess.run([sys.executable, "-c", script, str(budget_run["dataset"]), str(budget_run["run"] / "checkpoint-6")],
@@ -266,7 +266,7 @@ def test_diagnosing_with_a_recipe_never_imports_torch(budget_run):
     recipe = budget_run["recipe"](completion=64)
     script = (
         "import sys\n"
-        "from resumedoctor.cli import main\n"
+        "from resumedoctor.cli.app import main\n"
         "try:\n    main(['diagnose', sys.argv[1], '--config', sys.argv[2], '--format', 'json'])\n"
         "except SystemExit as exc:\n    code = exc.code\n"
         "print('EXIT', code, 'TORCH', 'torch' in sys.modules, 'TRL', 'trl' in sys.modules, file=sys.stderr)\n"
@@ -301,7 +301,7 @@ def trl_value(parsed, key: str):
 
 
 def test_values_are_what_trl_parser_sees(budget_run):
-    from resumedoctor.recipe import load_recipe
+    from resumedoctor.integrations.trl.recipe import load_recipe
 
     recipe_path = budget_run["tmp"] / "yaml11.yaml"
     recipe_path.write_text(YAML_11_RECIPE.format(model=budget_run["run"] / "checkpoint-6", output_dir=budget_run["run"]))
@@ -331,9 +331,9 @@ def test_an_edit_keeps_comments_order_and_list_indentation(budget_run):
 
 def test_an_edit_that_is_already_so_writes_nothing(budget_run, tmp_path):
     """`use_vllm: no` is already False for TRL: setting False is no change (not a rewrite to `false`)."""
-    from resumedoctor.context import RunContext
-    from resumedoctor.recipe_edit import recipe_change
-    from resumedoctor.target import resolve_target
+    from resumedoctor.engine.context import RunContext
+    from resumedoctor.engine.target import resolve_target
+    from resumedoctor.integrations.trl.recipe_edit import recipe_change
 
     recipe_path = budget_run["tmp"] / "yaml11.yaml"
     recipe_path.write_text(YAML_11_RECIPE.format(model=budget_run["run"] / "checkpoint-6", output_dir=budget_run["run"]))
@@ -395,14 +395,14 @@ IMPORT_CASES = [
     "mymodule.CONSTANT", "mymodule.missing", "mymodule.inner_only", "mymodule.annotated_only", "mymodule.method",
     "pkg.reward", "pkg.sub.rewards.reward", "pkg.sub.rewards.missing", "pkg.sub.nosuch.reward", "pkg.nosub.x",
     "namespace_pkg.rewards.reward", "namespace_pkg.rewards.missing", "nosuchmodule.reward",
-    "mymodule.reward.attribute", "starred.join", "broken.reward", "resumedoctor.demo.length_reward",
-    "resumedoctor.demo.missing",
+    "mymodule.reward.attribute", "starred.join", "broken.reward", "demo_run.length_reward",
+    "demo_run.missing",
 ]
 
 
 def test_import_paths_are_judged_as_importing_them_would(import_world):
     """The oracle is TRL's own loading code (trl/scripts/grpo.py), run in a separate process."""
-    from resumedoctor.import_paths import import_problem
+    from resumedoctor.integrations.trl.import_paths import import_problem
 
     load = ("import importlib, os, sys\nsys.path.insert(0, os.getcwd())\n"
             "module, _, name = sys.argv[1].rpartition('.')\ngetattr(importlib.import_module(module), name)\n")
@@ -421,7 +421,7 @@ def test_trl_reward_names_are_the_ones_trl_grpo_knows():
     import ast
     import importlib.util
 
-    from resumedoctor.import_paths import TRL_REWARD_NAMES
+    from resumedoctor.integrations.trl.import_paths import TRL_REWARD_NAMES
 
     source = Path(importlib.util.find_spec("trl.scripts.grpo").origin).read_text()
     registry = next(node.value for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Assign)
@@ -495,7 +495,7 @@ def test_a_broken_trl_is_a_finding_not_an_internal_error(budget_run):
     assert "Traceback" not in result.stderr and "internal error" not in result.stderr, result.stderr[-2000:]
     findings = json.loads(result.stdout)["findings"]
     assert [f["code"] for f in findings] == ["LEN012"] and findings[0]["severity"] == "warning"
-    assert "helper resumedoctor.recipe failed (exit 1): ImportError: this trl is broken" in findings[0]["message"]
+    assert "helper resumedoctor.integrations.trl.recipe failed (exit 1): ImportError: this trl is broken" in findings[0]["message"]
 
 
 def test_helper_time_limit_is_a_finding(budget_run):
@@ -519,12 +519,12 @@ def test_measuring_that_fails_or_runs_out_of_time_is_not_measured(budget_run):
         result = diagnose_cli(budget_run, recipe, RESUMEDOCTOR_CACHE_DIR=cache, **env)
         findings = [f for f in json.loads(result.stdout)["findings"] if f["code"] != "LEN013"]  # a data file
         assert [f["code"] for f in findings] == ["LEN009"], result.stdout[-2000:] + result.stderr[-2000:]
-        assert "the prompts could not be measured: helper resumedoctor.prompt_lengths" in findings[0]["message"]
+        assert "the prompts could not be measured: helper resumedoctor.integrations.trl.prompt_lengths" in findings[0]["message"]
         assert why in findings[0]["message"]
 
 
 def test_a_helper_that_prints_no_json_or_cannot_start(monkeypatch):
-    from resumedoctor.helper_process import HelperError, run_json
+    from resumedoctor.io.helper_process import HelperError, run_json
 
     with pytest.raises(HelperError, match="printed no JSON object"):
         run_json("this", {})  # a real module that prints the Zen of Python, not JSON
@@ -538,7 +538,7 @@ def test_a_helper_that_prints_no_json_or_cannot_start(monkeypatch):
 def test_a_dataset_file_is_a_warning_for_trl_grpo_not_for_launch(budget_run, tmp_path):
     import datasets
 
-    from resumedoctor.launcher import prepare
+    from resumedoctor.integrations.trl.launcher import prepare
 
     recipe = budget_run["recipe"]()
     dataset = budget_run["dataset"]

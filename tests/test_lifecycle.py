@@ -33,10 +33,10 @@ from lifecycle_helpers import (
     run_to_each_kill_point,
 )
 
-from resumedoctor.diagnose import Report, diagnose
-from resumedoctor.findings import Severity
+from resumedoctor.engine.findings import Severity
+from resumedoctor.engine.runner import Report, diagnose
+from resumedoctor.integrations.seal.record import SEAL_FILE
 from resumedoctor.report import render
-from resumedoctor.seal import SEAL_FILE
 
 # Every test here trains real runs (in its body or in the session fixtures it uses); CI runs them all.
 pytestmark = pytest.mark.slow
@@ -178,7 +178,7 @@ def launch(recipe: Path, root: Path) -> subprocess.CompletedProcess:
 def finished_world(tmp_path_factory) -> dict:
     """A 6-step run trained to its end by `resumedoctor launch` (W&B offline): checkpoint-2, -4, -6 and the
     final `save_model(output_dir)` (model.safetensors, config.json, training_args.bin, ...) beside them."""
-    from resumedoctor.demo import build_prompt_rows, save_base_model
+    from demo_run import build_prompt_rows, save_base_model
 
     root = tmp_path_factory.mktemp("finished")
     world = {"root": root, "out": root / "out", "model": save_base_model(root / "model"),
@@ -279,7 +279,7 @@ def test_killed_during_the_save_never_resumes_from_the_cut_off_checkpoint(kills,
 
 
 def test_fix_unsafe_moves_every_cut_off_save_aside(kills, tmp_path):
-    from resumedoctor.fixing import fix
+    from resumedoctor.fix.planner import fix
 
     broken_at_all = []
     for name, out, finished in kill_states(kills, tmp_path):
@@ -438,7 +438,7 @@ TWO_PROCESSES = """
 import json, sys
 from pathlib import Path
 from transformers import TrainerCallback
-from resumedoctor.demo import train_demo_run
+from demo_run import train_demo_run
 
 steps = []
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import yaml
 from conftest import DEMO_RUN_ARGS, run_cli
 
-from resumedoctor.context import Options
-from resumedoctor.diagnose import diagnose
-from resumedoctor.fixing import fix
-from resumedoctor.settings import Settings
-from resumedoctor.shell_env import shell_environment
+from resumedoctor.engine.context import Options
+from resumedoctor.engine.runner import diagnose
+from resumedoctor.engine.settings import Settings
+from resumedoctor.fix.planner import fix
+from resumedoctor.integrations.wandb.shell_env import shell_environment
 
 RECIPE = ("# the demo run's arguments, resuming a checkpoint that is gone\noutput_dir: {output_dir}\n" + DEMO_RUN_ARGS
           + "report_to: wandb\nresume_from_checkpoint: {resume}\n")
@@ -79,7 +79,7 @@ def test_the_recipe_fix_and_the_recorded_decision_agree(wandb_world, tmp_path):
 
 
 def test_a_recipe_pinned_to_a_usable_checkpoint_is_not_blocked_by_a_broken_newer_one(full_run, tmp_path):
-    from resumedoctor.findings import Severity
+    from resumedoctor.engine.findings import Severity
 
     with open(full_run / "checkpoint-6" / "model.safetensors", "r+b") as handle:
         handle.truncate(100)

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from resumedoctor.diagnose import diagnose
-from resumedoctor.registry import PluginError, load_registry
-from resumedoctor.settings import Settings
+from resumedoctor.engine.registry import PluginError, load_registry
+from resumedoctor.engine.runner import diagnose
+from resumedoctor.engine.settings import Settings
 
 PLUGIN_SOURCE = '''
-from resumedoctor.findings import FixSafety, Rule, Severity
-from resumedoctor.registry import CheckFamily, Fixer
+from resumedoctor.engine.findings import FixSafety, Rule, Severity
+from resumedoctor.engine.registry import CheckFamily, Fixer
 
 NOTE = Rule("DEMO001", "notes-missing", Severity.WARNING, "The output_dir has no NOTES.md.",
             "A third-party rule, registered through the resumedoctor.checks entry point.")
@@ -33,7 +33,7 @@ NEEDY = CheckFamily(name="needy-plugin", prefix="NEEDY", title="Needs a module t
                     rules=(Rule("NEEDY001", "needy", Severity.ERROR, "x", "y"),), run=run,
                     requires=("a_module_that_is_not_installed",))
 def plan_notes(ctx, finding):
-    from resumedoctor.journal import WriteFile
+    from resumedoctor.fix.journal import WriteFile
     return [WriteFile(ctx.target.output_dir / "NOTES.md", b"notes\\n", "a NOTES.md")]
 
 FIXERS = [Fixer("write-notes", "demo-plugin", ("DEMO001",), FixSafety.SAFE, "write a NOTES.md", plan_notes)]
@@ -131,7 +131,7 @@ CLASH = CheckFamily(name="clash", prefix="CKPT", title="t",
 
 
 def test_entry_point_cache_is_invalidated_by_a_new_installation(tmp_path, monkeypatch):
-    from resumedoctor import registry as registry_module
+    from resumedoctor.engine import registry as registry_module
 
     monkeypatch.setenv("RESUMEDOCTOR_CACHE_DIR", str(tmp_path / "cache"))
     registry_module._ENTRY_POINTS.clear()

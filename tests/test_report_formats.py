@@ -8,10 +8,10 @@ import xml.etree.ElementTree as ET
 import jsonschema
 import pytest
 
-from resumedoctor.diagnose import FamilyResult, Report, diagnose
-from resumedoctor.findings import Finding, Severity
+from resumedoctor.engine.findings import Finding, Severity
+from resumedoctor.engine.runner import FamilyResult, Report, diagnose
+from resumedoctor.engine.settings import Settings
 from resumedoctor.report import render
-from resumedoctor.settings import Settings
 
 # The part of SARIF 2.1.0 that GitHub code scanning requires of an upload (its documented
 # required properties), written out here because the OASIS schema cannot be fetched offline.

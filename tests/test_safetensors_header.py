@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from resumedoctor.safetensors_header import (
+from resumedoctor.io.safetensors_header import (
     SafetensorsError,
     count_non_finite,
     parse_safetensors_header,

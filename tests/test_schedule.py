@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from conftest import TRAINING_ARGS
 
-from resumedoctor.context import Options
-from resumedoctor.diagnose import diagnose
-from resumedoctor.fixing import fix
-from resumedoctor.settings import Settings
+from resumedoctor.engine.context import Options
+from resumedoctor.engine.runner import diagnose
+from resumedoctor.engine.settings import Settings
+from resumedoctor.fix.planner import fix
 
 RECIPE = ("# recipe of a 4-step demo run\noutput_dir: {output_dir}\n"
           + TRAINING_ARGS.replace("learning_rate: 1.0e-3", "learning_rate: {learning_rate}")
@@ -29,7 +29,7 @@ RECIPE = ("# recipe of a 4-step demo run\noutput_dir: {output_dir}\n"
 
 def _resumed(run: Path, destination: Path, **overrides) -> Path:
     """A copy of `run` resumed from its checkpoint-2 by the real Trainer with other arguments."""
-    from resumedoctor.demo import train_demo_run
+    from demo_run import train_demo_run
 
     shutil.copytree(run, destination)
     for later in destination.glob("checkpoint-*"):
@@ -42,7 +42,7 @@ def _resumed(run: Path, destination: Path, **overrides) -> Path:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """4-step runs (linear, and constant_with_warmup past its 1-step warmup), each also resumed from step 2."""
-    from resumedoctor.demo import train_demo_run
+    from demo_run import train_demo_run
 
     root = tmp_path_factory.mktemp("schedule")
     linear = train_demo_run(root / "linear", max_steps=4, save_steps=2)
@@ -184,8 +184,12 @@ def test_a_schedule_the_helper_cannot_compute_is_said_so(runs, recipe):
 
 
 def test_helper_process_agrees_with_get_scheduler_and_has_a_time_limit(tmp_path, monkeypatch):
-    from resumedoctor.lr_schedule import Schedule, ScheduleError, compute
-    from resumedoctor.lr_schedule import learning_rates as rates
+    from resumedoctor.integrations.trl.lr_schedule import (
+        Schedule,
+        ScheduleError,
+        compute,
+    )
+    from resumedoctor.integrations.trl.lr_schedule import learning_rates as rates
 
     monkeypatch.setenv("RESUMEDOCTOR_CACHE_DIR", str(tmp_path / "cache"))
     schedules = [Schedule("cosine", 1e-3, 10, warmup_steps=0.2), Schedule("polynomial", 1e-3, 10, 2,
@@ -203,9 +207,9 @@ def test_helper_process_agrees_with_get_scheduler_and_has_a_time_limit(tmp_path,
 def test_the_diagnosing_process_does_not_import_torch(runs, recipe):
     script = (
         "import sys\n"
-        "from resumedoctor.context import Options\n"
-        "from resumedoctor.diagnose import diagnose\n"
-        "from resumedoctor.settings import Settings\n"
+        "from resumedoctor.engine.context import Options\n"
+        "from resumedoctor.engine.runner import diagnose\n"
+        "from resumedoctor.engine.settings import Settings\n"
         f"report = diagnose({str(runs['linear'] / 'checkpoint-2')!r}, settings=Settings(select=('CFG',)), "
         f"options=Options(recipe={str(recipe(runs['linear'], 8))!r}), environ={{}})\n"
         "print([f.code for f in report.findings], 'torch' in sys.modules)\n"

@@ -15,24 +15,29 @@ from pathlib import Path
 import pytest
 from conftest import codes, run_cli
 
-from resumedoctor.context import Options
-from resumedoctor.diagnose import diagnose
-from resumedoctor.fixing import fix, undo
-from resumedoctor.seal import SEAL_FILE, SEAL_TEMP_FILE, read_seal, verify
-from resumedoctor.settings import Settings
-from resumedoctor.wandb_log import read_run_log
+from resumedoctor.engine.context import Options
+from resumedoctor.engine.runner import diagnose
+from resumedoctor.engine.settings import Settings
+from resumedoctor.fix.planner import fix, undo
+from resumedoctor.integrations.seal.record import (
+    SEAL_FILE,
+    SEAL_TEMP_FILE,
+    read_seal,
+    verify,
+)
+from resumedoctor.integrations.wandb.log_reader import read_run_log
 
 KILLED_WHILE_SEALING = """
 import os, signal, sys
 from pathlib import Path
-from resumedoctor.demo import train_demo_run
-from resumedoctor.seal_callback import SealCallback
+from demo_run import train_demo_run
+from resumedoctor.integrations.seal.callback import SealCallback
 
 replace = os.replace
 
 def replace_then_die(source, destination):
     # The seal of step 4 is written to its temp file and fsynced; the process dies before the rename.
-    if Path(destination).name == "resumedoctor.seal.json" and Path(destination).parent.name == "checkpoint-4":
+    if Path(destination).name == "resumedoctor.integrations.seal.record.json" and Path(destination).parent.name == "checkpoint-4":
         os.kill(os.getpid(), signal.SIGKILL)
     replace(source, destination)
 
@@ -44,8 +49,8 @@ DIE_AFTER_SAVE = """
 import os, signal, sys
 from pathlib import Path
 from transformers import TrainerCallback
-from resumedoctor.demo import train_demo_run
-from resumedoctor.seal_callback import SealCallback
+from demo_run import train_demo_run
+from resumedoctor.integrations.seal.callback import SealCallback
 
 class DieAfterSave(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
@@ -59,8 +64,8 @@ TWO_PROCESSES = """
 import os, sys, time
 from pathlib import Path
 from transformers import Trainer
-import resumedoctor.seal_callback as seal_callback
-from resumedoctor.demo import train_demo_run
+import resumedoctor.integrations.seal.callback as seal_callback
+from demo_run import train_demo_run
 
 save_rng_state = Trainer._save_rng_state
 
@@ -92,9 +97,9 @@ train_demo_run(Path(sys.argv[1]), max_steps=4, save_steps=2, callbacks=[seal_cal
 def sealed_run(tmp_path_factory) -> dict:
     """A 6-step GRPO run with SealCallback, logging to W&B offline."""
     import wandb
+    from demo_run import train_demo_run
 
-    from resumedoctor.demo import train_demo_run
-    from resumedoctor.seal_callback import SealCallback
+    from resumedoctor.integrations.seal.callback import SealCallback
 
     root = tmp_path_factory.mktemp("sealed")
     wandb.teardown()  # another fixture in this worker may have set wandb up with its own WANDB_DIR
@@ -176,8 +181,9 @@ def killed_copy(killed_while_sealing, tmp_path) -> Path:
 
 
 def test_save_killed_while_sealing_is_a_warning_and_the_run_goes_on(killed_copy):
-    from resumedoctor.demo import train_demo_run
-    from resumedoctor.seal_callback import SealCallback
+    from demo_run import train_demo_run
+
+    from resumedoctor.integrations.seal.callback import SealCallback
 
     run, checkpoint = killed_copy, killed_copy / "checkpoint-4"
     assert (checkpoint / "trainer_state.json").is_file() and (checkpoint / SEAL_TEMP_FILE).is_file()
@@ -351,7 +357,7 @@ def test_a_safe_fix_of_a_sealed_file_keeps_the_seal_true(sealed_copy):
 
 def seal_with_size(folder, name: str) -> bytes:
     """The checkpoint's seal with one file's entry recomputed (as if the edit had been sealed)."""
-    from resumedoctor.seal import new_hasher, seal_bytes
+    from resumedoctor.integrations.seal.record import new_hasher, seal_bytes
 
     seal = read_seal(folder)
     hasher = new_hasher(seal["hash"])

@@ -7,10 +7,10 @@ import json
 import pytest
 from conftest import run_cli
 
-from resumedoctor.catalog import known_codes
-from resumedoctor.findings import Severity
-from resumedoctor.registry import load_registry
-from resumedoctor.settings import (
+from resumedoctor.engine.catalog import known_codes
+from resumedoctor.engine.findings import Severity
+from resumedoctor.engine.registry import load_registry
+from resumedoctor.engine.settings import (
     Settings,
     SettingsError,
     check_known,
@@ -121,7 +121,7 @@ def test_unknown_code_in_pyproject_is_exit_2(tmp_path, full_run):
 
 
 def test_settings_come_from_the_working_directory_never_from_the_diagnosed_folder(tmp_path, full_run, monkeypatch):
-    from resumedoctor.settings import user_settings
+    from resumedoctor.engine.settings import user_settings
 
     (tmp_path / "pyproject.toml").write_text('[tool.resumedoctor]\nignore = ["CKPT021"]\n')  # the user's project
     (full_run / "resumedoctor.toml").write_text('ignore = ["CKPT"]\n')  # shipped with the run

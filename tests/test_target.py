@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from resumedoctor.diagnose import diagnose
-from resumedoctor.findings import Severity
-from resumedoctor.target import resolve_target
+from resumedoctor.engine.findings import Severity
+from resumedoctor.engine.runner import diagnose
+from resumedoctor.engine.target import resolve_target
 
 
 @pytest.fixture(scope="session")
 def finished_run_source(tmp_path_factory) -> Path:
     """A 4-step run that ended as `trl grpo` ends: `save_model(output_dir)` beside checkpoint-2 and -4."""
-    from resumedoctor.demo import train_demo_run
+    from demo_run import train_demo_run
 
     return train_demo_run(tmp_path_factory.mktemp("finished") / "out", max_steps=4, save_steps=2,
                           save_final_model=True)
@@ -58,12 +58,12 @@ def test_every_command_agrees_on_a_finished_output_dir(finished_run):
     assert json.loads(dry.stdout)["output_dir"] == str(finished_run)
     sealed = run_cli("seal", finished_run)
     assert sealed.returncode == 0, sealed.stderr
-    assert sorted(p.parent.name for p in finished_run.glob("*/resumedoctor.seal.json")) == ["checkpoint-2", "checkpoint-4"]
+    assert sorted(p.parent.name for p in finished_run.glob("*/resumedoctor.integrations.seal.record.json")) == ["checkpoint-2", "checkpoint-4"]
     assert not (finished_run.parent / ".resumedoctor").exists()  # nothing written beside the output_dir
     assert (finished_run / ".resumedoctor").is_dir()
     undone = run_cli("undo", finished_run)
     assert undone.returncode == 0 and "undid fix" in undone.stdout
-    assert not list(finished_run.glob("*/resumedoctor.seal.json"))
+    assert not list(finished_run.glob("*/resumedoctor.integrations.seal.record.json"))
 
 
 def test_fresh_output_dir_has_nothing_to_resume(tmp_path):
@@ -125,7 +125,7 @@ def test_finished_run_says_so_and_an_unfinished_one_does_not(finished_run):
 
 def test_a_finished_run_resumed_as_it_is_runs_one_more_step(finished_run):
     """The oracle for the verdict's and CFG011's wording: transformers does not stop at once."""
-    from resumedoctor.demo import train_demo_run
+    from demo_run import train_demo_run
 
     (finished_run / "model.safetensors").unlink()
     train_demo_run(finished_run, max_steps=4, save_steps=2, resume_from_checkpoint=True)

@@ -6,7 +6,7 @@ import zipfile
 
 import pytest
 
-from resumedoctor.torch_archive import inspect_torch_archive
+from resumedoctor.io.torch_archive import inspect_torch_archive
 
 
 def test_real_optimizer_archive_is_whole(built_runs):
@@ -81,7 +81,7 @@ def test_the_pickle_member_is_the_one_torch_load_reads(tmp_path, layout):
 
     import torch
 
-    from resumedoctor.torch_archive import torch_pickle_member
+    from resumedoctor.io.torch_archive import torch_pickle_member
 
     torch.save({"which": "real"}, tmp_path / "real.pt")
     with zipfile.ZipFile(tmp_path / "real.pt") as real:

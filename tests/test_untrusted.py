@@ -28,12 +28,12 @@ from pathlib import Path
 
 import pytest
 from conftest import DEMO_RUN_ARGS
+from demo_run import hard_linked_checkpoints
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from resumedoctor import safe_pickle
-from resumedoctor.demo import hard_linked_checkpoints
-from resumedoctor.torch_archive import inspect_torch_archive, torch_pickle_member
+from resumedoctor.io import safe_pickle
+from resumedoctor.io.torch_archive import inspect_torch_archive, torch_pickle_member
 
 MEMORY_LIMIT = 3 << 30  # address space for a child resumedoctor: plenty for a real run, far below a bomb
 
@@ -261,7 +261,7 @@ def _damage(run: Path) -> None:
 def test_busy_lock_names_its_holder(built_runs, tmp_path):
     run, _ = _world(built_runs, tmp_path)
     _damage(run)
-    from resumedoctor.writer_lock import writer_lock
+    from resumedoctor.fix.writer_lock import writer_lock
 
     with writer_lock(run):
         for command in (["fix", str(run), "--auto"], ["undo", str(run)], ["seal", str(run)]):
@@ -357,7 +357,7 @@ def test_fresh_tmp_checkpoint_being_written_is_left_alone(built_runs, tmp_path):
 def test_no_op_write_never_wedges_fix_or_undo(built_runs, tmp_path):
     """The wedge of the issue: a journaled write whose new bytes equal the old ones had no backup state
     ('already changed'), so the transaction could neither complete nor roll back, for good."""
-    from resumedoctor.journal import Transaction, WriteFile, new_id
+    from resumedoctor.fix.journal import Transaction, WriteFile, new_id
 
     run, _ = _world(built_runs, tmp_path)
     before = tree_digest(run)
@@ -433,7 +433,7 @@ def loader_world(tmp_path_factory) -> Path:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=_journals)
 def test_journal_loader_on_random_json(loader_world, data):
-    from resumedoctor.journal import Transaction, UntrustedJournalError
+    from resumedoctor.fix.journal import Transaction, UntrustedJournalError
 
     folder = loader_world / ".resumedoctor" / "transactions" / TX_ID
     (folder / "journal.json").write_text(json.dumps(data))
@@ -453,7 +453,7 @@ def test_journal_loader_on_random_json(loader_world, data):
 def test_launch_fix_says_who_holds_the_lock(built_runs, tmp_path):
     from conftest import GRPO_RECIPE
 
-    from resumedoctor.writer_lock import writer_lock
+    from resumedoctor.fix.writer_lock import writer_lock
 
     run, _ = _world(built_runs, tmp_path)
     _damage(run)
@@ -511,11 +511,10 @@ def resolve(names) -> list:
 @pytest.fixture(scope="module")
 def trl_runs(tmp_path_factory) -> dict[str, Path]:
     """Real SFT and DPO runs (2 steps each, checkpoint-2), beside the GRPO runs of built_runs, and a scaler.pt."""
+    import demo_run as demo
     import torch
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
-
-    from resumedoctor import demo
 
     root = tmp_path_factory.mktemp("trl-runs")
     tokenizer = demo.build_tokenizer()
@@ -757,7 +756,7 @@ MARKERS = ("pwned", "pwned2", "pwned3")
 
 def _write_wandb_log(path: Path, records: list[bytes]) -> None:
     """A `.wandb` log framed as wandb writes it (32 KiB blocks, CRC-32 chunks) around the given records."""
-    from resumedoctor.wandb_log import (
+    from resumedoctor.integrations.wandb.log_reader import (
         _TYPE_CRC,
         BLOCK_LEN,
         CHUNK,
@@ -789,7 +788,10 @@ def _crafted_world(wandb_world, tmp_path: Path, **run_fields: str) -> tuple[Path
     """A copy of the real offline W&B run and its output_dir, its run record's fields replaced."""
     from wandb.proto import wandb_internal_pb2
 
-    from resumedoctor.wandb_log import RecordStream, iter_record_bytes
+    from resumedoctor.integrations.wandb.log_reader import (
+        RecordStream,
+        iter_record_bytes,
+    )
 
     output_dir, wandb_dir = tmp_path / wandb_world["output_dir"].name, tmp_path / "wandb"
     shutil.copytree(wandb_world["output_dir"], output_dir)
@@ -906,8 +908,8 @@ def test_identity_rules_agree_with_wandb_settings(value):
     only where a value holds an unprintable character (stated in wandb_runs)."""
     from wandb.sdk.wandb_settings import Settings as WandbSettings
 
-    from resumedoctor.printable import unprintable
-    from resumedoctor.wandb_runs import name_problem, run_id_problem
+    from resumedoctor.integrations.wandb.runs import name_problem, run_id_problem
+    from resumedoctor.io.printable import unprintable
 
     for field, ours in (("run_id", run_id_problem), ("project", name_problem)):
         try:
@@ -924,9 +926,9 @@ def test_identity_rules_agree_with_wandb_settings(value):
 
 
 def test_many_checkpoints_are_listed_once_and_each_seal_is_read_once(full_run, tmp_path, monkeypatch):
-    from resumedoctor.diagnose import load_registry, new_context, run_checks
-    from resumedoctor.settings import Settings
-    from resumedoctor.target import resolve_target
+    from resumedoctor.engine.runner import load_registry, new_context, run_checks
+    from resumedoctor.engine.settings import Settings
+    from resumedoctor.engine.target import resolve_target
 
     count, sealed = 300, 150
     output_dir = tmp_path / "many"
@@ -965,7 +967,7 @@ def test_text_report_and_errors_show_crafted_names_escaped(full_run, tmp_path):
     assert_one_clear_answer(fixed)
     assert "\x1b" not in fixed.stdout + fixed.stderr
 # --- readers ---
-# Every file inside an output_dir is read through resumedoctor.bounded_read: FIFOs, devices and sockets are
+# Every file inside an output_dir is read through resumedoctor.io.bounded_read: FIFOs, devices and sockets are
 # findings (CKPT027), sizes and nesting are bounded, YAML aliases have a budget, damaged values are findings,
 # and settings shipped inside the folder are reported (ENV008), never applied.
 
@@ -1041,7 +1043,7 @@ def test_a_socket_in_a_sealed_checkpoint_is_a_finding_under_deep(full_run, tmp_p
         findings = _findings(run_cli("diagnose", str(full_run), "--deep", "--format", "json", cwd=tmp_path, timeout=QUICK))
     finally:
         server.close()
-    about = {f["code"] for f in findings if f["path"] in (str(target), str(full_run / "checkpoint-6" / "resumedoctor.seal.json"))}
+    about = {f["code"] for f in findings if f["path"] in (str(target), str(full_run / "checkpoint-6" / "resumedoctor.integrations.seal.record.json"))}
     assert "CKPT027" in about and "CKPT029" in about  # the socket, and the seal that named a real file there
 
 
@@ -1051,7 +1053,7 @@ def test_linked_folders_are_not_walked_out_of_the_checkpoint(full_run, tmp_path)
     (checkpoint / "outside").symlink_to(tmp_path)  # a way out
     (tmp_path / "secret.txt").write_text("not the checkpoint's")
     assert run_cli("seal", str(full_run), cwd=tmp_path, timeout=QUICK).returncode == 0
-    sealed = json.loads((checkpoint / "resumedoctor.seal.json").read_text())["files"]
+    sealed = json.loads((checkpoint / "resumedoctor.integrations.seal.record.json").read_text())["files"]
     assert not any(name.startswith(("up/", "outside/")) for name in sealed), sorted(sealed)
     assert "model.safetensors" in sealed
     assert_one_clear_answer(run_cli("diagnose", str(full_run), "--deep", cwd=tmp_path, timeout=QUICK))
@@ -1059,7 +1061,7 @@ def test_linked_folders_are_not_walked_out_of_the_checkpoint(full_run, tmp_path)
 
 def test_a_seal_naming_files_outside_the_checkpoint_is_not_followed(full_run, tmp_path):
     assert run_cli("seal", str(full_run), cwd=tmp_path).returncode == 0
-    seal_path = full_run / "checkpoint-6" / "resumedoctor.seal.json"
+    seal_path = full_run / "checkpoint-6" / "resumedoctor.integrations.seal.record.json"
     seal = json.loads(seal_path.read_text())
     (tmp_path / "outside.txt").write_text("x")
     for escape in ("../../outside.txt", str(tmp_path / "outside.txt")):
@@ -1116,9 +1118,9 @@ DAMAGED = {  # the issue's "damaged values crash" cases: each is a finding on ch
         (c / "trainer_state.json").read_text().replace('"global_step": 6', '"global_step": NaN')), "CKPT013", "error"),
     "a dtype that is a list": (lambda c: _safetensors_with_first_dtype(c / "model.safetensors", ["F32"]),
                                "CKPT004", "error"),
-    "seal entries that are not objects": (lambda c: _edit_json(c / "resumedoctor.seal.json",
+    "seal entries that are not objects": (lambda c: _edit_json(c / "resumedoctor.integrations.seal.record.json",
                                                                files={"model.safetensors": 5}), "CKPT031", "warning"),
-    "a seal nested 100k deep": (lambda c: (c / "resumedoctor.seal.json").write_text("[" * 100_000 + "]" * 100_000),
+    "a seal nested 100k deep": (lambda c: (c / "resumedoctor.integrations.seal.record.json").write_text("[" * 100_000 + "]" * 100_000),
                                 "CKPT031", "warning"),
 }
 
@@ -1164,13 +1166,13 @@ def test_fuzzing_every_top_level_value_never_crashes(full_run, tmp_path):
     """In-process (hundreds of runs): `--debug` lets any crash out as an exception, which the assertion names."""
     from click.testing import CliRunner
 
-    from resumedoctor.cli import cli
+    from resumedoctor.cli.app import cli
 
     runner = CliRunner()
     assert runner.invoke(cli, ["seal", str(full_run)]).exit_code == 0
     recipe = _recipe(tmp_path, full_run)
     crashes = []
-    for name in ("trainer_state.json", "config.json", "resumedoctor.seal.json"):
+    for name in ("trainer_state.json", "config.json", "resumedoctor.integrations.seal.record.json"):
         path = full_run / "checkpoint-6" / name
         original = path.read_bytes()
         data = json.loads(original)

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from conftest import OTHER_RUN, PROJECT, run_cli
 
-from resumedoctor.context import Options
-from resumedoctor.diagnose import diagnose
-from resumedoctor.fixing import fix, undo
-from resumedoctor.settings import Settings
-from resumedoctor.shell_env import shell_environment
-from resumedoctor.wandb_log import read_run_log
+from resumedoctor.engine.context import Options
+from resumedoctor.engine.runner import diagnose
+from resumedoctor.engine.settings import Settings
+from resumedoctor.fix.planner import fix, undo
+from resumedoctor.integrations.wandb.log_reader import read_run_log
+from resumedoctor.integrations.wandb.shell_env import shell_environment
 
 
 def leet_records(log: Path) -> list[dict]:
@@ -144,7 +144,7 @@ def test_wandb_not_installed_skips_the_family(wandb_world):
     script = (
         "import sys\n"
         "sys.modules['wandb'] = None  # what an environment without wandb looks like to find_spec\n"
-        "from resumedoctor.cli import main; main(sys.argv[1:])\n"
+        "from resumedoctor.cli.app import main; main(sys.argv[1:])\n"
     )
     result = subprocess.run([sys.executable, "-c", script, "diagnose", str(wandb_world["output_dir"]),
                              "--wandb-dir", str(wandb_world["wandb_dir"])], capture_output=True, text=True)

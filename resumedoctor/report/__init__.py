@@ -6,7 +6,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from resumedoctor.diagnose import Report
+    from resumedoctor.engine.runner import Report
 
 FORMATS = ("text", "json", "sarif", "junit", "github")
 

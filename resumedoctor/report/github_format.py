@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from resumedoctor.printable import printable
+from resumedoctor.io.printable import printable
 from resumedoctor.report.paths import relative_to_cwd
 from resumedoctor.report.verdict import NOTHING_CHECKED, caveat, judge
 
 if TYPE_CHECKING:
-    from resumedoctor.diagnose import Report
+    from resumedoctor.engine.runner import Report
 
 LEVELS = {"error": "error", "warning": "warning", "info": "notice"}
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from resumedoctor.report.verdict import judge
 
 if TYPE_CHECKING:
-    from resumedoctor.diagnose import Report
+    from resumedoctor.engine.runner import Report
 
 
 def render(report: Report) -> str:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from resumedoctor.report.verdict import caveat, judge
 
 if TYPE_CHECKING:
-    from resumedoctor.diagnose import Report
+    from resumedoctor.engine.runner import Report
 
 
 def _describe(finding) -> str:

@@ -14,7 +14,7 @@ from resumedoctor.report.paths import relative_to_cwd
 from resumedoctor.report.verdict import NOTHING_CHECKED, caveat, judge
 
 if TYPE_CHECKING:
-    from resumedoctor.diagnose import Report
+    from resumedoctor.engine.runner import Report
 
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 LEVELS = {"error": "error", "warning": "warning", "info": "note"}

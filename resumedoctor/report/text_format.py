@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from resumedoctor.printable import printable
+from resumedoctor.io.printable import printable
 from resumedoctor.report.verdict import (
     DO_NOT_RESUME,
     NOTHING_CHECKED,
@@ -27,7 +27,7 @@ from resumedoctor.report.verdict import (
 )
 
 if TYPE_CHECKING:
-    from resumedoctor.diagnose import FamilyResult, Report
+    from resumedoctor.engine.runner import FamilyResult, Report
 
 STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 MARK = {"error": ("✖", "bold red"), "warning": ("!", "yellow"), "info": ("✔", "green"), "ok": ("✔", "green"), "skipped": ("○", "dim")}

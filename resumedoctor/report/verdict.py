@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from resumedoctor.diagnose import FamilyResult, Report
+    from resumedoctor.engine.runner import FamilyResult, Report
 
 # Families whose checks judge whether the checkpoint the resume loads is usable.
 TARGET_PREFIXES = frozenset({"CKPT"})

@@ -1,0 +1,214 @@
+"""Plugin registry: check families and fixers, all loaded through entry points.
+
+Built-in families register in our own pyproject.toml under the same groups a third-party package
+uses (`resumedoctor.checks`, `resumedoctor.fixers`), so there is one loading path and the tests
+exercise it on every run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from resumedoctor.engine.findings import Finding, FixSafety, Rule
+
+if TYPE_CHECKING:
+    from resumedoctor.engine.context import RunContext
+
+CHECKS_GROUP = "resumedoctor.checks"
+FIXERS_GROUP = "resumedoctor.fixers"
+
+
+class PluginError(Exception):
+    """A plugin could not be loaded or contradicts another; the doctor refuses to run half-blind."""
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
+class CheckFamily:
+    """One family of checks: a code prefix, its rules, and the function that runs them."""
+
+    name: str
+    prefix: str
+    title: str
+    rules: tuple[Rule, ...]
+    run: Callable[[RunContext], Iterable[Finding]]
+    # Importable modules the family needs; when one is missing the family is skipped with a reason.
+    requires: tuple[str, ...] = ()
+    # Why the family has nothing to check for this target (no recipe, no W&B run...), or None.
+    not_applicable: Callable[[RunContext], str | None] | None = None
+    # Verdicts other families need, offered through the run context (see RunContext.SERVICES): families
+    # never import each other.
+    services: dict[str, Callable[..., Any]] = field(default_factory=dict)
+
+    def missing_requirements(self) -> list[str]:
+        return [name for name in self.requires if not _importable(name)]
+
+
+@dataclass(frozen=True)
+class Fixer:
+    """One fix: the codes it repairs, whether it is safe, and how it plans its changes."""
+
+    name: str
+    family: str
+    codes: tuple[str, ...]
+    safety: FixSafety
+    description: str
+    # Called by the fix engine with the run context and one finding; returns the planned changes.
+    plan: Callable[..., Any] | None = None
+
+
+@dataclass
+class Registry:
+    families: list[CheckFamily] = field(default_factory=list)
+    _fixers: list[Fixer] = field(default_factory=list)
+    # Fixer modules load on first use: a diagnosis without findings never needs them.
+    _fixer_loader: Callable[[Registry], None] | None = None
+
+    @property
+    def fixers(self) -> list[Fixer]:
+        if self._fixer_loader is not None:
+            loader, self._fixer_loader = self._fixer_loader, None
+            loader(self)
+        return self._fixers
+
+    def rules(self) -> list[tuple[CheckFamily, Rule]]:
+        return [(family, rule) for family in self.families for rule in family.rules]
+
+    def rule(self, code: str) -> tuple[CheckFamily, Rule] | None:
+        code = code.upper()
+        for family, rule in self.rules():
+            if rule.code == code:
+                return family, rule
+        return None
+
+    def fixers_for(self, code: str) -> list[Fixer]:
+        return [fixer for fixer in self.fixers if code in fixer.codes]
+
+    def add_family(self, family: CheckFamily, source: str) -> None:
+        if not isinstance(family, CheckFamily):
+            raise PluginError(f"{source}: entry point is not a CheckFamily")
+        known = {rule.code for _, rule in self.rules()}
+        for rule in family.rules:
+            if not rule.code.startswith(family.prefix):
+                raise PluginError(f"{source}: rule {rule.code} does not start with {family.prefix}")
+            if rule.code in known:
+                raise PluginError(f"{source}: rule code {rule.code} is already registered")
+        if any(existing.name == family.name for existing in self.families):
+            raise PluginError(f"{source}: check family {family.name!r} is already registered")
+        self.families.append(family)
+
+    def add_fixers(self, fixers: Iterable[Fixer], source: str) -> None:
+        for fixer in fixers:
+            if not isinstance(fixer, Fixer):
+                raise PluginError(f"{source}: {fixer!r} is not a Fixer")
+            self._fixers.append(fixer)
+
+
+@dataclass(frozen=True)
+class PluginEntry:
+    """An entry point as importlib.metadata describes it: `name = module:attribute`."""
+
+    name: str
+    value: str
+
+    def load(self) -> Any:
+        import importlib
+
+        module, _, attribute = self.value.partition(":")
+        loaded = importlib.import_module(module.strip())
+        for part in attribute.strip().split(".") if attribute else []:
+            loaded = getattr(loaded, part)
+        return loaded
+
+
+def _scan_entry_points() -> dict[str, list[tuple[str, str]]]:
+    from importlib.metadata import entry_points
+
+    everything = entry_points()
+    return {group: sorted({(ep.name, ep.value) for ep in everything.select(group=group)})
+            for group in (CHECKS_GROUP, FIXERS_GROUP)}
+
+
+def _entry_point_table() -> dict[str, list[tuple[str, str]]]:
+    """Our two groups, from a cache keyed by every sys.path entry and its modification time.
+
+    Scanning every installed distribution is most of a diagnosis's start-up. Installing or removing a
+    package adds or removes a *.dist-info folder, which changes its folder's mtime: a new key.
+    """
+    import json
+    import os
+    import sys
+    import zlib
+
+    from resumedoctor.io.cache import cache_dir, write_atomically
+
+    stamps = []
+    for entry in sys.path:
+        try:
+            stamps.append([entry, os.stat(entry or ".").st_mtime_ns])
+        except OSError:
+            stamps.append([entry, None])
+    # The file name is a checksum; the stamps inside are compared exactly.
+    path = cache_dir() / f"entry-points-{zlib.crc32(json.dumps(stamps).encode()):08x}.json"
+    try:
+        cached = json.loads(path.read_text())
+        if cached["stamps"] == stamps:
+            return {group: [tuple(pair) for pair in pairs] for group, pairs in cached["groups"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    table = _scan_entry_points()
+    write_atomically(path, json.dumps({"stamps": stamps, "groups": table}))
+    return table
+
+
+def _entry_points(group: str) -> list[PluginEntry]:
+    if not _ENTRY_POINTS:
+        _ENTRY_POINTS.append(_entry_point_table())
+    # Installed twice (e.g. an editable and a regular copy) shows the same entry point once.
+    return [PluginEntry(name, value) for name, value in sorted(set(_ENTRY_POINTS[0].get(group, [])))]
+
+
+_ENTRY_POINTS: list[Any] = []
+
+
+def _load(entry_point: Any) -> Any:
+    try:
+        return entry_point.load()
+    except Exception as exc:  # a broken plugin is a clear error, never a traceback
+        raise PluginError(
+            f"plugin {entry_point.name!r} ({entry_point.value}) failed to load: {exc}"
+        ) from exc
+
+
+def _load_fixers(registry: Registry) -> None:
+    for entry_point in _entry_points(FIXERS_GROUP):
+        loaded = _load(entry_point)
+        fixers = [loaded] if isinstance(loaded, Fixer) else list(loaded)
+        registry.add_fixers(fixers, f"plugin {entry_point.name!r}")
+    known_codes = {rule.code for _, rule in registry.rules()}
+    for fixer in registry._fixers:
+        unknown = [code for code in fixer.codes if code not in known_codes]
+        if unknown:
+            raise PluginError(f"fixer {fixer.name!r} fixes unknown codes: {', '.join(unknown)}")
+
+
+def load_registry(*, fixers_now: bool = False) -> Registry:
+    """Every check family installed, built-ins included; fixers load on first use (or now)."""
+    _ENTRY_POINTS.clear()  # a fresh scan per registry: tests install plugins between calls
+    registry = Registry()
+    for entry_point in _entry_points(CHECKS_GROUP):
+        registry.add_family(_load(entry_point), f"plugin {entry_point.name!r}")
+    registry.families.sort(key=lambda family: family.prefix)
+    registry._fixer_loader = _load_fixers
+    if fixers_now:
+        registry.fixers  # noqa: B018 - loads them, so a broken fixer plugin fails here
+    return registry

@@ -1,0 +1,41 @@
+"""Edits of the recipe that fixers plan: one key at a time, comments and order kept.
+
+Values are compared as TrlParser reads them (`Recipe.file_value`), edits are made on the round-trip
+document: `use_vllm: no` already is `False`, and a write keeps every comment and the key order.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from resumedoctor.engine.context import RunContext
+from resumedoctor.fix.journal import Operation, WriteFile
+from resumedoctor.integrations.trl.recipe import RecipeError, dump_yaml
+
+
+def set_key(data, key: str, value: Any, *, comment: str | None = None) -> None:
+    """Set a key of a round-trip mapping in place (or at the end); a user's own comment on it stays."""
+    has_comment = key in data and data.ca.items.get(key)
+    data[key] = value
+    if comment and not has_comment:
+        data.yaml_add_eol_comment(comment, key)
+
+
+def recipe_change(ctx: RunContext, key: str, value: Any, reason: str, *, comment: str | None = None) -> list[Operation]:
+    """The write that sets `key: value` in the run's recipe, or nothing when it is already so."""
+    try:
+        recipe = ctx.recipe()
+    except RecipeError:
+        return []
+    if key in recipe.values and _same(recipe.file_value(key), value):
+        return []
+    data = copy.deepcopy(recipe.data)
+    set_key(data, key, value, comment=comment)
+    return [WriteFile(recipe.path, dump_yaml(data), reason, key=key)]
+
+
+def _same(current: Any, wanted: Any) -> bool:
+    if isinstance(current, bool) != isinstance(wanted, bool):
+        return False  # 1 == True in Python, not in a recipe
+    return current == wanted
