@@ -99,7 +99,7 @@ def recorded_versions(ctx: RunContext, checkpoint: Path) -> dict[str, str]:
     try:
         from resumedoctor.integrations.seal.record import read_seal
 
-        versions.update((read_seal(checkpoint).get("versions") or {}) if (checkpoint / "resumedoctor.integrations.seal.record.json").is_file() else {})
+        versions.update((read_seal(checkpoint).get("versions") or {}) if (checkpoint / "resumedoctor.seal.json").is_file() else {})
     except ValueError:
         pass
     try:

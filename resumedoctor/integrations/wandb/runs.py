@@ -370,7 +370,7 @@ def decision_problem(decision: WandbDecision) -> str | None:
 def sealed_wandb_position(checkpoint: Path) -> dict | None:
     from resumedoctor.integrations.seal.record import read_seal
 
-    if not (checkpoint / "resumedoctor.integrations.seal.record.json").is_file():
+    if not (checkpoint / "resumedoctor.seal.json").is_file():
         return None
     try:
         return read_seal(checkpoint).get("wandb")
