@@ -28,11 +28,26 @@ TODO_MERGE = re.compile(r"<!--\s*TODO\(merge\).*?-->", re.S)
 SKIPPED_FOLDERS = {".git", ".venv", "venv", "build", "dist", "__pycache__", ".pytest_cache", ".ruff_cache", "node_modules"}
 
 
+def builtin_families() -> set[str]:
+    """The families this repository registers (pyproject.toml's entry points are named after them)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+
+    with open(ROOT / "pyproject.toml", "rb") as handle:
+        return set(tomllib.load(handle)["project"]["entry-points"]["resumedoctor.checks"])
+
+
 def catalog() -> list[dict]:
-    """What `resumedoctor checks --format json` prints, from the installed registry."""
+    """What `resumedoctor checks --format json` prints, built-in families only (a plugin installed
+    beside them, such as examples/plugin in its test, is not this repository's)."""
     done = subprocess.run([sys.executable, "-m", "resumedoctor", "checks", "--format", "json"],
                           capture_output=True, text=True, check=True, timeout=120)
-    return json.loads(done.stdout)
+    builtin = builtin_families()
+    entries = [entry for entry in json.loads(done.stdout) if entry["check"] in builtin]
+    assert {entry["check"] for entry in entries} == builtin, "a built-in family is not registered"
+    return entries
 
 
 def _cell(text: str) -> str:
