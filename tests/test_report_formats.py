@@ -112,7 +112,7 @@ def test_json_matches_the_design_contract(damaged_report):
     document = json.loads(render(damaged_report, "json"))
     assert document["version"] == 1
     assert document["target"] == "full"
-    # The DESIGN.md object, extended (never changed) by resume_from, run, verdict and checks.
+    # docs/architecture.md's "JSON report", extended (never changed) by resume_from, run, verdict and checks.
     assert set(document) == {"version", "target", "findings", "summary", "resume_from", "run", "verdict", "checks"}
     assert document["verdict"] == "do_not_resume"
     assert [(c["prefix"], c["status"]) for c in document["checks"]] == [

@@ -1,7 +1,7 @@
 """The `resumedoctor` command: parse, call one core function, render.
 
-Exit codes (DESIGN.md): 0 no error-severity finding, 1 at least one, 2 usage error, unreadable
-target or internal error, always as one line on stderr (a traceback only with --debug).
+Exit codes (docs/architecture.md, "Exit codes"): 0 no error-severity finding, 1 at least one, 2 usage
+error, unreadable target or internal error, always as one line on stderr (a traceback only with --debug).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`--format json`: the object DESIGN.md fixes (plus `resume_from`, `verdict` and `checks`).
+"""`--format json`: the object docs/architecture.md fixes (plus `resume_from`, `verdict` and `checks`).
 
 `verdict` is the text report's verdict as a word (report/verdict.py); `checks` says which families ran
 and why the others were skipped, so a script can tell "no findings" from "nothing checked".

@@ -1,7 +1,7 @@
 """A stage-based curriculum as a TrainerCallback whose state cannot drift from the weights.
 
-The state follows DESIGN.md's contract: `{"global_step", "stage", "history": [{"step", "stage",
-"metric"}], ...}`. It is written three ways:
+The state follows the contract of docs/architecture.md, "Curriculum state contract": `{"global_step",
+"stage", "history": [{"step", "stage", "metric"}], ...}`. It is written three ways:
   - `checkpoint-N/curriculum_state.json`, from `state()`, which the Trainer calls while saving the
     checkpoint and before it writes trainer_state.json (its last file): a checkpoint whose save
     completed always has its snapshot;

@@ -1,5 +1,6 @@
-"""The curriculum state contract (DESIGN.md) and its promotion rule, without transformers.
+"""The curriculum state contract and its promotion rule, without transformers.
 
+The contract is docs/architecture.md, "Curriculum state contract":
 `{"global_step": int, "stage": int, "history": [{"step": int, "stage": int, "metric": float}], ...}`
 in `<output_dir>/curriculum_state.json` (live) and `checkpoint-N/curriculum_state.json` (snapshot).
 """
