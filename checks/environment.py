@@ -97,9 +97,9 @@ def recorded_versions(ctx: RunContext, checkpoint: Path) -> dict[str, str]:
     """Library versions the run recorded: config.json's transformers_version, the model card's list."""
     versions = {}
     try:
-        from resumedoctor.integrations.seal.record import read_seal
+        from resumedoctor.integrations.seal.record import SEAL_FILE, read_seal
 
-        versions.update((read_seal(checkpoint).get("versions") or {}) if (checkpoint / "resumedoctor.integrations.seal.record.json").is_file() else {})
+        versions.update((read_seal(checkpoint).get("versions") or {}) if (checkpoint / SEAL_FILE).is_file() else {})
     except ValueError:
         pass
     try:

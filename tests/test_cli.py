@@ -162,7 +162,7 @@ def test_unknown_code_in_a_settings_file_is_exit_2_for_every_command(full_run, t
     for args in (["diagnose", full_run], ["fix", full_run], ["seal", full_run]):
         result = run_cli(*args, cwd=tmp_path)
         one_line_usage_error(result, "resumedoctor.toml: ignore: unknown code or prefix 'FOO1'")
-    assert not list(full_run.glob("checkpoint-*/resumedoctor.integrations.seal.record.json")) and not (full_run / ".resumedoctor").exists()
+    assert not list(full_run.glob("checkpoint-*/resumedoctor.seal.json")) and not (full_run / ".resumedoctor").exists()
 
 
 def test_debug_after_double_dash_is_trls_not_ours(full_run):

@@ -37,7 +37,7 @@ replace = os.replace
 
 def replace_then_die(source, destination):
     # The seal of step 4 is written to its temp file and fsynced; the process dies before the rename.
-    if Path(destination).name == "resumedoctor.integrations.seal.record.json" and Path(destination).parent.name == "checkpoint-4":
+    if Path(destination).name == "resumedoctor.seal.json" and Path(destination).parent.name == "checkpoint-4":
         os.kill(os.getpid(), signal.SIGKILL)
     replace(source, destination)
 

@@ -58,12 +58,12 @@ def test_every_command_agrees_on_a_finished_output_dir(finished_run):
     assert json.loads(dry.stdout)["output_dir"] == str(finished_run)
     sealed = run_cli("seal", finished_run)
     assert sealed.returncode == 0, sealed.stderr
-    assert sorted(p.parent.name for p in finished_run.glob("*/resumedoctor.integrations.seal.record.json")) == ["checkpoint-2", "checkpoint-4"]
+    assert sorted(p.parent.name for p in finished_run.glob("*/resumedoctor.seal.json")) == ["checkpoint-2", "checkpoint-4"]
     assert not (finished_run.parent / ".resumedoctor").exists()  # nothing written beside the output_dir
     assert (finished_run / ".resumedoctor").is_dir()
     undone = run_cli("undo", finished_run)
     assert undone.returncode == 0 and "undid fix" in undone.stdout
-    assert not list(finished_run.glob("*/resumedoctor.integrations.seal.record.json"))
+    assert not list(finished_run.glob("*/resumedoctor.seal.json"))
 
 
 def test_fresh_output_dir_has_nothing_to_resume(tmp_path):

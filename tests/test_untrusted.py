@@ -1043,7 +1043,7 @@ def test_a_socket_in_a_sealed_checkpoint_is_a_finding_under_deep(full_run, tmp_p
         findings = _findings(run_cli("diagnose", str(full_run), "--deep", "--format", "json", cwd=tmp_path, timeout=QUICK))
     finally:
         server.close()
-    about = {f["code"] for f in findings if f["path"] in (str(target), str(full_run / "checkpoint-6" / "resumedoctor.integrations.seal.record.json"))}
+    about = {f["code"] for f in findings if f["path"] in (str(target), str(full_run / "checkpoint-6" / "resumedoctor.seal.json"))}
     assert "CKPT027" in about and "CKPT029" in about  # the socket, and the seal that named a real file there
 
 
@@ -1053,7 +1053,7 @@ def test_linked_folders_are_not_walked_out_of_the_checkpoint(full_run, tmp_path)
     (checkpoint / "outside").symlink_to(tmp_path)  # a way out
     (tmp_path / "secret.txt").write_text("not the checkpoint's")
     assert run_cli("seal", str(full_run), cwd=tmp_path, timeout=QUICK).returncode == 0
-    sealed = json.loads((checkpoint / "resumedoctor.integrations.seal.record.json").read_text())["files"]
+    sealed = json.loads((checkpoint / "resumedoctor.seal.json").read_text())["files"]
     assert not any(name.startswith(("up/", "outside/")) for name in sealed), sorted(sealed)
     assert "model.safetensors" in sealed
     assert_one_clear_answer(run_cli("diagnose", str(full_run), "--deep", cwd=tmp_path, timeout=QUICK))
@@ -1061,7 +1061,7 @@ def test_linked_folders_are_not_walked_out_of_the_checkpoint(full_run, tmp_path)
 
 def test_a_seal_naming_files_outside_the_checkpoint_is_not_followed(full_run, tmp_path):
     assert run_cli("seal", str(full_run), cwd=tmp_path).returncode == 0
-    seal_path = full_run / "checkpoint-6" / "resumedoctor.integrations.seal.record.json"
+    seal_path = full_run / "checkpoint-6" / "resumedoctor.seal.json"
     seal = json.loads(seal_path.read_text())
     (tmp_path / "outside.txt").write_text("x")
     for escape in ("../../outside.txt", str(tmp_path / "outside.txt")):
@@ -1118,9 +1118,9 @@ DAMAGED = {  # the issue's "damaged values crash" cases: each is a finding on ch
         (c / "trainer_state.json").read_text().replace('"global_step": 6', '"global_step": NaN')), "CKPT013", "error"),
     "a dtype that is a list": (lambda c: _safetensors_with_first_dtype(c / "model.safetensors", ["F32"]),
                                "CKPT004", "error"),
-    "seal entries that are not objects": (lambda c: _edit_json(c / "resumedoctor.integrations.seal.record.json",
+    "seal entries that are not objects": (lambda c: _edit_json(c / "resumedoctor.seal.json",
                                                                files={"model.safetensors": 5}), "CKPT031", "warning"),
-    "a seal nested 100k deep": (lambda c: (c / "resumedoctor.integrations.seal.record.json").write_text("[" * 100_000 + "]" * 100_000),
+    "a seal nested 100k deep": (lambda c: (c / "resumedoctor.seal.json").write_text("[" * 100_000 + "]" * 100_000),
                                 "CKPT031", "warning"),
 }
 
@@ -1172,7 +1172,7 @@ def test_fuzzing_every_top_level_value_never_crashes(full_run, tmp_path):
     assert runner.invoke(cli, ["seal", str(full_run)]).exit_code == 0
     recipe = _recipe(tmp_path, full_run)
     crashes = []
-    for name in ("trainer_state.json", "config.json", "resumedoctor.integrations.seal.record.json"):
+    for name in ("trainer_state.json", "config.json", "resumedoctor.seal.json"):
         path = full_run / "checkpoint-6" / name
         original = path.read_bytes()
         data = json.loads(original)

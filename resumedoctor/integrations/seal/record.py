@@ -1,4 +1,4 @@
-"""Sealed checkpoints: `checkpoint-N/resumedoctor.integrations.seal.record.json`, written as the last act of every save.
+"""Sealed checkpoints: `checkpoint-N/resumedoctor.seal.json`, written as the last act of every save.
 
 The seal lists every file of the checkpoint with its size and a fast content hash (xxh3-128 from
 the `xxhash` wheel, which ran at ~10 GiB/s here, against ~4.7 for BLAKE3 and ~1.6 for sha256;
@@ -24,7 +24,7 @@ from typing import Any
 from resumedoctor.errors import ReasonError
 from resumedoctor.io.bounded_read import JSON_CONFIG_LIMIT, is_regular_file, iter_blocks
 
-SEAL_FILE = "resumedoctor.integrations.seal.record.json"
+SEAL_FILE = "resumedoctor.seal.json"
 # The temp file journal.atomic_write renames over the seal (journal.TMP_SUFFIX, not imported: the
 # journal's imports would slow every start-up): left behind when the process died while sealing.
 TMP_SUFFIX = ".resumedoctor-tmp"

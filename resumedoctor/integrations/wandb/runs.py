@@ -368,9 +368,9 @@ def decision_problem(decision: WandbDecision) -> str | None:
 
 
 def sealed_wandb_position(checkpoint: Path) -> dict | None:
-    from resumedoctor.integrations.seal.record import read_seal
+    from resumedoctor.integrations.seal.record import SEAL_FILE, read_seal
 
-    if not (checkpoint / "resumedoctor.integrations.seal.record.json").is_file():
+    if not (checkpoint / SEAL_FILE).is_file():
         return None
     try:
         return read_seal(checkpoint).get("wandb")
