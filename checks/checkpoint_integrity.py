@@ -16,7 +16,6 @@ from pathlib import Path
 
 from resumedoctor.engine.context import (
     CHECKPOINT_ERRORS,
-    JsonFileError,
     RunContext,
     trainer_state_problem,
 )
@@ -37,7 +36,7 @@ from resumedoctor.integrations.seal.record import (
     sealing_was_on,
     verify,
 )
-from resumedoctor.io.bounded_read import file_kind, read_text_bounded
+from resumedoctor.io.bounded_read import JsonFileError, file_kind, read_text_bounded
 from resumedoctor.io.dcp_metadata import (
     METADATA_FILE,
     DcpIndex,
