@@ -16,7 +16,6 @@ from pathlib import Path
 
 from resumedoctor.engine.context import (
     CHECKPOINT_ERRORS,
-    JsonFileError,
     RunContext,
     trainer_state_problem,
 )
@@ -37,7 +36,7 @@ from resumedoctor.integrations.seal.record import (
     sealing_was_on,
     verify,
 )
-from resumedoctor.io.bounded_read import file_kind, read_text_bounded
+from resumedoctor.io.bounded_read import JsonFileError, file_kind, read_text_bounded
 from resumedoctor.io.dcp_metadata import (
     METADATA_FILE,
     DcpIndex,
@@ -277,7 +276,7 @@ TRAINING_ARGS_CUSTOM_CLASS = Rule(
 SEAL_MISMATCH = Rule(
     "CKPT029", "seal-mismatch", ERROR,
     "A file disagrees with the checkpoint's seal (missing, another size, or with --deep another content).",
-    "resumedoctor.seal.json was written as the last act of the save, with every file's size and "
+    f"{SEAL_FILE} was written as the last act of the save, with every file's size and "
     "content hash. A difference means the checkpoint changed since: a truncated copy, a lost file, or "
     "a flipped byte that no size or header check can see.",
 )
@@ -291,7 +290,7 @@ UNSEALED_SAVE = Rule(
 )
 SEAL_INVALID = Rule(
     "CKPT031", "seal-invalid", WARNING,
-    "resumedoctor.seal.json cannot be read.",
+    f"{SEAL_FILE} cannot be read.",
     "The seal is JSON written atomically; an unreadable one was damaged after the save. The checkpoint "
     "is checked as if it had no seal. `fix --auto` replaces it with a seal made after the fact (marked "
     "so) when the checkpoint has no error.",

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resumedoctor.engine.context import JsonFileError, RunContext
+from resumedoctor.engine.context import RunContext
 from resumedoctor.engine.findings import Finding, Rule, Severity
 from resumedoctor.engine.registry import CheckFamily
 from resumedoctor.engine.target import checkpoint_step, list_checkpoints
 from resumedoctor.integrations.trl.recipe import RecipeError
+from resumedoctor.io.bounded_read import JsonFileError
 from resumedoctor.io.safe_pickle import PickleReadError, UnsafePickleError
 
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO

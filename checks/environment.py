@@ -13,14 +13,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from resumedoctor.engine.context import JsonFileError, RunContext
+from resumedoctor.engine.context import RunContext
 from resumedoctor.engine.findings import Finding, Rule, Severity
 from resumedoctor.engine.registry import CheckFamily
 from resumedoctor.engine.settings import diagnosed_folders, shipped_settings
 from resumedoctor.engine.target import checkpoint_step
 from resumedoctor.errors import ReasonError
 from resumedoctor.integrations.trl.recipe import RecipeError, installed_version
-from resumedoctor.io.bounded_read import TEXT_LIMIT, read_bytes_bounded
+from resumedoctor.io.bounded_read import TEXT_LIMIT, JsonFileError, read_bytes_bounded
 from resumedoctor.io.safe_pickle import PickleReadError, UnsafePickleError
 
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
@@ -97,9 +97,9 @@ def recorded_versions(ctx: RunContext, checkpoint: Path) -> dict[str, str]:
     """Library versions the run recorded: config.json's transformers_version, the model card's list."""
     versions = {}
     try:
-        from resumedoctor.integrations.seal.record import read_seal
+        from resumedoctor.integrations.seal.record import SEAL_FILE, read_seal
 
-        versions.update((read_seal(checkpoint).get("versions") or {}) if (checkpoint / "resumedoctor.seal.json").is_file() else {})
+        versions.update((read_seal(checkpoint).get("versions") or {}) if (checkpoint / SEAL_FILE).is_file() else {})
     except ValueError:
         pass
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from resumedoctor.engine.context import JsonFileError, RunContext
+from resumedoctor.engine.context import RunContext
 from resumedoctor.engine.findings import Finding, Rule, Severity
 from resumedoctor.engine.registry import CheckFamily
 from resumedoctor.integrations.trl.import_paths import import_problem, reward_problem
@@ -28,6 +28,7 @@ from resumedoctor.integrations.trl.recipe import (
     RecipeError,
     TrlUnavailable,
 )
+from resumedoctor.io.bounded_read import JsonFileError
 
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 

@@ -8,12 +8,13 @@ from pathlib import Path
 
 from resumedoctor.checks.checkpoint_integrity import SAFETENSORS_INDEX, SHARD_NAME
 
-from resumedoctor.engine.context import JsonFileError, RunContext
+from resumedoctor.engine.context import RunContext
 from resumedoctor.engine.findings import Finding, FixSafety
 from resumedoctor.engine.live_save import held_back
 from resumedoctor.engine.registry import Fixer
 from resumedoctor.engine.target import checkpoint_step
 from resumedoctor.fix.journal import Operation, Quarantine, WriteFile
+from resumedoctor.io.bounded_read import JsonFileError
 from resumedoctor.io.safetensors_header import SafetensorsError
 
 FAMILY = "checkpoint-integrity"

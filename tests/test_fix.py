@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -12,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import fix_crash_helpers
 import pytest
 from conftest import codes, run_cli
 
@@ -232,9 +232,25 @@ CRASH_POINTS = [f"t{n}-{step}" for n in range(3) for step in ("prepared", "backe
 
 
 def _fix_killed_at(run: Path, point: str, *extra: str) -> int:
-    env = {**os.environ, "RESUMEDOCTOR_TEST_KILL_AT": point}
-    return subprocess.run([sys.executable, "-m", "resumedoctor", "fix", str(run), "--auto", *extra],
-                          capture_output=True, env=env).returncode
+    """A real `fix` process, SIGKILLed at POINT (tests/fix_crash_helpers.py)."""
+    return subprocess.run(fix_crash_helpers.command(point, "fix", str(run), "--auto", *extra),
+                          capture_output=True).returncode
+
+
+@pytest.mark.parametrize(("point", "status", "backed_up", "applied"), [
+    ("t2-prepared", "prepared", False, False), ("t2-backed-up", "prepared", True, False),
+    ("t2-applied-0", "applying", True, True), ("t2-committed", "committed", True, True)])
+def test_each_kill_point_is_its_step_of_the_transaction(damaged_run, point, status, backed_up, applied):
+    """The third transaction rewrites checkpoint-4's trainer_state.json: where the kill left it, read off the tree."""
+    state = damaged_run / "checkpoint-4" / "trainer_state.json"
+    old = hashlib.sha256(state.read_bytes()).hexdigest()
+    assert _fix_killed_at(damaged_run, point, "--unsafe") == -signal.SIGKILL
+    folder = sorted((damaged_run / STATE_DIR / "transactions").iterdir())[-1]
+    journal = json.loads((folder / "journal.json").read_text())
+    (entry,) = journal["operations"]
+    assert (journal["status"], entry["path"], entry["old_sha256"]) == (status, "checkpoint-4/trainer_state.json", old)
+    assert (folder / entry["backup"]).is_file() == backed_up
+    assert hashlib.sha256(state.read_bytes()).hexdigest() == (entry["new_sha256"] if applied else old)
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS)
@@ -285,8 +301,7 @@ def test_sigkill_during_undo_then_undo_again(damaged_run, point):
     before = tree(damaged_run)
     fix(damaged_run, settings=Settings())
     fix(damaged_run, unsafe=True, settings=Settings())
-    env = {**os.environ, "RESUMEDOCTOR_TEST_KILL_AT": point}
-    killed = subprocess.run([sys.executable, "-m", "resumedoctor", "undo", str(damaged_run), "--all"], env=env)
+    killed = subprocess.run(fix_crash_helpers.command(point, "undo", str(damaged_run), "--all"))
     assert killed.returncode == -signal.SIGKILL
     undo(damaged_run, everything=True)
     assert tree(damaged_run) == before

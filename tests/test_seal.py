@@ -357,7 +357,8 @@ def test_a_safe_fix_of_a_sealed_file_keeps_the_seal_true(sealed_copy):
 
 def seal_with_size(folder, name: str) -> bytes:
     """The checkpoint's seal with one file's entry recomputed (as if the edit had been sealed)."""
-    from resumedoctor.integrations.seal.record import new_hasher, seal_bytes
+    from resumedoctor.integrations.seal.record import seal_bytes
+    from resumedoctor.io.hashing import new_hasher
 
     seal = read_seal(folder)
     hasher = new_hasher(seal["hash"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import traceback
 from collections.abc import Callable, Mapping
@@ -15,13 +14,9 @@ from resumedoctor.engine.settings import Settings
 from resumedoctor.engine.target import Target, TargetError, list_checkpoints, scan
 from resumedoctor.errors import ReasonError
 from resumedoctor.io.bounded_read import (
-    JSON_STATE_LIMIT,
-    FileReadError,
-    JsonBoundError,
-    NotRegularFileError,
+    JsonFileError,
     open_regular,
-    parse_json_bounded,
-    read_bytes_bounded,
+    read_json_file,
 )
 from resumedoctor.io.safetensors_header import (
     SafetensorsHeader,
@@ -35,36 +30,6 @@ T = TypeVar("T")
 CHECKPOINT_ERRORS = "checkpoint_errors"  # (ctx, folder) -> the findings that make it unusable
 # Fields only GRPOConfig-like arguments hold: how a run's own subclass (training-args-custom-class) is known as GRPO.
 GRPO_FIELDS = ("num_generations", "max_completion_length", "beta")
-
-
-class JsonFileError(ReasonError):
-    """A JSON file that cannot be read or parsed."""
-
-    def __init__(self, reason: str, *, unreadable: bool = False):
-        super().__init__(reason)
-        self.unreadable = unreadable
-
-
-def read_json_file(path: Path, limit: int = JSON_STATE_LIMIT) -> Any:
-    """A JSON file inside the output_dir: a regular file, at most `limit` bytes, nested at most 200 deep."""
-    try:
-        text = read_bytes_bounded(path, limit)
-    except (FileReadError, NotRegularFileError) as exc:  # the resume cannot read it either (or hangs on it)
-        raise JsonFileError(exc.reason, unreadable=True) from None
-    except ReasonError as exc:
-        raise JsonFileError(exc.reason) from None
-    if not text or text.isspace():  # (strip() would copy the whole file)
-        raise JsonFileError("empty file")
-    try:
-        return parse_json_bounded(text.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise JsonFileError("not UTF-8 text") from None
-    except JsonBoundError as exc:
-        raise JsonFileError(f"refused: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise JsonFileError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
-    except (ValueError, RecursionError) as exc:
-        raise JsonFileError(f"not valid JSON: {exc if isinstance(exc, ValueError) else 'nested too deeply'}") from None
 
 
 # trainer_state.json fields that TrainerState.load_from_json takes as they are and the resume then uses:

@@ -149,7 +149,7 @@ def _entry_point_table() -> dict[str, list[tuple[str, str]]]:
     import sys
     import zlib
 
-    from resumedoctor.io.cache import cache_dir, write_atomically
+    from resumedoctor.io.cache import cache_dir, write_entry
 
     stamps = []
     for entry in sys.path:
@@ -166,7 +166,7 @@ def _entry_point_table() -> dict[str, list[tuple[str, str]]]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     table = _scan_entry_points()
-    write_atomically(path, json.dumps({"stamps": stamps, "groups": table}))
+    write_entry(path, json.dumps({"stamps": stamps, "groups": table}))
     return table
 
 

@@ -20,13 +20,10 @@ undone, so it can never wedge a transaction.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
 import shutil
-import signal
-import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,15 +41,12 @@ from resumedoctor.fix.confinement import (
     state_folder,
 )
 from resumedoctor.fix.journal_schema import ID, JournalInvalid, validate_journal
-from resumedoctor.io.bounded_read import (
-    JSON_CONFIG_LIMIT,
-    parse_json_bounded,
-    read_bytes_bounded,
-)
+from resumedoctor.io.atomic_write import atomic_write, fsync_dir, temporary_path
+from resumedoctor.io.bounded_read import JSON_CONFIG_LIMIT, read_json_file
+from resumedoctor.io.hashing import sha256_bytes, sha256_file
 
 TRANSACTIONS = "transactions"
 QUARANTINE = "quarantine"
-TMP_SUFFIX = ".resumedoctor-tmp"
 
 
 class JournalError(Exception):
@@ -96,57 +90,6 @@ class Quarantine:
 Operation = WriteFile | Quarantine
 
 
-def sha256_file(path: Path) -> str | None:
-    """The file's sha256; None when there is no regular file (a link is not followed)."""
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    if not stat.S_ISREG(info.st_mode):
-        return None
-    digest = hashlib.sha256()
-    with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def fsync_dir(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, rename over the target, fsync the folder."""
-    temporary = path.with_name(f".{path.name}{TMP_SUFFIX}")
-    try:
-        os.unlink(temporary)  # our own temp name: never opened through a link someone put there
-    except FileNotFoundError:
-        pass
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
-    with open(descriptor, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    fsync_dir(path.parent)
-
-
-_transactions_in_this_process = 0
-
-
-def _crash_point(name: str) -> None:
-    """Test hook: RESUMEDOCTOR_TEST_KILL_AT=t<N>-<name> SIGKILLs this process at that step of its
-    N-th transaction (0-based), so the crash-safety tests can stop a real `fix` at every step;
-    undo's steps are `undo-<operation index>`."""
-    wanted = os.environ.get("RESUMEDOCTOR_TEST_KILL_AT")
-    if wanted and wanted in (name, f"t{_transactions_in_this_process - 1}-{name}"):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 class Transaction:
     """One journaled fix run over an output_dir."""
 
@@ -162,8 +105,6 @@ class Transaction:
                 outside: frozenset[Path] = frozenset()) -> Transaction:
         """Journal OPERATIONS (no-op writes left out). `outside`: files beyond the output_dir the user
         named (the recipe) that a write may change; any other path outside is ConfinementError."""
-        global _transactions_in_this_process
-        _transactions_in_this_process += 1
         transaction_id = new_id()
         root = state_folder(output_dir, TRANSACTIONS)
         folder = real_folder(root / transaction_id, create=True)
@@ -185,7 +126,6 @@ class Transaction:
         validate_journal(journal, transaction_id)  # what we write is what we accept
         transaction = cls(output_dir, folder, journal)
         transaction.save()
-        _crash_point("prepared")
         return transaction
 
     @classmethod
@@ -194,8 +134,7 @@ class Transaction:
         path = folder / JOURNAL_FILE
         try:
             resolve_inside(folder, JOURNAL_FILE)
-            data = parse_json_bounded(read_bytes_bounded(path, JSON_CONFIG_LIMIT))
-            journal = validate_journal(data, folder.name)
+            journal = validate_journal(read_json_file(path, JSON_CONFIG_LIMIT), folder.name)
         except (JournalInvalid, ConfinementError, ReasonError, ValueError, RecursionError) as exc:
             raise UntrustedJournalError(path, _one_line(exc)) from None
         return cls(output_dir, folder, journal)
@@ -265,7 +204,7 @@ class Transaction:
         if entry["kind"] != "write":
             return
         path, _ = self._paths(entry)
-        temporary = path.with_name(f".{path.name}{TMP_SUFFIX}")
+        temporary = temporary_path(path)
         if os.path.lexists(temporary):
             debris = real_folder(self.folder / "debris", create=True)
             os.replace(temporary, debris / f"{len(os.listdir(debris))}-{temporary.name}")
@@ -299,51 +238,57 @@ class Transaction:
         """Bring the tree to the transaction's new state (idempotent; also after a crash)."""
         self.check_paths()
         self._back_up()
-        _crash_point("backed-up")
         if self.status != "applying":
             self.set_status("applying")
-        for index, entry in enumerate(self.journal["operations"]):
+        for entry in self.journal["operations"]:
             self._clear_temp_file(entry)
-            if self._state(entry) == "new":
-                continue
-            if entry["kind"] == "write":
-                path, _ = self._paths(entry)
-                content = self._bytes(entry["new"], entry["new_sha256"])
-                path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write(path, content)
-            else:
-                source, destination = self._paths(entry)
-                real_folder(destination.parent, create=True)
-                os.rename(source, destination)
-                fsync_dir(destination.parent)
-                fsync_dir(source.parent)
-            _crash_point(f"applied-{index}")
+            if self._state(entry) != "new":
+                self._apply(entry)
         self.set_status("committed")
-        _crash_point("committed")
+
+    def _apply(self, entry: dict) -> None:
+        """Put one operation's new state in place (durably)."""
+        if entry["kind"] == "write":
+            path, _ = self._paths(entry)
+            content = self._bytes(entry["new"], entry["new_sha256"])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, content)
+        else:
+            source, destination = self._paths(entry)
+            real_folder(destination.parent, create=True)
+            os.rename(source, destination)
+            fsync_dir(destination.parent)
+            fsync_dir(source.parent)
 
     def roll_back(self) -> None:
         """Bring the tree back to the transaction's old state (idempotent; also after a crash)."""
-        self.check_paths()
-        if self.status != "prepared":
-            self.set_status("undoing")
-        _crash_point("undo-started")
-        for index, entry in reversed(list(enumerate(self.journal["operations"]))):
+        self._begin_undo()
+        for entry in reversed(self.journal["operations"]):
             self._clear_temp_file(entry)
             if self._state(entry) == "old" or (entry["kind"] == "write" and entry["old_sha256"] == entry["new_sha256"]):
                 continue
-            if entry["kind"] == "write":
-                path, _ = self._paths(entry)
-                if entry["old_sha256"] is None:
-                    os.unlink(path)  # a file this transaction created; its bytes stay in new/
-                    fsync_dir(path.parent)
-                else:
-                    atomic_write(path, self._bytes(entry["backup"], entry["old_sha256"]))
-            else:
-                source, destination = self._paths(entry)
-                os.rename(destination, source)
-                fsync_dir(source.parent)
-            _crash_point(f"undo-{index}")
+            self._revert(entry)
         self.set_status("undone")
+
+    def _begin_undo(self) -> None:
+        """Check every path, then mark the transaction as being undone (a prepared one never changed the tree)."""
+        self.check_paths()
+        if self.status != "prepared":
+            self.set_status("undoing")
+
+    def _revert(self, entry: dict) -> None:
+        """Put one operation's old state back (durably)."""
+        if entry["kind"] == "write":
+            path, _ = self._paths(entry)
+            if entry["old_sha256"] is None:
+                os.unlink(path)  # a file this transaction created; its bytes stay in new/
+                fsync_dir(path.parent)
+            else:
+                atomic_write(path, self._bytes(entry["backup"], entry["old_sha256"]))
+        else:
+            source, destination = self._paths(entry)
+            os.rename(destination, source)
+            fsync_dir(source.parent)
 
     def discard(self) -> None:
         """Remove an undone transaction's folder (its backups are back in place)."""
@@ -400,7 +345,7 @@ def _confined(output_dir: Path, path: Path, *, folder: bool = False) -> str:
 def _write_entry(output_dir: Path, transaction_id: str, operation: WriteFile, index: int,
                  outside: frozenset[Path]) -> dict | None:
     """The journal entry of one write; None for a write of the bytes the file already holds."""
-    new_sha256 = hashlib.sha256(operation.content).hexdigest()
+    new_sha256 = sha256_bytes(operation.content)
     entry = {"kind": "write", "new_sha256": new_sha256, "new": f"new/{index}", "backup": f"backup/{index}"}
     relative = relative_inside(output_dir, operation.path)
     if relative is None:

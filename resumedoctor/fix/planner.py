@@ -124,10 +124,10 @@ def with_seals_updated(operations: list[Operation]) -> list[Operation]:
 
     from resumedoctor.integrations.seal.record import (
         SEAL_FILE,
-        new_hasher,
         read_seal,
         seal_bytes,
     )
+    from resumedoctor.io.hashing import new_hasher
 
     by_folder: dict[Path, list[WriteFile]] = {}
     for op in operations:

@@ -53,6 +53,14 @@ class FileReadError(ReasonError):
     """A file that cannot be read (permissions, I/O error, vanished)."""
 
 
+class JsonFileError(ReasonError):
+    """A JSON file that cannot be read or parsed; `unreadable`: not even its bytes could be read."""
+
+    def __init__(self, reason: str, *, unreadable: bool = False):
+        super().__init__(reason)
+        self.unreadable = unreadable
+
+
 def file_kind(mode: int) -> str:
     """A person's word for what a stat mode is."""
     for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
@@ -138,6 +146,29 @@ def parse_json_bounded(data: bytes | str, max_depth: int = MAX_JSON_DEPTH, max_v
     if depth > max_depth:
         raise JsonBoundError(f"nested deeper than {max_depth} levels")
     return json.loads(data)
+
+
+def read_json_file(path: Path, limit: int = JSON_STATE_LIMIT) -> Any:
+    """A JSON file inside the output_dir: a regular file, at most `limit` bytes, within parse_json_bounded's
+    bounds; JsonFileError says in one line why not."""
+    try:
+        text = read_bytes_bounded(path, limit)
+    except (FileReadError, NotRegularFileError) as exc:  # the resume cannot read it either (or hangs on it)
+        raise JsonFileError(exc.reason, unreadable=True) from None
+    except ReasonError as exc:
+        raise JsonFileError(exc.reason) from None
+    if not text or text.isspace():  # (strip() would copy the whole file)
+        raise JsonFileError("empty file")
+    try:
+        return parse_json_bounded(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise JsonFileError("not UTF-8 text") from None
+    except JsonBoundError as exc:
+        raise JsonFileError(f"refused: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise JsonFileError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+    except (ValueError, RecursionError) as exc:
+        raise JsonFileError(f"not valid JSON: {exc if isinstance(exc, ValueError) else 'nested too deeply'}") from None
 
 
 _STRING = re.compile(rb'"[^"]*"')  # once escapes are gone, every quote opens or closes a string

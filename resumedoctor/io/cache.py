@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from resumedoctor.io.atomic_write import atomic_write
+
 
 def cache_dir() -> Path:
     root = os.environ.get("RESUMEDOCTOR_CACHE_DIR") or os.path.join(
@@ -12,12 +14,13 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Best effort: a read-only home is no reason to fail."""
+def write_entry(path: Path, text: str) -> None:
+    """Store a cache entry, best effort: a read-only home is no reason to fail.
+
+    Not fsynced (a lost entry is recomputed); a temporary per process, as several may fill the cache at once.
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
+        atomic_write(path, text.encode("utf-8"), durable=False, unique=True)
     except OSError:
         pass

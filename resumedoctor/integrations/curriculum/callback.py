@@ -23,8 +23,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from resumedoctor.fix.journal import atomic_write
 from resumedoctor.integrations.curriculum.state import STATE_FILE, promotion_due
+from resumedoctor.io.atomic_write import atomic_write
 
 
 class CurriculumCallback(TrainerCallback, ExportableState):

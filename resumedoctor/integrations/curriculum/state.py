@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from resumedoctor.io.bounded_read import JSON_STATE_LIMIT, JsonFileError, read_json_file
+
 STATE_FILE = "curriculum_state.json"
 
 
@@ -42,9 +44,6 @@ def replay(log_history: list[dict], metric: str, thresholds: list[float], window
 
 def read_state(path: Path) -> dict:
     """A curriculum state file, validated against the contract; ValueError says what is wrong."""
-    from resumedoctor.engine.context import JsonFileError, read_json_file
-    from resumedoctor.io.bounded_read import JSON_STATE_LIMIT
-
     try:
         data = read_json_file(path, JSON_STATE_LIMIT)
     except JsonFileError as exc:

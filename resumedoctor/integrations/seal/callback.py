@@ -8,8 +8,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from resumedoctor.fix.journal import atomic_write
 from resumedoctor.integrations.seal.record import SEAL_FILE, build_seal, seal_bytes
+from resumedoctor.io.atomic_write import atomic_write
 
 
 class SealCallback(TrainerCallback):

@@ -22,13 +22,23 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from resumedoctor.errors import ReasonError
-from resumedoctor.io.bounded_read import JSON_CONFIG_LIMIT, is_regular_file, iter_blocks
+from resumedoctor.io.atomic_write import TMP_SUFFIX, temporary_path
+from resumedoctor.io.bounded_read import (
+    JSON_CONFIG_LIMIT,
+    JsonFileError,
+    is_regular_file,
+    read_json_file,
+)
+from resumedoctor.io.hashing import (
+    ALGORITHMS,
+    fastest_algorithm,
+    file_digest,
+    file_digest_pipelined,
+)
 
 SEAL_FILE = "resumedoctor.seal.json"
-# The temp file journal.atomic_write renames over the seal (journal.TMP_SUFFIX, not imported: the
-# journal's imports would slow every start-up): left behind when the process died while sealing.
-TMP_SUFFIX = ".resumedoctor-tmp"
-SEAL_TEMP_FILE = f".{SEAL_FILE}{TMP_SUFFIX}"
+# The temp file atomic_write renames over the seal: left behind when the process died while sealing.
+SEAL_TEMP_FILE = temporary_path(Path(SEAL_FILE)).name
 AFTER_THE_FACT_REASONS = {
     "never-sealed": "saved without SealCallback",
     "seal-interrupted": "SealCallback was sealing this run, but the process died before this seal was written",
@@ -39,33 +49,6 @@ RESUME_ARGUMENTS = ("per_device_train_batch_size", "gradient_accumulation_steps"
                     "generation_batch_size", "steps_per_generation", "seed", "data_seed", "max_completion_length",
                     "max_steps", "save_steps", "lr_scheduler_type", "learning_rate", "num_train_epochs")
 LIBRARIES = ("torch", "transformers", "trl", "accelerate", "deepspeed", "peft", "datasets")
-
-
-def hash_name() -> str:
-    try:
-        import xxhash  # noqa: F401
-    except ImportError:
-        return "sha256"
-    return "xxh3_128"
-
-
-def new_hasher(name: str):
-    if name == "xxh3_128":
-        import xxhash
-
-        return xxhash.xxh3_128()
-    if name == "sha256":
-        import hashlib
-
-        return hashlib.sha256()
-    raise ValueError(f"unknown seal hash {name!r}")
-
-
-def hash_file(path: Path, name: str) -> str:
-    hasher = new_hasher(name)
-    for block in iter_blocks(path, CHUNK):
-        hasher.update(block)
-    return hasher.hexdigest()
 
 
 def checkpoint_files(folder: Path) -> list[Path]:
@@ -83,57 +66,16 @@ def installed_versions() -> dict[str, str]:
     return {name: found for name in LIBRARIES if (found := installed_version(name))}
 
 
-def hash_file_pipelined(path: Path, name: str) -> str:
-    """Hash while the next block is read: a reader thread feeds blocks, this thread hashes them.
-
-    xxhash releases the GIL, so the disk and the hash run at once. Reading several files at the same
-    time instead was slower here (1.1 against 3.0 GiB/s cold): one file after another, each pipelined.
-    """
-    import queue
-    import threading
-
-    blocks: queue.Queue = queue.Queue(maxsize=4)
-    failure: list[BaseException] = []
-
-    def read() -> None:
-        try:
-            for block in iter_blocks(path, CHUNK):
-                blocks.put(block)
-        except BaseException as exc:  # noqa: BLE001 - handed to the hashing thread
-            failure.append(exc)
-        finally:
-            blocks.put(None)
-
-    reader = threading.Thread(target=read, name=f"read-{path.name}", daemon=True)
-    reader.start()
-    hasher = new_hasher(name)
-    while (block := blocks.get()) is not None:
-        hasher.update(block)
-    reader.join()
-    if failure:
-        raise failure[0]
-    return hasher.hexdigest()
-
-
-def hash_files(paths: list[Path], name: str) -> dict[Path, str]:
-    """Hashes of several files, each read and hashed at once (see hash_file_pipelined)."""
-    return {path: hash_file_pipelined(path, name) for path in paths}
-
-
 def build_seal(folder: Path, *, global_step: int, world_size: int, arguments: dict[str, Any],
                dataset_fingerprint: str | None = None, wandb: dict | None = None,
                versions: dict[str, str] | None = None, after_the_fact: bool = False, pipelined: bool = True,
                with_hashes: bool = True, after_the_fact_reason: str | None = None) -> dict:
     if after_the_fact_reason is not None and after_the_fact_reason not in AFTER_THE_FACT_REASONS:
         raise ValueError(f"unknown after-the-fact reason {after_the_fact_reason!r}")
-    name = hash_name()
+    name = fastest_algorithm()
     paths = checkpoint_files(folder)
-    if not with_hashes:
-        hashes = {}
-    elif pipelined:
-        hashes = hash_files(paths, name)
-    else:
-        hashes = {path: hash_file(path, name) for path in paths}
+    digest = file_digest_pipelined if pipelined else file_digest  # one file after another, each pipelined
+    hashes = {path: digest(path, name, CHUNK) for path in paths} if with_hashes else {}
     files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, **({name: hashes[p]} if p in hashes else {})}
              for p in paths}
     curriculum = folder / "curriculum_state.json"
@@ -152,7 +94,7 @@ def build_seal(folder: Path, *, global_step: int, world_size: int, arguments: di
         "arguments": {key: arguments[key] for key in RESUME_ARGUMENTS if key in arguments},
         "dataset_fingerprint": dataset_fingerprint,
         "wandb": wandb,
-        "curriculum_sha256": _sha256(curriculum) if is_regular_file(curriculum) else None,
+        "curriculum_sha256": file_digest(curriculum) if is_regular_file(curriculum) else None,
     }
 
 
@@ -160,24 +102,13 @@ def seal_bytes(seal: dict) -> bytes:
     return (json.dumps(seal, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for block in iter_blocks(path):
-        digest.update(block)
-    return digest.hexdigest()
-
-
 def read_seal(folder: Path) -> dict:
     """The seal of a checkpoint; ValueError when it is unreadable or not a seal."""
-    from resumedoctor.engine.context import JsonFileError, read_json_file
-
     try:
         data = read_json_file(folder / SEAL_FILE, JSON_CONFIG_LIMIT)
     except JsonFileError as exc:
         raise ValueError(f"{SEAL_FILE} cannot be read: {exc.reason}") from None
-    if not isinstance(data, dict) or data.get("hash") not in ("xxh3_128", "sha256") or not _valid_files(data.get("files")):
+    if not isinstance(data, dict) or data.get("hash") not in ALGORITHMS or not _valid_files(data.get("files")):
         raise ValueError(f"{SEAL_FILE} is not a resumedoctor seal")
     wrong = next((key for key, valid in _SEAL_FIELDS.items() if key in data and not valid(data[key])), None)
     if wrong is not None:
@@ -243,7 +174,7 @@ def verify(folder: Path, seal: dict, *, deep: bool) -> list[str]:
             to_hash.append((relative, path, entry.get(name)))
     for relative, path, expected in to_hash:
         try:
-            if hash_file_pipelined(path, name) != expected:
+            if file_digest_pipelined(path, name, CHUNK) != expected:
                 problems.append(f"{relative}: content differs from the seal ({name}), same size")
         except ReasonError as exc:
             problems.append(f"{relative} {exc.reason}")

@@ -7,13 +7,13 @@ imported here. The answers are cached per transformers version and question.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from dataclasses import asdict, dataclass, field
 
 from resumedoctor.errors import ReasonError
-from resumedoctor.io.cache import cache_dir, write_atomically
+from resumedoctor.io.cache import cache_dir, write_entry
+from resumedoctor.io.hashing import cache_key
 
 HELPER_TIMEOUT_S = 60.0
 
@@ -45,7 +45,7 @@ def learning_rates(schedules: list[Schedule], steps: list[int], *, timeout: floa
 
     request = {"schedules": [asdict(s) for s in schedules], "steps": [int(n) for n in steps]}
     key_source = json.dumps([installed_version("transformers"), request], sort_keys=True, default=str)
-    cached = cache_dir() / "lr-schedule" / f"{hashlib.sha256(key_source.encode()).hexdigest()[:32]}.json"
+    cached = cache_dir() / "lr-schedule" / f"{cache_key(key_source)}.json"
     if use_cache:
         try:
             return json.loads(cached.read_text(encoding="utf-8"))["rates"]
@@ -57,7 +57,7 @@ def learning_rates(schedules: list[Schedule], steps: list[int], *, timeout: floa
     if "error" in answer:
         raise ScheduleError(answer["error"])
     if use_cache:
-        write_atomically(cached, json.dumps({"rates": answer["rates"]}))
+        write_entry(cached, json.dumps({"rates": answer["rates"]}))
     return answer["rates"]
 
 

@@ -9,17 +9,18 @@ dataset imports neither `datasets` nor `transformers`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from resumedoctor.errors import ReasonError
 from resumedoctor.io.bounded_read import iter_blocks
-from resumedoctor.io.cache import cache_dir
+from resumedoctor.io.cache import cache_dir, write_entry
+from resumedoctor.io.hashing import cache_key, digest_blocks
 
 DATA_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
@@ -54,15 +55,17 @@ def looks_local(name: str) -> bool:
 
 
 def _hash_files(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
+    """One sha256 over every file, each as its name then its bytes."""
+    return digest_blocks(_named_blocks(paths))
+
+
+def _named_blocks(paths: list[Path]) -> Iterator[bytes]:
     for path in sorted(paths):
-        digest.update(str(path.name).encode())
+        yield str(path.name).encode()
         try:
-            for block in iter_blocks(path):
-                digest.update(block)
+            yield from iter_blocks(path)
         except ReasonError as exc:
             raise DatasetError(f"{path} {exc.reason}") from None
-    return digest.hexdigest()
 
 
 def dataset_files(location: Path) -> list[Path]:
@@ -137,8 +140,7 @@ def measure(location: Path, tokenizer_folder: Path, *, split: str = "train", col
         raise DatasetError(f"{tokenizer_folder}: no tokenizer files")
     key_source = json.dumps([_hash_files(data_paths), _hash_files(tokenizer_paths), split, column,
                              sorted(chat_template_kwargs.items())], default=str)
-    key = hashlib.sha256(key_source.encode()).hexdigest()[:32]
-    cached = cache_dir() / "prompt-lengths" / f"{key}.json"
+    cached = cache_dir() / "prompt-lengths" / f"{cache_key(key_source)}.json"
     if use_cache:
         try:
             record = json.loads(cached.read_text(encoding="utf-8"))
@@ -159,13 +161,10 @@ def measure(location: Path, tokenizer_folder: Path, *, split: str = "train", col
         result = _measure_in_helper(location, tokenizer_folder, split, column, chat_template_kwargs)
     if use_cache:
         try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            temporary = cached.with_suffix(f".{os.getpid()}.tmp")
-            temporary.write_text(json.dumps({"lengths": list(result.lengths), "ids": result.ids,
-                                             "conversational": result.conversational}), encoding="utf-8")
-            os.replace(temporary, cached)
-        except (OSError, TypeError):
-            pass
+            write_entry(cached, json.dumps({"lengths": list(result.lengths), "ids": result.ids,
+                                            "conversational": result.conversational}))
+        except TypeError:
+            pass  # ids that JSON cannot hold: measured, not cached
     return result
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from resumedoctor.errors import ReasonError
-from resumedoctor.io.cache import cache_dir, write_atomically
+from resumedoctor.io.cache import cache_dir, write_entry
 
 # Keys TRL removed, with what to do instead (TRL 0.26 deprecated max_prompt_length, 0.28 removed it).
 REMOVED_KEYS = {
@@ -101,7 +101,7 @@ def trl_fields() -> dict[str, Any]:
             raise TrlUnavailable(f"TRL's arguments could not be read: {exc.reason}") from None
         if not all(isinstance(fields.get(part), dict) for part in ("defaults", "kinds")):
             raise TrlUnavailable("TRL's arguments could not be read: its helper answered without the field table")
-    write_atomically(path, json.dumps(fields, sort_keys=True))
+    write_entry(path, json.dumps(fields, sort_keys=True))
     return fields
 
 

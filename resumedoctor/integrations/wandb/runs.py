@@ -14,7 +14,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from resumedoctor.engine.context import JsonFileError, RunContext, read_json_file
+from resumedoctor.engine.context import RunContext
 from resumedoctor.engine.target import checkpoint_step, state_dir
 from resumedoctor.integrations.wandb.log_reader import (
     RUN_FOLDER,
@@ -22,7 +22,11 @@ from resumedoctor.integrations.wandb.log_reader import (
     WandbLogError,
     read_run_log,
 )
-from resumedoctor.io.bounded_read import JSON_CONFIG_LIMIT
+from resumedoctor.io.bounded_read import (
+    JSON_CONFIG_LIMIT,
+    JsonFileError,
+    read_json_file,
+)
 
 DECISION_FILE = "wandb.json"
 RESUME_VARIABLES = ("WANDB_RESUME", "WANDB_RESUME_FROM", "WANDB_FORK_FROM")
@@ -368,9 +372,9 @@ def decision_problem(decision: WandbDecision) -> str | None:
 
 
 def sealed_wandb_position(checkpoint: Path) -> dict | None:
-    from resumedoctor.integrations.seal.record import read_seal
+    from resumedoctor.integrations.seal.record import SEAL_FILE, read_seal
 
-    if not (checkpoint / "resumedoctor.seal.json").is_file():
+    if not (checkpoint / SEAL_FILE).is_file():
         return None
     try:
         return read_seal(checkpoint).get("wandb")
