@@ -198,7 +198,7 @@ def _fresh_wandb_environment(environ: dict[str, str]) -> tuple[list, list[str]]:
 
     if importlib.util.find_spec("wandb") is None:
         return [], ["wandb is not installed: no W&B run to match"]
-    from resumedoctor.integrations.wandb.runs import env_lines
+    from resumedoctor.integrations.wandb.shell_env import env_lines
 
     return env_lines(None, environ), []
 
