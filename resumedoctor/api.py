@@ -15,13 +15,13 @@ never exceptions, they are in the report.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: importing the API costs the CLI's start-up nothing
+    import os
+    from collections.abc import Iterable, Mapping
+
     from resumedoctor.engine.context import Options, RunContext
     from resumedoctor.engine.findings import Finding, Severity
     from resumedoctor.engine.registry import Registry
@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     from resumedoctor.integrations.wandb.shell_env import ShellEnvironment
     from resumedoctor.report.config_format import ConfigRow
 
-PathLike = str | os.PathLike
-Codes = str | Iterable[str] | None  # "CKPT,WANDB001" or ["CKPT", "WANDB001"]
+    PathLike = str | os.PathLike
+    Codes = str | Iterable[str] | None  # "CKPT,WANDB001" or ["CKPT", "WANDB001"]
 
 
 class ResumeDoctorError(Exception):
@@ -214,8 +214,8 @@ def resume_point(output_dir: PathLike, recipe: PathLike | None = None, *, recipe
     path = Path(output_dir)
     if not path.exists() and not path.is_symlink():
         return None
-    options = dict(recipe_args=recipe_args, wandb_dir=wandb_dir, deep=deep, select=None, ignore=None,
-                   settings_file=settings_file, environ=environ)
+    options = dict(recipe_args=tuple(recipe_args), wandb_dir=wandb_dir, deep=deep, select=None, ignore=None,
+                   settings_file=settings_file, environ=environ)  # judged twice below: not an iterator
     ctx, report = _judge(path, recipe, **options)
     point = ctx.resume_point()
     if point is None and ctx.target.checkpoints:  # every checkpoint is unusable: each one says why
@@ -345,13 +345,13 @@ def launch_training(plan: LaunchPlan, *, progress: bool | None = None) -> Traini
 # ------------------------------------------------------------------ config, checks, explain
 
 
-@dataclass(frozen=True)
 class ResolvedConfig:
     """The recipe as TRL resolves it (`resumedoctor config RECIPE [PATH]`)."""
 
-    rows: list[ConfigRow]
-    notes: list[str]  # what could not be read for the rows (said, never hidden)
-    checkpoint: str | None  # the name of the checkpoint whose saved values are beside the recipe's
+    def __init__(self, rows: list[ConfigRow], notes: list[str], checkpoint: str | None):
+        self.rows = rows
+        self.notes = notes  # what could not be read for the rows (said, never hidden)
+        self.checkpoint = checkpoint  # the name of the checkpoint whose saved values are beside the recipe's
 
 
 def resolved_config(recipe: PathLike, path: PathLike | None = None, recipe_args: Iterable[str] = ()) -> ResolvedConfig:

@@ -1,6 +1,7 @@
 """The `resumedoctor` command: parse, call one function of the Python API (resumedoctor.api), render.
 
-How outcomes become exit codes and one-line errors: resumedoctor.cli.exits.
+How outcomes become exit codes and one-line errors: resumedoctor.cli.exits. Each command imports the
+API when it runs, so that `resumedoctor --version` and `--help` load nothing they do not show.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from resumedoctor import __version__, api
+from resumedoctor import __version__
 from resumedoctor.cli.exits import (
     EXIT_USAGE,
     TrainingFailed,
@@ -74,6 +75,7 @@ def diagnose(path: Path, recipe: Path | None, wandb_dir: Path | None, fmt: str, 
 
     Recipe overrides go after `--`, as `trl grpo` takes them: -- --max_completion_length 256
     """
+    from resumedoctor import api
     from resumedoctor.report import render
 
     report = api.diagnose(path, recipe, recipe_args=recipe_args, wandb_dir=wandb_dir, deep=deep, select=select,
@@ -104,6 +106,7 @@ def fix(path: Path, auto: bool, unsafe: bool, dry_run: bool, recipe: Path | None
         fmt: str, select: str | None, ignore: str | None, settings_file: Path | None, strategy: str | None,
         create_fresh: bool, deep: bool, recipe_args: tuple[str, ...]) -> int:
     """Fix what can be fixed without losing a byte; every change is backed up and undoable."""
+    from resumedoctor import api
     from resumedoctor.report.fix_format import render_fix
 
     result = api.fix(path, recipe, unsafe=unsafe, dry_run=dry_run or not auto, recipe_args=recipe_args,
@@ -119,6 +122,8 @@ def fix(path: Path, auto: bool, unsafe: bool, dry_run: bool, recipe: Path | None
 @one_line_errors
 def undo(path: Path, everything: bool) -> int:
     """Put back exactly what the newest `fix` run changed."""
+    from resumedoctor import api
+
     undone = api.undo(path, everything=everything)
     if not undone:
         click.echo(f"nothing to undo in {path}")
@@ -137,6 +142,8 @@ def undo(path: Path, everything: bool) -> int:
 @one_line_errors
 def env(path: Path, wandb_dir: Path | None, recipe: Path | None) -> int:
     """Print shell lines for `eval "$(resumedoctor env OUT)"`: the W&B run to log to, stale variables unset."""
+    from resumedoctor import api
+
     click.echo(api.shell_environment(path, recipe, wandb_dir=wandb_dir).render(), nl=False)
     return 0
 
@@ -157,6 +164,7 @@ def launch(recipe: Path, apply_fixes: bool, unsafe: bool, dry_run: bool, wandb_d
            select: str | None, ignore: str | None, settings_file: Path | None, deep: bool,
            recipe_args: tuple[str, ...]) -> int:
     """Run every check, then GRPO training through TRL from the right checkpoint and W&B step."""
+    from resumedoctor import api
     from resumedoctor.report import render
 
     plan, report = api.prepare_launch(recipe, recipe_args, fix=apply_fixes, unsafe=unsafe, dry_run=dry_run,
@@ -186,6 +194,8 @@ def launch(recipe: Path, apply_fixes: bool, unsafe: bool, dry_run: bool, wandb_d
 @one_line_errors
 def seal(path: Path) -> int:
     """Seal existing checkpoints (saved without SealCallback) so later diagnoses are exact."""
+    from resumedoctor import api
+
     result = api.seal(path)
     for checkpoint in result.sealed:
         click.echo(f"sealed {checkpoint} (after the fact)")
@@ -208,6 +218,7 @@ def seal(path: Path) -> int:
 @one_line_errors
 def config_command(recipe: Path, path: Path | None, fmt: str, recipe_args: tuple[str, ...]) -> int:
     """Print the recipe as TRL resolves it, the source of each value, and the checkpoint's saved values."""
+    from resumedoctor import api
     from resumedoctor.report.config_format import render_config
 
     resolved = api.resolved_config(recipe, path, recipe_args)
@@ -222,6 +233,7 @@ def config_command(recipe: Path, path: Path | None, fmt: str, recipe_args: tuple
 @one_line_errors
 def checks(fmt: str) -> int:
     """List every check family, its codes, and the fixers with their safety."""
+    from resumedoctor import api
     from resumedoctor.engine.catalog import render_catalog_text
 
     entries = api.check_catalog()
@@ -237,6 +249,8 @@ def checks(fmt: str) -> int:
 @one_line_errors
 def explain(code: str) -> int:
     """Explain one finding code: what it means, why it matters, how it is fixed."""
+    from resumedoctor import api
+
     click.echo(api.explain(code), nl=False)
     return 0
 
