@@ -316,10 +316,14 @@ def prepare_launch(recipe: PathLike, recipe_args: Iterable[str] = (), *, fix: bo
     check_recipe(recipe)
     registry = load_registry()
     check_codes(select, ignore, registry)  # before the launcher creates output_dir
+
+    def settings_of(output_dir: Path) -> Settings:
+        return settings_for(output_dir, settings_file, select, ignore, registry)
+
     try:
         return prepare(Path(recipe), tuple(recipe_args), fix=fix, unsafe=unsafe, dry_run=dry_run,
                        wandb_dir=None if wandb_dir is None else Path(wandb_dir), deep=deep, environ=environ,
-                       settings_for=lambda output_dir: settings_for(output_dir, settings_file, select, ignore, registry))
+                       settings_for=settings_of)
     except LaunchError as exc:
         raise ResumeDoctorError(exc.reason) from None
 
