@@ -29,7 +29,7 @@ class CheckCrashed(Exception):
 class OutOfMemory(MemoryError):
     """A check family ran out of memory: the input is beyond what this machine can judge (exit 2, one line)."""
 
-    judged_path = True  # its message names the folder and the family (cli.main tells it from a bare MemoryError)
+    judged_path = True  # its message names the folder and the family (cli.exits tells it from a bare MemoryError)
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,9 @@ class FamilyResult:
 
 @dataclass(frozen=True)
 class Report:
+    """What `diagnose` found: the findings (most severe first), the checkpoint the resume loads
+    (`resume_from`, None when there is none), every family's outcome, and `exit_code` (1: an error)."""
+
     target: str
     resume_from: str | None
     families: tuple[FamilyResult, ...]
@@ -219,8 +222,21 @@ def diagnose(
     environ: Mapping[str, str] | None = None,
 ) -> Report:
     """Diagnose PATH (a checkpoint folder or an output_dir): the one entry point of `diagnose`."""
+    return diagnose_with_context(path, settings=settings, options=options, registry=registry, environ=environ)[1]
+
+
+def diagnose_with_context(
+    path: str | os.PathLike,
+    *,
+    settings: Settings | None = None,
+    options: Options | None = None,
+    registry: Registry | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[RunContext, Report]:
+    """`diagnose`, with the run context its verdicts were computed in (the resume point, say)."""
     target = resolve_target(path)
     if settings is None:
         settings = user_settings(Path(path))
     registry = registry or load_registry()
-    return run_checks(new_context(target, settings, options or Options(), environ, registry), registry)
+    ctx = new_context(target, settings, options or Options(), environ, registry)
+    return ctx, run_checks(ctx, registry)

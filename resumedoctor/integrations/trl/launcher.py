@@ -113,77 +113,100 @@ def prepare(recipe_path: Path, recipe_args: tuple[str, ...] = (), *, fix: bool =
 
     `settings_for(output_dir)` gives the settings (the CLI adds --select/--ignore); default: the nearest file.
     """
-    from resumedoctor.fix.planner import FixError
-    from resumedoctor.fix.planner import fix as run_fix
-    from resumedoctor.integrations.wandb.shell_env import shell_environment
-
     environ = dict(os.environ if environ is None else environ)
-    try:
-        recipe = load_recipe(recipe_path, list(recipe_args), environ)
-    except ReasonError as exc:
-        raise LaunchError(exc.reason) from None
+    recipe = _read_recipe(recipe_path, recipe_args, environ)
     section = _launcher_section(recipe)
-    output = recipe.get("output_dir")
-    if not output:
-        raise LaunchError("the recipe has no output_dir")
-    output_dir = Path(str(output)).expanduser()
+    output_dir = _recipe_output_dir(recipe)
     _output_target(output_dir)  # a file, or an unreadable folder: one line, exit 2
     settings = settings_for(output_dir) if settings_for else user_settings(output_dir)
     options = Options(recipe=recipe_path, recipe_args=recipe_args, wandb_dir=wandb_dir, deep=deep, launching=True)
     plan = LaunchPlan(recipe_path, recipe_args, output_dir, None, curriculum=section.get("curriculum"),
                       callbacks=list(section.get("callbacks") or []))
-
     if fix:
-        if int(environ.get("WORLD_SIZE", "1")) > 1:
-            raise LaunchError("--fix under a multi-process launch: run `resumedoctor fix` once before `accelerate launch`")
-        if not dry_run:
-            _create(output_dir)  # the fix journal lives in the output_dir
-        if output_dir.exists():
-            try:
-                result = run_fix(output_dir, unsafe=unsafe, dry_run=dry_run, settings=settings, options=options,
-                                 environ=environ)
-            except FixError as exc:  # a lock held by another writer, a journal not to be trusted
-                raise LaunchError(f"--fix: {exc}") from None
-            plan.fixes = result.descriptions or [f"(planned) {line}" for line in _planned(result)]
-            plan.fixes += [result.live_save] if result.live_save else []
-            if result.transactions:  # a fix may have edited the recipe: launch what it says now
-                try:
-                    recipe = load_recipe(recipe_path, list(recipe_args), environ)
-                except ReasonError as exc:
-                    raise LaunchError(exc.reason) from None
-        else:  # --dry-run before the first start: plan on the output_dir as it will be, empty
-            plan.fixes = _planned_on_fresh(_output_target(output_dir), settings, options, environ, unsafe)
-
+        recipe = _fix_first(plan, recipe, settings, options, environ, unsafe=unsafe, dry_run=dry_run)
     for key in recipe.overrides:
         plan.changed_arguments[key] = (recipe.values.get(key), recipe.resolve(key).value)
     target = _output_target(output_dir)
     registry = _registry()
-    # What resume_from_checkpoint=True picks: a broken newest checkpoint is refused below (CKPT018), never
-    # silently replaced by an older one (that is `--fix --unsafe`'s decision to make).
-    checkpoint = target.checkpoint
-    explicit = recipe.resolve("resume_from_checkpoint").value
-    if checkpoint is not None and (explicit is None or explicit is False or explicit is True):
-        # The launcher resumes explicitly from the checkpoint transformers would pick (checked below).
-        recipe_args = (*recipe_args, "--resume_from_checkpoint", str(checkpoint.resolve()))
-        plan.changed_arguments["resume_from_checkpoint"] = (explicit, str(checkpoint.resolve()))
-    elif isinstance(explicit, str):
-        checkpoint = Path(explicit)
-    plan.recipe_args, plan.checkpoint = recipe_args, checkpoint
-    options = Options(recipe=recipe_path, recipe_args=recipe_args, wandb_dir=wandb_dir, deep=deep, launching=True)
-
+    _choose_checkpoint(plan, recipe, target)
+    options = Options(recipe=recipe_path, recipe_args=plan.recipe_args, wandb_dir=wandb_dir, deep=deep, launching=True)
     if reports_to_wandb(recipe.resolve("report_to").value):
-        if output_dir.exists():
-            environment = shell_environment(output_dir, wandb_dir=wandb_dir, environ=environ, recipe=recipe_path)
-            plan.env_lines, comments = environment.lines, environment.comments
-        else:
-            plan.env_lines, comments = _fresh_wandb_environment(environ)
-        plan.wandb = "; ".join(comment.removeprefix("W&B: ") for comment in comments) or "a new run"
+        _decide_wandb(plan, environ, wandb_dir)
     # The checks judge the start as it will happen: with the W&B decision already exported (one plan).
     launched = dict(environ)
     for line in plan.env_lines:
         line.apply(launched)
     report = run_checks(new_context(target, settings, options, launched, registry), registry)
     return plan, report
+
+
+def _read_recipe(recipe_path: Path, recipe_args: tuple[str, ...], environ: dict[str, str]):
+    try:
+        return load_recipe(recipe_path, list(recipe_args), environ)
+    except ReasonError as exc:
+        raise LaunchError(exc.reason) from None
+
+
+def _recipe_output_dir(recipe) -> Path:
+    output = recipe.get("output_dir")
+    if not output:
+        raise LaunchError("the recipe has no output_dir")
+    return Path(str(output)).expanduser()
+
+
+def _fix_first(plan: LaunchPlan, recipe, settings: Settings, options: Options, environ: dict[str, str], *,
+               unsafe: bool, dry_run: bool):
+    """Step 1 (`--fix`): apply (or plan) the fixes; returns the recipe as it reads after them."""
+    from resumedoctor.fix.planner import FixError
+    from resumedoctor.fix.planner import fix as run_fix
+
+    if int(environ.get("WORLD_SIZE", "1")) > 1:
+        raise LaunchError("--fix under a multi-process launch: run `resumedoctor fix` once before `accelerate launch`")
+    output_dir = plan.output_dir
+    if not dry_run:
+        _create(output_dir)  # the fix journal lives in the output_dir
+    if not output_dir.exists():  # --dry-run before the first start: plan on the output_dir as it will be, empty
+        plan.fixes = _planned_on_fresh(_output_target(output_dir), settings, options, environ, unsafe)
+        return recipe
+    try:
+        result = run_fix(output_dir, unsafe=unsafe, dry_run=dry_run, settings=settings, options=options,
+                         environ=environ)
+    except FixError as exc:  # a lock held by another writer, a journal not to be trusted
+        raise LaunchError(f"--fix: {exc}") from None
+    plan.fixes = result.descriptions or [f"(planned) {line}" for line in _planned(result)]
+    plan.fixes += [result.live_save] if result.live_save else []
+    if result.transactions:  # a fix may have edited the recipe: launch what it says now
+        return _read_recipe(plan.recipe, plan.recipe_args, environ)
+    return recipe
+
+
+def _choose_checkpoint(plan: LaunchPlan, recipe, target: Target) -> None:
+    """Step 2: the checkpoint to resume, named explicitly on the TRL command line.
+
+    What resume_from_checkpoint=True picks: a broken newest checkpoint is refused by the checks (CKPT018),
+    never silently replaced by an older one (that is `--fix --unsafe`'s decision to make).
+    """
+    checkpoint = target.checkpoint
+    recipe_args = plan.recipe_args
+    explicit = recipe.resolve("resume_from_checkpoint").value
+    if checkpoint is not None and (explicit is None or explicit is False or explicit is True):
+        recipe_args = (*recipe_args, "--resume_from_checkpoint", str(checkpoint.resolve()))
+        plan.changed_arguments["resume_from_checkpoint"] = (explicit, str(checkpoint.resolve()))
+    elif isinstance(explicit, str):
+        checkpoint = Path(explicit)
+    plan.recipe_args, plan.checkpoint = recipe_args, checkpoint
+
+
+def _decide_wandb(plan: LaunchPlan, environ: dict[str, str], wandb_dir: Path | None) -> None:
+    """Step 4: the W&B run the start logs to, as the structured lines `resumedoctor env` prints."""
+    from resumedoctor.integrations.wandb.shell_env import shell_environment
+
+    if plan.output_dir.exists():
+        environment = shell_environment(plan.output_dir, wandb_dir=wandb_dir, environ=environ, recipe=plan.recipe)
+        plan.env_lines, comments = environment.lines, environment.comments
+    else:
+        plan.env_lines, comments = _fresh_wandb_environment(environ)
+    plan.wandb = "; ".join(comment.removeprefix("W&B: ") for comment in comments) or "a new run"
 
 
 def _registry():
@@ -198,7 +221,7 @@ def _fresh_wandb_environment(environ: dict[str, str]) -> tuple[list, list[str]]:
 
     if importlib.util.find_spec("wandb") is None:
         return [], ["wandb is not installed: no W&B run to match"]
-    from resumedoctor.integrations.wandb.runs import env_lines
+    from resumedoctor.integrations.wandb.shell_env import env_lines
 
     return env_lines(None, environ), []
 
@@ -267,27 +290,46 @@ def _trl_recipe_copy(plan: LaunchPlan, folder: Path) -> Path:
 
 def run_training(plan: LaunchPlan, *, progress: bool | None = None) -> TrainingSummary:
     """Step 5: build GRPOTrainer as `trl grpo` does (trl/scripts/grpo.py), add our callbacks, train."""
-    from datasets import load_dataset
-    from trl import GRPOTrainer, get_dataset, get_peft_config, get_quantization_config
+    script_args, training_args, model_args, dataset_args = _trl_arguments(plan)
+    reward_funcs = _reward_functions(script_args)
+    model_init_kwargs = dict(revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code,
+                             attn_implementation=model_args.attn_implementation, dtype=model_args.dtype)
+    model_init_kwargs.update(training_args.model_init_kwargs or {})
+    training_args.model_init_kwargs = model_init_kwargs
+    dataset = _dataset(script_args, dataset_args)
+    trainer = _grpo_trainer(plan, script_args, training_args, model_args, reward_funcs, dataset)
+    if progress if progress is not None else sys.stdout.isatty():
+        _use_rich_progress(trainer)
+    first_step = _checkpoint_step(plan.checkpoint)
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    seconds = time.perf_counter() - started
+    trainer.save_model(training_args.output_dir)
+    summary = _summary(trainer, first_step, seconds)
+    if hasattr(trainer, "end"):
+        trainer.end()
+    return summary
+
+
+def _trl_arguments(plan: LaunchPlan) -> tuple:
+    """The four argument objects `trl grpo` parses from the recipe (without our section) and the overrides."""
+    from trl.scripts.grpo import make_parser
+
+    with tempfile.TemporaryDirectory(prefix="resumedoctor-launch-") as folder:
+        recipe_copy = _trl_recipe_copy(plan, Path(folder))
+        return make_parser().parse_args_and_config(["--config", str(recipe_copy), *plan.recipe_args])
+
+
+def _reward_functions(script_args) -> list:
+    """The reward model and functions, named as `trl grpo` names them."""
     from trl.rewards import (
         accuracy_reward,
         get_soft_overlong_punishment,
         reasoning_accuracy_reward,
         think_format_reward,
     )
-    from trl.scripts.grpo import make_parser
 
-    from resumedoctor.integrations.trl.prompt_lengths import (
-        load_local_dataset,
-        looks_local,
-    )
-
-    with tempfile.TemporaryDirectory(prefix="resumedoctor-launch-") as folder:
-        recipe_copy = _trl_recipe_copy(plan, Path(folder))
-        script_args, training_args, model_args, dataset_args = make_parser().parse_args_and_config(
-            ["--config", str(recipe_copy), *plan.recipe_args])
-
-    registry = {  # the names the gate accepts: resumedoctor.integrations.trl.import_paths.TRL_REWARD_NAMES
+    known = {  # the names the gate accepts: resumedoctor.integrations.trl.import_paths.TRL_REWARD_NAMES
         "accuracy_reward": accuracy_reward,
         "reasoning_accuracy_reward": reasoning_accuracy_reward,
         "think_format_reward": think_format_reward,
@@ -295,38 +337,51 @@ def run_training(plan: LaunchPlan, *, progress: bool | None = None) -> TrainingS
     }
     reward_funcs = [script_args.reward_model_name_or_path] if script_args.reward_model_name_or_path else []
     for name in script_args.reward_funcs or []:
-        reward_funcs.append(registry[name] if name in registry else _import_object(name))
+        reward_funcs.append(known[name] if name in known else _import_object(name))
+    return reward_funcs
 
-    model_init_kwargs = dict(revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code,
-                             attn_implementation=model_args.attn_implementation, dtype=model_args.dtype)
-    model_init_kwargs.update(training_args.model_init_kwargs or {})
-    training_args.model_init_kwargs = model_init_kwargs
+
+def _dataset(script_args, dataset_args):
+    """The training data as `trl grpo` loads it, except that a local file is read locally."""
+    from datasets import load_dataset
+    from trl import get_dataset
+
+    from resumedoctor.integrations.trl.prompt_lengths import (
+        load_local_dataset,
+        looks_local,
+    )
 
     if dataset_args.datasets:
-        dataset = get_dataset(dataset_args)
-    elif script_args.dataset_name and looks_local(script_args.dataset_name):
+        return get_dataset(dataset_args)
+    if script_args.dataset_name and looks_local(script_args.dataset_name):
         # datasets' load_dataset sends a bare file name (prompts.jsonl) to the hub; trl grpo fails there.
         from datasets import DatasetDict
 
         location = Path(script_args.dataset_name).expanduser()
-        dataset = DatasetDict({split: load_local_dataset(location, split)
-                               for split in {script_args.dataset_train_split}})
-    elif script_args.dataset_name:
-        dataset = load_dataset(script_args.dataset_name, name=script_args.dataset_config,
-                               streaming=script_args.dataset_streaming)
-    else:
-        raise LaunchError("the recipe names no dataset (dataset_name or datasets)")
+        return DatasetDict({split: load_local_dataset(location, split) for split in {script_args.dataset_train_split}})
+    if script_args.dataset_name:
+        return load_dataset(script_args.dataset_name, name=script_args.dataset_config,
+                            streaming=script_args.dataset_streaming)
+    raise LaunchError("the recipe names no dataset (dataset_name or datasets)")
 
+
+def _callbacks(plan: LaunchPlan) -> list:
+    """SealCallback (every save of a launched run is sealed), the curriculum, the recipe's own callbacks."""
     from resumedoctor.integrations.seal.callback import SealCallback
 
-    callbacks = [SealCallback()]  # every save of a launched run is sealed
+    callbacks = [SealCallback()]
     if plan.curriculum:
         from resumedoctor.integrations.curriculum.callback import CurriculumCallback
 
         callbacks.append(CurriculumCallback(**plan.curriculum))
-    callbacks += [_import_object(path)() for path in plan.callbacks]
+    return callbacks + [_import_object(path)() for path in plan.callbacks]
 
-    trainer = GRPOTrainer(
+
+def _grpo_trainer(plan: LaunchPlan, script_args, training_args, model_args, reward_funcs: list, dataset):
+    from trl import GRPOTrainer, get_peft_config, get_quantization_config
+
+    callbacks = _callbacks(plan)
+    return GRPOTrainer(
         model=model_args.model_name_or_path,
         reward_funcs=reward_funcs,
         args=training_args,
@@ -336,15 +391,12 @@ def run_training(plan: LaunchPlan, *, progress: bool | None = None) -> TrainingS
         peft_config=get_peft_config(model_args),
         callbacks=callbacks,
     )
-    if progress if progress is not None else sys.stdout.isatty():
-        _use_rich_progress(trainer)
-    first_step = _checkpoint_step(plan.checkpoint)
-    started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    seconds = time.perf_counter() - started
-    trainer.save_model(training_args.output_dir)
-    tokens = [entry.get("num_tokens") for entry in trainer.state.log_history if entry.get("num_tokens") is not None]
-    trained_tokens = (tokens[-1] - (_tokens_at(trainer.state.log_history, first_step) or 0)) if tokens else None
+
+
+def _summary(trainer, first_step: int, seconds: float) -> TrainingSummary:
+    history = trainer.state.log_history
+    tokens = [entry.get("num_tokens") for entry in history if entry.get("num_tokens") is not None]
+    trained_tokens = (tokens[-1] - (_tokens_at(history, first_step) or 0)) if tokens else None
     wandb_run = None
     try:
         import wandb
@@ -352,8 +404,6 @@ def run_training(plan: LaunchPlan, *, progress: bool | None = None) -> TrainingS
         wandb_run = wandb.run.id if wandb.run is not None else None
     except ImportError:
         pass
-    if hasattr(trainer, "end"):
-        trainer.end()
     return TrainingSummary(first_step, trainer.state.global_step, seconds, trained_tokens, wandb_run)
 
 

@@ -1,8 +1,13 @@
-"""`resumedoctor env`: the shell lines that make the next start log to the right place."""
+"""`resumedoctor env`: the shell lines that make the next start log to the right place.
+
+`runs` decides which W&B run the next start logs to; this module turns that decision into shell lines
+(export, unset, each with its `#` comment) and is the only one that writes shell text.
+"""
 
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +15,7 @@ from pathlib import Path
 from resumedoctor.engine.context import Options
 from resumedoctor.engine.settings import Settings
 from resumedoctor.engine.target import resolve_target
+from resumedoctor.integrations.wandb.runs import RESUME_VARIABLES, WandbDecision
 from resumedoctor.io.printable import printable
 
 
@@ -18,7 +24,7 @@ class ShellEnvironment:
     target: str
     checkpoint: str | None
     comments: list[str] = field(default_factory=list)
-    lines: list = field(default_factory=list)  # EnvLine
+    lines: list[EnvLine] = field(default_factory=list)
 
     def render(self) -> str:
         out = [comment_line(f"resumedoctor env: {self.target} -> {self.checkpoint or 'no checkpoint'}")]
@@ -37,6 +43,66 @@ def comment_line(text: str) -> str:
     return "# " + printable(text)
 
 
+@dataclass(frozen=True)
+class EnvLine:
+    text: str  # `export NAME=value` or `unset NAME`
+    why: str
+    name: str = ""
+    value: str | None = None  # None: unset
+
+    def render(self) -> str:
+        return f"{self.text}  {comment_line(self.why)}"  # the value is shlex-quoted; the comment is made one line
+
+    def apply(self, environ: dict[str, str]) -> None:
+        """What `eval` of this line does to an environment."""
+        if self.value is None:
+            environ.pop(self.name, None)
+        else:
+            environ[self.name] = self.value
+
+
+def env_lines(decision: WandbDecision | None, environ: dict[str, str], *,
+              new_run_id: str | None = None) -> list[EnvLine]:
+    """Shell lines that make the next start log where the decision says (and drop stale variables).
+
+    `new_run_id`: a WANDB_RUN_ID that names no local run, kept as the user's choice of a new run
+    (or of the fork's id) instead of being replaced.
+    """
+    lines: list[EnvLine] = []
+
+    def export(name: str, value: str, why: str) -> None:
+        lines.append(EnvLine(f"export {name}={shlex.quote(value)}", why, name, value))
+
+    def unset(name: str, why: str) -> None:
+        if name in environ:
+            lines.append(EnvLine(f"unset {name}", why, name, None))
+
+    if decision is None:
+        if environ.get("WANDB_RESUME") == "must" and not environ.get("WANDB_RUN_ID"):
+            unset("WANDB_RESUME", "stale: resume=must without WANDB_RUN_ID makes wandb.init fail")
+        if sum(1 for name in RESUME_VARIABLES if environ.get(name)) > 1:
+            for name in ("WANDB_RESUME_FROM", "WANDB_FORK_FROM"):
+                unset(name, "stale: resume, resume_from and fork_from are mutually exclusive")
+        return lines
+    if decision.mode == "fork":
+        export("WANDB_FORK_FROM", decision.moment, f"{decision.checkpoint} is global step {decision.global_step}; "
+               f"run {decision.run_id} logged past it, so fork it at _step {decision.step}")
+        if not new_run_id:
+            unset("WANDB_RUN_ID", "a fork is a new run with a new id")
+        unset("WANDB_RESUME", "resume and fork_from are mutually exclusive")
+        unset("WANDB_RESUME_FROM", "resume_from and fork_from are mutually exclusive")
+    elif not new_run_id:
+        export("WANDB_RUN_ID", decision.run_id, f"continue run {decision.run_id}, which ends at {decision.checkpoint}")
+        export("WANDB_RESUME", "allow", "resume that run if it exists")
+        unset("WANDB_FORK_FROM", "resume and fork_from are mutually exclusive")
+        unset("WANDB_RESUME_FROM", "resume and resume_from are mutually exclusive")
+    if decision.project and environ.get("WANDB_PROJECT") != decision.project:
+        export("WANDB_PROJECT", decision.project, "the project the run lives in")
+    if decision.entity and environ.get("WANDB_ENTITY") not in (None, decision.entity):
+        export("WANDB_ENTITY", decision.entity, "the entity the run lives in")
+    return lines
+
+
 def shell_environment(path: str | os.PathLike, *, wandb_dir: Path | None = None,
                       environ: Mapping[str, str] | None = None, recipe: Path | None = None) -> ShellEnvironment:
     """Decide the W&B identity of the next start (the recorded decision when it still fits)."""
@@ -53,8 +119,6 @@ def shell_environment(path: str | os.PathLike, *, wandb_dir: Path | None = None,
         result.comments.append("wandb is not installed: no W&B run to match")
         return result
     decision, new_run_id = _wandb_decision(ctx, checkpoint, result.comments) if checkpoint is not None else (None, None)
-    from resumedoctor.integrations.wandb.runs import env_lines
-
     result.lines = env_lines(decision, ctx.environ, new_run_id=new_run_id)
     return result
 
