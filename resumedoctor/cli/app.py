@@ -1,8 +1,7 @@
 """The `resumedoctor` command: parse, call one function of the Python API (resumedoctor.api), render.
 
 How outcomes become exit codes (docs/architecture.md, "Exit codes") and one-line errors:
-resumedoctor.cli.exits. Each command imports the
-API when it runs, so that `resumedoctor --version` and `--help` load nothing they do not show.
+resumedoctor.cli.exits. Each command imports the API when it runs, so that `resumedoctor --version` and `--help` load nothing they do not show.
 """
 
 from __future__ import annotations
