@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from resumedoctor.engine.checkpoint_facts import readable_seal, seal_of
 from resumedoctor.engine.context import (
-    CHECKPOINT_ERRORS,
+    CHECKPOINT_FINDINGS,
     RunContext,
     trainer_state_problem,
 )
@@ -32,7 +33,6 @@ from resumedoctor.integrations.seal.record import (
     SEAL_FILE,
     SEAL_TEMP_FILE,
     TMP_SUFFIX,
-    read_seal,
     sealing_was_on,
     verify,
 )
@@ -907,7 +907,7 @@ class CheckpointInspector:
             yield self.finding(TRAINER_STATE_INVALID, f"trainer_state.json: {problem}", path,
                                hint="the Trainer fails on it when resuming; resume from the previous checkpoint")
             return
-        global_step = state["global_step"]
+        global_step = self.ctx.global_step(self.folder)
         step = checkpoint_step(self.folder)
         mismatch = None
         if step is not None and global_step != step:
@@ -999,18 +999,6 @@ def _dcp_problems(folder: Path, index: DcpIndex) -> list[str]:
     return problems
 
 
-def seal_of(ctx: RunContext, folder: Path) -> dict:
-    """The checkpoint's seal, read once per run; ValueError when it has none or it cannot be read."""
-    return ctx.memo(("seal", folder), lambda: read_seal(folder), "read_seal")
-
-
-def _readable_seal(ctx: RunContext, folder: Path) -> dict | None:
-    try:
-        return seal_of(ctx, folder)
-    except ValueError:
-        return None
-
-
 class SealLedger:
     """The checkpoints of one output_dir and their seals, listed and read once per run.
 
@@ -1029,7 +1017,7 @@ class SealLedger:
 
     def _sealing(self, index: int) -> bool:
         folder = self.checkpoints[index]
-        seal = _readable_seal(self.ctx, folder) if (folder / SEAL_FILE).is_file() else None
+        seal = readable_seal(self.ctx, folder)
         return seal is not None and sealing_was_on(seal)
 
     def reference(self, step: int) -> tuple[Path, dict] | None:
@@ -1068,7 +1056,7 @@ def _sealed_while_sealing(ctx: RunContext, folder: Path) -> bool:
     """Saved while SealCallback was sealing: a seal made then (an unreadable seal was too)."""
     if not (folder / SEAL_FILE).is_file():
         return False
-    seal = _readable_seal(ctx, folder)
+    seal = readable_seal(ctx, folder)
     return seal is None or sealing_was_on(seal)
 
 
@@ -1077,22 +1065,9 @@ def inspect_checkpoint(ctx: RunContext, folder: Path) -> list[Finding]:
     return ctx.memo(("checkpoint-integrity", folder), lambda: list(CheckpointInspector(ctx, folder).run()))
 
 
-def newest_usable_checkpoint(ctx: RunContext) -> Path | None:
-    """The newest checkpoint-N of the output_dir without an error finding (what a fixed resume uses)."""
-    for folder in reversed(ctx.checkpoints_in(ctx.target.output_dir)):
-        if not _errors(ctx, inspect_checkpoint(ctx, folder)):
-            return folder
-    return None
-
-
 def _error_summary(errors: list[Finding]) -> str:
     """`CKPT003 model.safetensors, CKPT009 optimizer.pt`: which rule, which file."""
     return ", ".join(sorted({f"{e.code} {Path(e.path).name}" if e.path else e.code for e in errors}))
-
-
-def _errors(ctx: RunContext, findings: list[Finding]) -> list[Finding]:
-    """The findings that make a checkpoint unusable: errors the user did not ignore (select does not count)."""
-    return [f for f in findings if not ctx.settings.is_ignored(f.code) and ctx.severity_of(f) is Severity.ERROR]
 
 
 def check_output_dir(ctx: RunContext) -> Iterator[Finding]:
@@ -1101,6 +1076,30 @@ def check_output_dir(ctx: RunContext) -> Iterator[Finding]:
         yield NO_CHECKPOINT.finding(f"{target.output_dir} does not exist yet (the Trainer creates it)",
                                     path=str(target.output_dir))
         return
+    yield from _leftover_folders(ctx)
+    if not target.checkpoints:
+        final = f" (only the final model: {', '.join(target.final_model)})" if target.finished else ""
+        nested = _runs_inside(target.output_dir)
+        meant = f"; did you mean {' or '.join(str(run) for run in nested)}?" if nested else ""
+        yield NO_CHECKPOINT.finding(f"{target.output_dir} holds no checkpoint-N folder{final}{meant}",
+                                    path=str(target.output_dir))
+        return
+    per_checkpoint = {folder: inspect_checkpoint(ctx, folder) for folder in target.checkpoints}
+    judged = _pinned_by_recipe(ctx)
+    if judged is None:  # no usable checkpoint pinned by the recipe: resume_from_checkpoint=True picks the newest
+        judged = target.checkpoint
+        yield from per_checkpoint[judged]
+        unusable = _newest_unusable(ctx, per_checkpoint, judged)
+        if unusable is not None:
+            yield unusable
+    else:  # the recipe resumes this (usable) checkpoint: the others are no resume target
+        yield from per_checkpoint[judged]
+    yield from _unusable_others(ctx, per_checkpoint, judged)
+
+
+def _leftover_folders(ctx: RunContext) -> Iterator[Finding]:
+    """Debris of an interrupted save, and backups that transformers' rotation counts as checkpoints."""
+    target = ctx.target
     for entry in (target.output_dir / name for name in target.subfolders):  # listed once, in resolve_target
         if TMP_CHECKPOINT_NAME.match(entry.name):
             debris = TMP_CHECKPOINT_DEBRIS.finding(
@@ -1114,41 +1113,30 @@ def check_output_dir(ctx: RunContext) -> Iterator[Finding]:
                 f"{entry.name} counts as checkpoint {ROTATION_NAME.match(entry.name).group(1)} to transformers' rotation: "
                 "with save_total_limit it is deleted like an old checkpoint", path=str(entry),
                 hint=f"move {entry.name} out of {target.output_dir}")
-    if not target.checkpoints:
-        final = f" (only the final model: {', '.join(target.final_model)})" if target.finished else ""
-        nested = _runs_inside(target.output_dir)
-        meant = f"; did you mean {' or '.join(str(run) for run in nested)}?" if nested else ""
-        yield NO_CHECKPOINT.finding(f"{target.output_dir} holds no checkpoint-N folder{final}{meant}",
-                                    path=str(target.output_dir))
-        return
-    per_checkpoint = {folder: inspect_checkpoint(ctx, folder) for folder in target.checkpoints}
-    newest = target.checkpoint
-    pinned = _pinned_by_recipe(ctx)
-    if pinned is not None:  # the recipe resumes this (usable) checkpoint: the others are no resume target
-        yield from per_checkpoint[pinned]
-        yield from _unusable_others(ctx, per_checkpoint, pinned)
-        return
-    yield from per_checkpoint[newest]
-    usable = [folder for folder in target.checkpoints if not _errors(ctx, per_checkpoint[folder])]
-    newest_errors = _errors(ctx, per_checkpoint[newest])
-    if newest_errors:
-        fallback = usable[-1] if usable else None
-        instead = f"the newest usable checkpoint is {fallback.name}" if fallback else "no checkpoint here is usable"
-        hint = (f"repair {newest.name} (its findings above), or resume from {fallback} (fix --unsafe quarantines "
-                f"{newest.name})" if fallback else "repair it, start from scratch or restore a good copy")
-        age = recently_written(newest)
-        if age is not None:  # a save in progress looks exactly like a cut-off one, for a moment
-            hint = (f"files in {newest.name} were written {age:.0f} s ago: if a trainer is still saving, wait for "
-                    f"the save to finish and check again (fix will not quarantine a save in progress); otherwise {hint}")
-        finding = RESUME_TARGET_UNUSABLE.finding(
-            f"resume_from_checkpoint=True would pick {newest.name}, which is unusable "
-            f"({_error_summary(newest_errors)}); {instead}",
-            path=str(newest), hint=hint,
-        )
-        finding.extra.update(checkpoint=str(newest), fallback=str(fallback) if fallback else None,
-                             caused_by=newest_errors)
-        yield finding
-    yield from _unusable_others(ctx, per_checkpoint, newest)
+
+
+def _newest_unusable(ctx: RunContext, per_checkpoint: dict[Path, list[Finding]], newest: Path) -> Finding | None:
+    """CKPT018 when the checkpoint resume_from_checkpoint=True picks has an error; None when it is usable."""
+    newest_errors = ctx.blocking_errors(per_checkpoint[newest])
+    if not newest_errors:
+        return None
+    usable = [folder for folder in per_checkpoint if not ctx.blocking_errors(per_checkpoint[folder])]
+    fallback = usable[-1] if usable else None
+    instead = f"the newest usable checkpoint is {fallback.name}" if fallback else "no checkpoint here is usable"
+    hint = (f"repair {newest.name} (its findings above), or resume from {fallback} (fix --unsafe quarantines "
+            f"{newest.name})" if fallback else "repair it, start from scratch or restore a good copy")
+    age = recently_written(newest)
+    if age is not None:  # a save in progress looks exactly like a cut-off one, for a moment
+        hint = (f"files in {newest.name} were written {age:.0f} s ago: if a trainer is still saving, wait for "
+                f"the save to finish and check again (fix will not quarantine a save in progress); otherwise {hint}")
+    finding = RESUME_TARGET_UNUSABLE.finding(
+        f"resume_from_checkpoint=True would pick {newest.name}, which is unusable "
+        f"({_error_summary(newest_errors)}); {instead}",
+        path=str(newest), hint=hint,
+    )
+    finding.extra.update(checkpoint=str(newest), fallback=str(fallback) if fallback else None,
+                         caused_by=newest_errors)
+    return finding
 
 
 def _runs_inside(folder: Path, most: int = 3) -> list[Path]:
@@ -1177,7 +1165,7 @@ def _pinned_by_recipe(ctx: RunContext) -> Path | None:
 def _unusable_others(ctx: RunContext, per_checkpoint: dict[Path, list[Finding]], judged: Path) -> Iterator[Finding]:
     """CKPT019 for every checkpoint but the judged one that has an error."""
     for folder, findings in per_checkpoint.items():
-        errors = _errors(ctx, findings)
+        errors = ctx.blocking_errors(findings)
         if folder != judged and errors:
             finding = OLDER_CHECKPOINT_UNUSABLE.finding(
                 f"{folder.name} is unusable ({_error_summary(errors)})", path=str(folder),
@@ -1200,5 +1188,5 @@ FAMILY = CheckFamily(
     title="Checkpoint integrity: files whole, headers and archives consistent, state written",
     rules=RULES,
     run=run,
-    services={CHECKPOINT_ERRORS: lambda ctx, folder: _errors(ctx, inspect_checkpoint(ctx, folder))},
+    services={CHECKPOINT_FINDINGS: inspect_checkpoint},
 )

@@ -15,11 +15,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from resumedoctor.engine.checkpoint_facts import saved_world_size
 from resumedoctor.engine.context import RunContext
 from resumedoctor.engine.findings import Finding, Rule, Severity
 from resumedoctor.engine.registry import CheckFamily
 from resumedoctor.engine.target import checkpoint_step, list_checkpoints
 from resumedoctor.integrations.trl.recipe import RecipeError
+from resumedoctor.integrations.trl.saved_arguments import (
+    COSMETIC_KEYS,
+    DATA_KEYS,
+    OPTIMIZER_KEYS,
+    ORDER_KEYS,
+    SCHEDULE_KEYS,
+    TRAINING_KEYS,
+    Change,
+    changes,
+)
 from resumedoctor.io.bounded_read import JsonFileError
 from resumedoctor.io.safe_pickle import PickleReadError, UnsafePickleError
 
@@ -134,78 +145,8 @@ OPTIMIZER_KEPT = Rule(
 RULES = (DATA_SKIP, NOTHING_TO_TRAIN, MODEL_MISMATCH, HARMLESS, OTHER_CHANGE, NO_RESUME, RESUME_TARGET_WRONG,
          OUTPUT_DIR_DIFFERS, SCHEDULE_CHANGED, TRAINING_EXTENDED, RUN_FINISHED, OPTIMIZER_KEPT, RESUME_TARGET_OLDER)
 
-# What each compared key decides; every difference is then judged by its consequence for this resume.
-DATA_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_generations", "num_iterations",
-             "generation_batch_size", "steps_per_generation")
-ORDER_KEYS = ("seed", "data_seed")
-SCHEDULE_KEYS = ("lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "warmup_ratio", "max_steps",
-                 "num_train_epochs")
-OPTIMIZER_KEYS = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon")
-COSMETIC_KEYS = ("logging_steps", "logging_strategy", "logging_first_step", "save_steps", "save_strategy",
-                 "save_total_limit", "report_to", "run_name", "eval_steps", "push_to_hub", "disable_tqdm",
-                 "logging_dir", "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "hub_model_id")
-# The training value each key sets, for the message.
-TRAINING_KEYS = {
-    "beta": "KL coefficient", "temperature": "sampling temperature", "top_p": "nucleus sampling top_p",
-    "top_k": "sampling top_k", "epsilon": "lower clip range", "epsilon_high": "upper clip range",
-    "loss_type": "loss", "scale_rewards": "reward scaling", "max_completion_length": "completion budget (tokens)",
-    "max_grad_norm": "gradient clipping norm", "optim": "optimizer", "reward_weights": "reward weights",
-    "bf16": "bf16 precision", "fp16": "fp16 precision", "dataloader_drop_last": "last partial batch of an epoch",
-}
-DATA_SKIP_KEYS = DATA_KEYS + ORDER_KEYS
 ARCHITECTURE_KEYS = ("model_type", "architectures", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "num_key_value_heads", "intermediate_size", "vocab_size")
-# GRPOConfig derives these when the recipe leaves them unset; the saved value is the derived one.
-DERIVED_WHEN_UNSET = ("generation_batch_size", "steps_per_generation")
-
-
-def normalize(key: str, value):
-    if key == "lr_scheduler_kwargs" and value in (None, "", {}):
-        return {}
-    if key == "report_to":
-        if value in (None, "none"):
-            return []
-        return sorted([value] if isinstance(value, str) else list(value))
-    if isinstance(value, float) and value.is_integer() and key not in ("learning_rate",):
-        return int(value)
-    return value
-
-
-def drift(ctx: RunContext, saved: dict, recipe) -> dict[str, tuple]:
-    """key -> (saved value, resolved value, source) for every compared key that differs (DeepDiff)."""
-    from deepdiff import DeepDiff
-
-    compared = (*DATA_KEYS, *ORDER_KEYS, *SCHEDULE_KEYS, *OPTIMIZER_KEYS, *COSMETIC_KEYS, *TRAINING_KEYS)
-    keys = [k for k in compared if k in saved]
-    resolved = {key: recipe.resolve(key) for key in keys}
-    keys = [k for k in keys if not (k in DERIVED_WHEN_UNSET and resolved[k].source == "default")]
-    # A default of None (bf16, fp16, ...) is decided by GRPOConfig at start-up: not a drift by itself.
-    keys = [k for k in keys if not (resolved[k].source == "default" and resolved[k].value is None)]
-    keys = [k for k in keys if k != "output_dir" and k != "resume_from_checkpoint"]
-    before = {key: normalize(key, saved[key]) for key in keys}
-    after = {key: normalize(key, resolved[key].value) for key in keys}
-    difference = DeepDiff(before, after, ignore_order=True, ignore_numeric_type_changes=True)
-    changed = set()
-    for section in ("values_changed", "type_changes", "iterable_item_added", "iterable_item_removed",
-                    "dictionary_item_added", "dictionary_item_removed"):
-        for path in difference.get(section, {}):
-            changed.add(path.split("'")[1])
-    return {key: (saved[key], resolved[key].value, resolved[key].source) for key in keys if key in changed}
-
-
-def checkpoint_world_size(checkpoint: Path) -> int:
-    """The seal's world size when sealed, else one rng_state_<rank>.pth per process."""
-    from resumedoctor.integrations.seal.record import SEAL_FILE, read_seal
-
-    if (checkpoint / SEAL_FILE).is_file():
-        try:
-            sealed = read_seal(checkpoint).get("world_size")
-            if isinstance(sealed, int):
-                return sealed
-        except ValueError:
-            pass
-    ranks = list(checkpoint.glob("rng_state_*.pth"))
-    return len(ranks) if ranks else 1
 
 
 def optimizer_state_restored(checkpoint: Path) -> bool:
@@ -227,15 +168,11 @@ class Resume:
     saved: dict
     state: dict
     recipe: Any
-    changes: dict  # key -> (saved value, recipe value, source)
+    changes: dict[str, Change]  # key -> (saved value, recipe value, source)
     recipe_path: str
     world_saved: int
     world_new: int
-
-    @property
-    def global_step(self) -> int | None:
-        step = self.state.get("global_step")
-        return step if isinstance(step, int) and not isinstance(step, bool) else None
+    global_step: int | None  # None when trainer_state.json cannot be read (CKPT013)
 
     @property
     def grpo(self) -> bool:
@@ -269,9 +206,9 @@ def run(ctx: RunContext) -> Iterator[Finding]:
         return  # CKPT010 / CKPT028 report it
     state = ctx.trainer_state(checkpoint) or {}  # a broken one is CKPT013
     world = ctx.environ.get("WORLD_SIZE")
-    world_saved = checkpoint_world_size(checkpoint)
-    resume = Resume(checkpoint, saved, state, recipe, drift(ctx, saved, recipe),
-                    recipe_path, world_saved, int(world) if world and world.isdigit() else world_saved)
+    world_saved = saved_world_size(ctx, checkpoint)
+    resume = Resume(checkpoint, saved, state, recipe, changes(saved, recipe), recipe_path, world_saved,
+                    int(world) if world and world.isdigit() else world_saved, ctx.global_step(checkpoint))
     yield from data_findings(resume)
     yield from order_findings(resume)
     yield from schedule_findings(ctx, resume)
@@ -539,16 +476,45 @@ def _rate(value: float) -> str:
     return f"{value:.4g}"
 
 
+@dataclass(frozen=True)
+class ScheduleRates:
+    """The learning rate at each compared scheduler step under the checkpoint's schedule and the recipe's."""
+
+    step: int  # the checkpoint's global_step
+    old: int  # the checkpoint's horizon
+    new: int  # the recipe's horizon
+    old_rates: dict[int, float]
+    new_rates: dict[int, float]
+
+    def planned(self, count: int) -> float:
+        """The checkpoint's schedule, held at its end rate past its horizon."""
+        return self.old_rates[min(count, self.old)]
+
+    def first_difference(self) -> int | None:
+        """The first resumed step count whose rate differs from the checkpoint's plan, or None."""
+        return next((n for n in sorted(self.new_rates) if self.step < n < self.new
+                     and not math.isclose(self.new_rates[n], self.planned(n), rel_tol=1e-9, abs_tol=1e-15)), None)
+
+
 def judge_schedule(ctx: RunContext, resume: Resume, keys, step: int, old: int, new: int) -> Finding:
     """Warning or info by the learning rates the resume really uses, under the checkpoint's schedule and the recipe's."""
-    from resumedoctor.integrations.trl.lr_schedule import ScheduleError, learning_rates
-
     what, name = resume.describe(keys), resume.checkpoint.name
     length = (f"the resume trains {_count(new - step, 'step')} (to {new}) instead of {max(old - step, 0)}; "
               if new != old else "")
     if not optimizer_state_restored(resume.checkpoint):
         return _finding(resume, SCHEDULE_CHANGED, keys, what, f"{length}the rates are not judged: {name} has no "
                         "optimizer.pt / scheduler.pt, so the resume starts a fresh schedule", None, restore=False)
+    rates = schedule_rates(ctx, resume, step, old, new)
+    if isinstance(rates, str):
+        return _finding(resume, SCHEDULE_CHANGED, keys, what, f"{length}the learning rates could not be computed "
+                        f"({rates})", None, restore=False)
+    return rates_finding(resume, keys, rates, length)
+
+
+def schedule_rates(ctx: RunContext, resume: Resume, step: int, old: int, new: int) -> ScheduleRates | str:
+    """The rates under both schedules (computed once per run), or why they could not be computed."""
+    from resumedoctor.integrations.trl.lr_schedule import ScheduleError, learning_rates
+
     base = resume.saved.get("learning_rate")  # scheduler.pt restores base_lrs: the recipe's learning_rate is not used
     steps = compared_steps(step, old, new)
     try:
@@ -556,19 +522,17 @@ def judge_schedule(ctx: RunContext, resume: Resume, keys, step: int, old: int, n
         rates = ctx.memo(("lr-schedule", repr(schedules), tuple(steps)), lambda: learning_rates(schedules, steps),
                          "lr_schedule")
     except ScheduleError as exc:
-        return _finding(resume, SCHEDULE_CHANGED, keys, what, f"{length}the learning rates could not be computed "
-                        f"({exc.reason})", None, restore=False)
+        return exc.reason
     except (TypeError, ValueError) as exc:  # a learning_rate or lr_scheduler_kwargs that is not what it should be
-        return _finding(resume, SCHEDULE_CHANGED, keys, what, f"{length}the learning rates could not be computed "
-                        f"({type(exc).__name__}: {exc})", None, restore=False)
-    old_rates, new_rates = dict(zip(steps, rates[0])), dict(zip(steps, rates[1]))
+        return f"{type(exc).__name__}: {exc}"
+    return ScheduleRates(step, old, new, dict(zip(steps, rates[0])), dict(zip(steps, rates[1])))
 
-    def planned(count: int) -> float:  # the checkpoint's schedule, held at its end rate past its horizon
-        return old_rates[min(count, old)]
 
-    kept = planned(step)
-    differs = next((n for n in steps if step < n < new
-                    and not math.isclose(new_rates[n], planned(n), rel_tol=1e-9, abs_tol=1e-15)), None)
+def rates_finding(resume: Resume, keys, rates: ScheduleRates, length: str) -> Finding:
+    """CFG010 / CFG004 when no resumed step changes its rate (longer, or the same length), else CFG009 with the rates."""
+    what, name = resume.describe(keys), resume.checkpoint.name
+    step, old, new, new_rates = rates.step, rates.old, rates.new, rates.new_rates
+    kept, differs = rates.planned(step), rates.first_difference()
     if differs is None and new > old:
         return _finding(resume, TRAINING_EXTENDED, keys, what, f"{length}every step runs at the rate the checkpoint's "
                         f"schedule gives it: {_rate(kept)} at step {step + 1}, {_rate(new_rates[new - 1])} at step {new}",
@@ -579,16 +543,16 @@ def judge_schedule(ctx: RunContext, resume: Resume, keys, step: int, old: int, n
     parts = [f"{length}step {step + 1} keeps {_rate(kept)} (restored from {name}'s optimizer.pt)"]
     if differs is not None:
         ended = f" (the checkpoint's {old}-step schedule ended at step {old})" if differs >= old else ""
-        parts.append(f"step {differs + 1} runs at {_rate(new_rates[differs])} instead of {_rate(planned(differs))}{ended}")
+        parts.append(f"step {differs + 1} runs at {_rate(new_rates[differs])} instead of {_rate(rates.planned(differs))}{ended}")
     else:
         parts.append(f"no step changes its rate; the run ends {_count(old - new, 'step')} earlier")
     if new > step + 1:
         parts.append(f"the last step, {new}, runs at {_rate(new_rates[new - 1])} (the checkpoint's schedule ended at "
-                     f"{_rate(old_rates[old - 1])} at step {old})")
+                     f"{_rate(rates.old_rates[old - 1])} at step {old})")
     finding = _finding(resume, SCHEDULE_CHANGED, keys, what, "; ".join(parts),
                        "nothing to fix if intended; the checkpoint's values are in the message", restore=False)
     finding.extra.update(lr_kept=kept, lr_step=None if differs is None else differs + 1,
-                         lr_old=None if differs is None else planned(differs),
+                         lr_old=None if differs is None else rates.planned(differs),
                          lr_new=None if differs is None else new_rates[differs])
     return finding
 
@@ -695,10 +659,24 @@ def check_model(ctx: RunContext, recipe, checkpoint: Path, recipe_path: str) -> 
         return
     if not isinstance(theirs, dict) or not isinstance(ours, dict):
         return
-    different = [key for key in ARCHITECTURE_KEYS if key in ours and theirs.get(key) != ours.get(key)]
+    different = architecture_differences(ours, theirs)
     if different:
         details = ", ".join(f"{key} {ours.get(key)!r} vs {theirs.get(key)!r}" for key in different[:4])
         yield MODEL_MISMATCH.finding(f"{checkpoint.name}'s config.json and {model}'s differ: {details}", path=recipe_path)
+
+
+def architecture_differences(ours: dict, theirs: dict) -> list[str]:
+    """The architecture keys of the checkpoint's config.json whose value the model's config.json does not share.
+
+    DeepDiff compares the values (nested ones too, int against float ignored); the keys come from its
+    report's root keys."""
+    from deepdiff import DeepDiff
+
+    keys = [key for key in ARCHITECTURE_KEYS if key in ours]
+    difference = DeepDiff({key: ours[key] for key in keys}, {key: theirs.get(key) for key in keys},
+                          ignore_numeric_type_changes=True)
+    changed = set(difference.affected_root_keys)
+    return [key for key in keys if key in changed]
 
 
 FAMILY = CheckFamily(

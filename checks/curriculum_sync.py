@@ -212,10 +212,9 @@ def run(ctx: RunContext) -> Iterator[Finding]:
     yield from check_restore_flag(ctx, checkpoint)
     if not has_curriculum:
         return
-    trainer_state = ctx.trainer_state(checkpoint)
-    if trainer_state is None:
-        return  # the CKPT family reports it
-    step = trainer_state["global_step"]
+    step = ctx.global_step(checkpoint)
+    if step is None:
+        return  # the CKPT family reports the broken trainer_state.json
     saved, source = checkpoint_state(ctx, checkpoint)
     fix_args = dict(checkpoint=str(checkpoint), live=str(live_path), step=step, saved=saved)
 

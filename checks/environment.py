@@ -13,14 +13,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from resumedoctor.engine.checkpoint_facts import recorded_versions
 from resumedoctor.engine.context import RunContext
 from resumedoctor.engine.findings import Finding, Rule, Severity
 from resumedoctor.engine.registry import CheckFamily
 from resumedoctor.engine.settings import diagnosed_folders, shipped_settings
 from resumedoctor.engine.target import checkpoint_step
-from resumedoctor.errors import ReasonError
 from resumedoctor.integrations.trl.recipe import RecipeError, installed_version
-from resumedoctor.io.bounded_read import TEXT_LIMIT, JsonFileError, read_bytes_bounded
 from resumedoctor.io.safe_pickle import PickleReadError, UnsafePickleError
 
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
@@ -93,34 +92,6 @@ def version_tuple(text: str | None) -> tuple[int, ...]:
     return tuple(int(n) for n in numbers)
 
 
-def recorded_versions(ctx: RunContext, checkpoint: Path) -> dict[str, str]:
-    """Library versions the run recorded: config.json's transformers_version, the model card's list."""
-    versions = {}
-    try:
-        from resumedoctor.integrations.seal.record import SEAL_FILE, read_seal
-
-        versions.update((read_seal(checkpoint).get("versions") or {}) if (checkpoint / SEAL_FILE).is_file() else {})
-    except ValueError:
-        pass
-    try:
-        config = ctx.read_json(checkpoint / "config.json")
-        if isinstance(config, dict) and config.get("transformers_version"):
-            versions.setdefault("transformers", str(config["transformers_version"]))
-    except JsonFileError:
-        pass
-    card = ctx.target.output_dir / "README.md"
-    try:
-        text = read_bytes_bounded(card, TEXT_LIMIT).decode("utf-8", errors="replace") if card.is_file() else ""
-    except ReasonError:
-        text = ""
-    for name, package in (("TRL", "trl"), ("Transformers", "transformers"), ("Pytorch", "torch"),
-                          ("Datasets", "datasets"), ("Tokenizers", "tokenizers")):
-        match = re.search(rf"^- {name}: (\S+)", text, re.MULTILINE)
-        if match:
-            versions.setdefault(package, match.group(1))
-    return versions
-
-
 def folder_size(folder: Path) -> int:
     total = 0
     for path in folder.rglob("*"):
@@ -184,7 +155,7 @@ def save_settings(ctx: RunContext, checkpoint: Path, state: dict) -> SaveSetting
     strategy = str(values["save_strategy"] or "steps").lower().rsplit(".", 1)[-1]
     limit = _int(values["save_total_limit"])
     return SaveSettings(
-        global_step=_int(state.get("global_step")) or 0,
+        global_step=ctx.global_step(checkpoint) or 0,
         max_steps=_int(values["max_steps"]),
         save_steps=save_steps if isinstance(save_steps, (int, float)) and not isinstance(save_steps, bool) else None,
         strategy=strategy,
@@ -267,6 +238,7 @@ def run(ctx: RunContext) -> Iterator[Finding]:
     if torch_version and version_tuple(torch_version) < (2, 6):
         yield TORCH_TOO_OLD.finding(f"torch {torch_version} is installed; transformers needs >= 2.6 to load rng_state.pth",
                                     hint="pip install 'torch>=2.6'")
+    # Flat and ordered (older or newer): DeepDiff says neither, and importing it (numpy, pandas) costs start-up.
     for package, written in sorted(recorded_versions(ctx, checkpoint).items()):
         installed = installed_version(package)
         if installed is None or version_tuple(installed) == version_tuple(written):

@@ -9,6 +9,7 @@ recipe names is located without importing it (the gate of `launch` imports no to
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from resumedoctor.engine.context import RunContext
@@ -134,8 +135,6 @@ RULES = (RECIPE_INVALID, UNKNOWN_KEY, REMOVED_KEY, COMPLETION_EXCEEDS_WINDOW, PR
          BUDGET_CHANGED, IMPORT_NOT_FOUND, RECIPE_NOT_CHECKED, DATASET_FILE_NAME)
 
 
-
-
 def model_folder(ctx: RunContext, recipe: Recipe) -> Path | None:
     """Where config.json and the tokenizer are: the checkpoint being resumed, else a local model path."""
     candidates = []
@@ -195,7 +194,12 @@ def run(ctx: RunContext) -> Iterator[Finding]:
     for key in recipe.unknown_keys():
         yield UNKNOWN_KEY.finding(f"{key!r} is not a TRL GRPO argument: TrlParser refuses the recipe", path=recipe_path)
     yield from check_import_paths(recipe, recipe_path)
+    yield from check_generation_batch(recipe, recipe_path)
+    yield from check_budgets(ctx, recipe, recipe_path)
 
+
+def check_generation_batch(recipe: Recipe, recipe_path: str) -> Iterator[Finding]:
+    """generation_batch_size and steps_per_generation as GRPOConfig accepts them."""
     generations = recipe.get("num_generations")
     batch, steps = recipe.resolve("generation_batch_size"), recipe.resolve("steps_per_generation")
     if batch.value is not None and steps.value is not None:
@@ -206,20 +210,35 @@ def run(ctx: RunContext) -> Iterator[Finding]:
         yield GENERATION_BATCH_INDIVISIBLE.finding(
             f"generation_batch_size={batch.value} is not a multiple of num_generations={generations}", path=recipe_path)
 
+
+@dataclass(frozen=True)
+class Window:
+    """The model's window and the completion budget the recipe takes from it."""
+
+    tokens: int
+    source: str  # what sets it: vllm_max_model_length or the model's max_position_embeddings
+    folder: Path  # where config.json and the tokenizer are
+    completion: int  # max_completion_length
+    completion_source: str
+
+
+def check_budgets(ctx: RunContext, recipe: Recipe, recipe_path: str) -> Iterator[Finding]:
+    """max_completion_length within the window, then every local prompt plus it."""
     folder = model_folder(ctx, recipe)
     if folder is None:
         yield NOT_MEASURED.finding("no local config.json and tokenizer (checkpoint or model_name_or_path)", path=recipe_path)
         return
-    window, window_source = window_of(ctx, recipe, folder)
+    tokens, source = window_of(ctx, recipe, folder)
     completion = recipe.resolve("max_completion_length")
-    if window is None or not isinstance(completion.value, int):
+    if tokens is None or not isinstance(completion.value, int):
         return
-    if completion.value >= window:
+    window = Window(tokens, source, folder, completion.value, completion.source)
+    if window.completion >= window.tokens:
         yield _budget(COMPLETION_EXCEEDS_WINDOW.finding(
-            f"max_completion_length={completion.value} ({completion.source}) leaves no room in the window of {window} "
-            f"tokens ({window_source})", path=recipe_path,
+            f"max_completion_length={window.completion} ({window.completion_source}) leaves no room in the window of "
+            f"{window.tokens} tokens ({window.source})", path=recipe_path,
             hint="fix --unsafe re-allocates the window (--strategy balanced|completion_heavy|prompt_heavy|data)"),
-            window, folder, None)
+            window.tokens, folder, None)
         return
     dataset = recipe.get("dataset_name")
     if not isinstance(dataset, str) or not dataset:
@@ -234,24 +253,29 @@ def run(ctx: RunContext) -> Iterator[Finding]:
         yield DATASET_FILE_NAME.finding(f"dataset_name {dataset!r} is a file: `trl grpo` fails to load it "
                                         "(datasets.load_dataset takes a folder or a hub id)", path=recipe_path,
                                         hint="put the file alone in a folder and name the folder, or start with resumedoctor launch")
+    yield from check_prompts(ctx, recipe, recipe_path, window)
+
+
+def check_prompts(ctx: RunContext, recipe: Recipe, recipe_path: str, window: Window) -> Iterator[Finding]:
+    """Every prompt of the local dataset plus max_completion_length fits the window."""
     try:
-        lengths = measure_prompts(ctx, recipe, folder)
+        lengths = measure_prompts(ctx, recipe, window.folder)
     except DatasetError as exc:
         yield DATASET_UNAVAILABLE.finding(exc.reason, path=recipe_path)
         return
     except MeasureError as exc:
         yield NOT_MEASURED.finding(f"the prompts could not be measured: {exc.reason}", path=recipe_path)
         return
-    room = window - completion.value
+    room = window.tokens - window.completion
     over = [(row, length) for row, length in enumerate(lengths.lengths) if length > room]
     if over:
         shown = ", ".join(str(lengths.ids[row]) for row, _ in over[:10]) + (" ..." if len(over) > 10 else "")
         yield _budget(PROMPTS_EXCEED_WINDOW.finding(
             f"{len(over)} of {len(lengths.lengths)} prompts do not fit: prompt + max_completion_length "
-            f"({completion.value}) > {window} ({window_source}); ids {shown}; {summary_of(lengths)}",
+            f"({window.completion}) > {window.tokens} ({window.source}); ids {shown}; {summary_of(lengths)}",
             path=recipe_path,
             hint="fix --unsafe: re-allocate the window (--strategy data uses the p99 prompt) or filter the dataset"),
-            window, folder, lengths)
+            window.tokens, window.folder, lengths)
 
 
 def check_import_paths(recipe: Recipe, recipe_path: str) -> Iterator[Finding]:

@@ -209,12 +209,11 @@ def run(ctx: RunContext) -> Iterator[Finding]:
             yield identity
         yield identity_invalid(ctx, match, problem)
         return
-    state = ctx.trainer_state(checkpoint)
-    if state is None:
+    global_step = ctx.global_step(checkpoint)
+    if global_step is None:
         if identity is not None:
             yield identity
         return  # the CKPT family reports the broken state
-    global_step = state["global_step"]
     decision = decide(match, checkpoint, global_step)
     fresh = verdict is not None and verdict.kind == "fresh"
     if identity is not None:

@@ -656,3 +656,30 @@ def test_a_just_written_unusable_checkpoint_says_a_save_may_be_in_progress(full_
     for path in [newest, *newest.rglob("*")]:
         os.utime(path, (an_hour_ago, an_hour_ago))
     assert "still saving" not in hint() and "fix --unsafe quarantines checkpoint-6" in hint()
+
+
+def test_global_step_is_read_once_as_transformers_reads_it(full_run):
+    """ctx.global_step, the one reader every family asks, against transformers' own TrainerState."""
+    from transformers import TrainerState
+
+    from resumedoctor.engine.runner import new_context
+
+    ctx = new_context(resolve_target(full_run), Settings(), Options())
+    for checkpoint in sorted(full_run.glob("checkpoint-*")):
+        assert ctx.global_step(checkpoint) == TrainerState.load_from_json(checkpoint / "trainer_state.json").global_step
+    assert ctx.progress(full_run / "checkpoint-4").global_step == 4
+    edit_state(full_run / "checkpoint-4", global_step="4")  # transformers loads it, the resume's arithmetic fails
+    assert new_context(resolve_target(full_run), Settings(), Options()).global_step(full_run / "checkpoint-4") is None
+
+
+def test_the_resume_target_is_the_newest_usable_checkpoint_once_per_run(full_run):
+    from resumedoctor.engine.runner import new_context
+
+    truncate(full_run / "checkpoint-6" / "model.safetensors", 100)
+    ctx = new_context(resolve_target(full_run), Settings(), Options())
+    assert ctx.resume_point() == ctx.newest_usable_checkpoint() == full_run / "checkpoint-4"
+    assert ctx.checkpoint_errors(full_run / "checkpoint-6") and not ctx.checkpoint_errors(full_run / "checkpoint-4")
+    judged = dict(ctx.loads)
+    assert ctx.resume_point() == full_run / "checkpoint-4" and ctx.loads == judged  # asked again: nothing recomputed
+    # Without a family that judges checkpoints there is no verdict to give: every checkpoint counts as usable.
+    assert RunContext(resolve_target(full_run), Settings(), Options()).resume_point() == full_run / "checkpoint-6"

@@ -263,6 +263,19 @@ def test_config_command_shows_sources_and_the_checkpoint(full_run, recipe_for):
     assert "resolved recipe" in run_cli("config", recipe_for(), full_run).stdout
 
 
+def test_config_and_cfg_see_the_same_changes(full_run, recipe_for):
+    """One comparison of the saved arguments with the recipe: the keys `config` marks as drift are the keys
+    the CFG findings are about, and the ones CFG judges otherwise: output_dir and resume_from_checkpoint
+    (CFG006-CFG008), and the generation batch GRPOConfig derives from per_device_train_batch_size here."""
+    recipe = recipe_for("temperature: 0.5\nlr_scheduler_kwargs: {}\n", per_device_train_batch_size=8,
+                        logging_steps=3, learning_rate="2.0e-3")
+    result = run_cli("config", recipe, full_run / "checkpoint-4", "--format", "json")
+    drifted = {row["key"] for row in json.loads(result.stdout) if row["drift"]}
+    judged = {key for finding in report_of(full_run, recipe).findings for key in finding.extra.get("keys", ())}
+    assert judged == {"per_device_train_batch_size", "logging_steps", "learning_rate", "temperature"}
+    assert drifted - judged == {"generation_batch_size", "steps_per_generation", "output_dir", "resume_from_checkpoint"}
+
+
 # ---- ENV ----------------------------------------------------------------------------------------
 
 

@@ -317,6 +317,14 @@ def test_two_processes_write_one_whole_seal_per_checkpoint(tmp_path):
     assert seal["world_size"] == 2 and {"rng_state_0.pth", "rng_state_1.pth"} <= set(seal["files"])
     assert verify(run / "checkpoint-4", seal, deep=True) == []
     assert diagnose(run, settings=Settings(select=("CKPT",)), options=Options(deep=True)).findings == ()
+    # The world size every family asks (CFG's data skip, the after-the-fact seal): the seal's, else the RNG files'.
+    from resumedoctor.engine.checkpoint_facts import saved_world_size
+    from resumedoctor.engine.runner import new_context
+    from resumedoctor.engine.target import resolve_target
+
+    assert saved_world_size(new_context(resolve_target(run), Settings(), Options()), run / "checkpoint-4") == 2
+    (run / "checkpoint-4" / SEAL_FILE).unlink()
+    assert saved_world_size(new_context(resolve_target(run), Settings(), Options()), run / "checkpoint-4") == 2
 
 
 def test_seal_sizes_are_written_before_the_save_returns(tmp_path):

@@ -27,7 +27,7 @@ from resumedoctor.io.torch_archive import ArchiveReport, inspect_torch_archive
 T = TypeVar("T")
 
 # Names of the shared verdicts a family can offer (CheckFamily.services).
-CHECKPOINT_ERRORS = "checkpoint_errors"  # (ctx, folder) -> the findings that make it unusable
+CHECKPOINT_FINDINGS = "checkpoint_findings"  # (ctx, folder) -> every finding about one checkpoint folder
 # Fields only GRPOConfig-like arguments hold: how a run's own subclass (training-args-custom-class) is known as GRPO.
 GRPO_FIELDS = ("num_generations", "max_completion_length", "beta")
 
@@ -203,14 +203,23 @@ class RunContext:
     def severity_of(self, finding: Finding) -> Severity:
         return self.settings.severity_for(finding.code, finding.severity)
 
-    # --- shared verdicts -------------------------------------------------------------------------
+    # --- shared verdicts: computed once per run, asked for by every family and the core -------------
+
+    def checkpoint_findings(self, folder: Path) -> list[Finding] | None:
+        """Every finding about one checkpoint folder; None when no installed family can judge checkpoints."""
+        provider = self.services.get(CHECKPOINT_FINDINGS)
+        if provider is None:
+            return None
+        return self.memo(("checkpoint-findings", Path(folder)), lambda: list(provider(self, Path(folder))))
+
+    def blocking_errors(self, findings: list[Finding]) -> list[Finding]:
+        """The findings that make a checkpoint unusable: errors the user did not ignore (select does not count)."""
+        return [f for f in findings if not self.settings.is_ignored(f.code) and self.severity_of(f) is Severity.ERROR]
 
     def checkpoint_errors(self, folder: Path) -> list[Finding] | None:
         """The error findings that make a checkpoint unusable; None when no installed family can judge it."""
-        provider = self.services.get(CHECKPOINT_ERRORS)
-        if provider is None:
-            return None
-        return self.memo(("checkpoint-errors", Path(folder)), lambda: list(provider(self, Path(folder))))
+        findings = self.checkpoint_findings(folder)
+        return None if findings is None else self.blocking_errors(findings)
 
     def usable_checkpoints(self) -> list[Path]:
         """The target's checkpoints with no error finding, oldest first (all of them when none can judge)."""
@@ -236,18 +245,32 @@ class RunContext:
         return list_checkpoints(Path(output_dir), self.listing(output_dir))
 
     def newest_usable_checkpoint(self) -> Path | None:
-        usable = self.usable_checkpoints()
-        return usable[-1] if usable else None
+        """The newest of the target's checkpoints without an error finding (where `fix` moves a resume to)."""
+        def newest() -> Path | None:
+            usable = self.usable_checkpoints()
+            return usable[-1] if usable else None
+        return self.memo(("newest-usable", self._judge()), newest)
 
-    def progress(self, checkpoint: Path | None) -> Progress | None:
-        """global_step and max_steps as the checkpoint's trainer_state.json records them; None if unreadable."""
+    def _judge(self) -> Callable[..., Any] | None:
+        """Who judges checkpoints: part of the key of every verdict built on that judgement."""
+        return self.services.get(CHECKPOINT_FINDINGS)
+
+    def global_step(self, checkpoint: Path | None) -> int | None:
+        """The checkpoint's global_step as trainer_state.json records it; None when it cannot be read (CKPT013).
+
+        The one reader of global_step: trainer_state() has checked it is a non-negative integer."""
         if checkpoint is None:
             return None
         state = self.trainer_state(Path(checkpoint))
-        if state is None:
+        return None if state is None else state["global_step"]
+
+    def progress(self, checkpoint: Path | None) -> Progress | None:
+        """global_step and max_steps as the checkpoint's trainer_state.json records them; None if unreadable."""
+        step = self.global_step(checkpoint)
+        if step is None:
             return None
-        horizon = state.get("max_steps")
-        return Progress(state["global_step"], horizon if type(horizon) is int and horizon > 0 else None)
+        horizon = self.trainer_state(Path(checkpoint)).get("max_steps")
+        return Progress(step, horizon if type(horizon) is int and horizon > 0 else None)
 
     def trainer_config_class(self) -> str | None:
         """The arguments class the resume checkpoint was trained with (`trl...GRPOConfig`); None if unknown."""
@@ -286,12 +309,14 @@ class RunContext:
         form one plan: a recipe's explicit `resume_from_checkpoint` when that checkpoint is usable,
         otherwise the newest usable checkpoint (where `fix` moves the resume to).
         """
-        explicit = self.explicit_resume_path()
-        if explicit is not None and explicit.is_dir() and not self.checkpoint_errors(explicit):
-            return explicit
-        if not self.target.is_output_dir:
-            return self.target.checkpoint
-        return self.newest_usable_checkpoint()
+        def point() -> Path | None:
+            explicit = self.explicit_resume_path()
+            if explicit is not None and explicit.is_dir() and not self.checkpoint_errors(explicit):
+                return explicit
+            if not self.target.is_output_dir:
+                return self.target.checkpoint
+            return self.newest_usable_checkpoint()
+        return self.memo(("resume-point", self._judge()), point)
 
     def explicit_resume_path(self) -> Path | None:
         if self.options.recipe is None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from resumedoctor.engine.context import Options, RunContext
 from resumedoctor.engine.settings import Settings
 from resumedoctor.engine.target import resolve_target
+from resumedoctor.integrations.trl.saved_arguments import KEY_CLASSES, differing_keys
 from resumedoctor.io.safe_pickle import PickleReadError, UnsafePickleError
 
 
@@ -25,37 +26,33 @@ class ConfigRow:
 def config_rows(recipe_path: Path, path: Path | None = None, recipe_args: tuple[str, ...] = (),
                 environ: dict | None = None, notes: list[str] | None = None) -> list[ConfigRow]:
     """The recipe's rows; what could not be read for them is appended to `notes` (said, never hidden)."""
-    from resumedoctor.checks import config_drift
-
-    # What a key decides; `diagnose` judges each difference by its consequence for the resume.
-    classes = {**{k: "cosmetic" for k in config_drift.COSMETIC_KEYS},
-               **{k: "training" for k in config_drift.TRAINING_KEYS},
-               **{k: "optimizer-state" for k in config_drift.OPTIMIZER_KEYS},
-               **{k: "schedule" for k in config_drift.SCHEDULE_KEYS},
-               **{k: "data-skip" for k in config_drift.DATA_SKIP_KEYS}}
     target = resolve_target(path) if path is not None else resolve_target(recipe_path.parent)
     ctx = RunContext(target, Settings(), Options(recipe=recipe_path, recipe_args=recipe_args), environ)
     recipe = ctx.recipe()
-    saved = {}
-    if path is not None and target.checkpoint is not None and (target.checkpoint / "training_args.bin").is_file():
-        try:
-            saved = ctx.training_args(target.checkpoint / "training_args.bin")
-        except (UnsafePickleError, PickleReadError) as exc:
-            saved = {}
-            if notes is not None:
-                notes.append(f"{target.checkpoint.name}/training_args.bin was not read ({exc.reason}): "
-                             "the checkpoint column is empty, no drift was judged (resumedoctor diagnose says more)")
-    keys = list(dict.fromkeys([*recipe.data, *recipe.overrides, *(k for k in classes if k in saved)]))
-    rows = []
-    for key in keys:
-        if key == "env":
-            continue
-        resolved = recipe.resolve(key)
-        before = saved.get(key)
-        differs = key in saved and config_drift.normalize(key, before) != config_drift.normalize(key, resolved.value)
-        rows.append(ConfigRow(key, resolved.value, resolved.source, before, key in saved,
-                              classes.get(key, "training") if differs else ""))
-    return rows
+    saved = _saved_arguments(ctx, notes) if path is not None else {}
+    keys = [key for key in dict.fromkeys([*recipe.data, *recipe.overrides, *(k for k in KEY_CLASSES if k in saved)])
+            if key != "env"]
+    resolved = {key: recipe.resolve(key) for key in keys}
+    # `diagnose` (CFG) judges each difference by its consequence for the resume; here it is labelled by what
+    # the key decides.
+    changed = differing_keys(saved, {key: resolved[key].value for key in keys if key in saved})
+    return [ConfigRow(key, resolved[key].value, resolved[key].source, saved.get(key), key in saved,
+                      KEY_CLASSES.get(key, "training") if key in changed else "")
+            for key in keys]
+
+
+def _saved_arguments(ctx: RunContext, notes: list[str] | None) -> dict:
+    """The diagnosed checkpoint's training_args.bin, or {} (with a note when it could not be read)."""
+    checkpoint = ctx.target.checkpoint
+    if checkpoint is None or not (checkpoint / "training_args.bin").is_file():
+        return {}
+    try:
+        return ctx.training_args(checkpoint / "training_args.bin")
+    except (UnsafePickleError, PickleReadError) as exc:
+        if notes is not None:
+            notes.append(f"{checkpoint.name}/training_args.bin was not read ({exc.reason}): "
+                         "the checkpoint column is empty, no drift was judged (resumedoctor diagnose says more)")
+        return {}
 
 
 def render_config(rows: list[ConfigRow], fmt: str, *, checkpoint: str | None) -> str:

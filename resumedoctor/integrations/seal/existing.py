@@ -11,13 +11,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resumedoctor.checks.checkpoint_integrity import (
-    SEAL_INTERRUPTED,
-    _errors,
-    inspect_checkpoint,
-)
-from resumedoctor.checks.environment import recorded_versions
+from resumedoctor.engine.checkpoint_facts import recorded_versions, saved_world_size
 from resumedoctor.engine.context import Options, RunContext
+from resumedoctor.engine.runner import new_context
 from resumedoctor.engine.settings import Settings
 from resumedoctor.engine.target import resolve_target
 from resumedoctor.fix.journal import Transaction, WriteFile, new_id
@@ -53,26 +49,27 @@ def after_the_fact_reason(ctx: RunContext, checkpoint: Path) -> str | None:
             return None
         except ValueError:
             return "seal-unreadable"
-    codes = {finding.code for finding in inspect_checkpoint(ctx, checkpoint)}
-    return "seal-interrupted" if SEAL_INTERRUPTED.code in codes else "never-sealed"
+    # The checkpoint checks mark a save whose seal write was cut off (CKPT034) with this reason.
+    reasons = {finding.extra.get("seal_reason") for finding in ctx.checkpoint_findings(checkpoint) or ()}
+    return "seal-interrupted" if "seal-interrupted" in reasons else "never-sealed"
 
 
 def after_the_fact_seal(ctx: RunContext, checkpoint: Path, reason: str) -> bytes:
     """The seal of a usable checkpoint, marked after the fact; SealRefused for a broken one."""
-    errors = _errors(ctx, inspect_checkpoint(ctx, checkpoint))
+    errors = ctx.checkpoint_errors(checkpoint)
+    if errors is None:
+        raise SealRefused("no installed check family judges checkpoints: a seal must not bless an unchecked save")
     if errors:
         raise SealRefused(f"{errors[0].code}: {errors[0].message}")
-    state = ctx.trainer_state(checkpoint)
-    if state is None:
+    global_step = ctx.global_step(checkpoint)
+    if global_step is None:
         raise SealRefused("trainer_state.json has no global_step")
-    global_step = state["global_step"]
     try:
         arguments = ctx.training_args(checkpoint / "training_args.bin")
     except (UnsafePickleError, PickleReadError, OSError):
         arguments = {}
-    ranks = len(list(checkpoint.glob("rng_state_*.pth")))
-    seal = build_seal(checkpoint, global_step=global_step, world_size=ranks or 1, arguments=arguments,
-                      versions=recorded_versions(ctx, checkpoint), after_the_fact=True,
+    seal = build_seal(checkpoint, global_step=global_step, world_size=saved_world_size(ctx, checkpoint),
+                      arguments=arguments, versions=recorded_versions(ctx, checkpoint), after_the_fact=True,
                       after_the_fact_reason=reason)
     return seal_bytes(seal)
 
@@ -87,7 +84,7 @@ def seal_existing(path: str | os.PathLike, *, settings: Settings | None = None) 
 
 
 def _seal_locked(target, settings: Settings | None) -> SealResult:
-    ctx = RunContext(target, settings or Settings(), Options())
+    ctx = new_context(target, settings or Settings(), Options())
     result = SealResult()
     operations = []
     for checkpoint in target.checkpoints:
