@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from resumedoctor.engine.findings import Finding, FixSafety, Rule
+from resumedoctor.engine.operations import Operation, changes_nothing
 
 if TYPE_CHECKING:
     from resumedoctor.engine.context import RunContext
@@ -64,6 +65,12 @@ class Fixer:
     description: str
     # Called by the fix engine with the run context and one finding; returns the planned changes.
     plan: Callable[..., Any] | None = None
+
+    def changes(self, ctx: RunContext, finding: Finding) -> tuple[Operation, ...]:
+        """What this fixer would change for the finding: its planned operations less the no-op writes."""
+        if self.plan is None:
+            return ()
+        return tuple(op for op in self.plan(ctx, finding) or () if not changes_nothing(op))
 
 
 @dataclass
