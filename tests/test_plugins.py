@@ -36,7 +36,7 @@ def plan_notes(ctx, finding):
     from resumedoctor.fix.journal import WriteFile
     return [WriteFile(ctx.target.output_dir / "NOTES.md", b"notes\\n", "a NOTES.md")]
 
-FIXERS = [Fixer("write-notes", "demo-plugin", ("DEMO001",), FixSafety.SAFE, "write a NOTES.md", plan_notes)]
+FIXERS = [Fixer("write-notes", "demo-plugin", (NOTE,), FixSafety.SAFE, "write a NOTES.md", plan_notes)]
 '''
 
 
