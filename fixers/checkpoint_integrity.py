@@ -6,14 +6,27 @@ import json
 import re
 from pathlib import Path
 
-from resumedoctor.checks.checkpoint_integrity import SAFETENSORS_INDEX, SHARD_NAME
+from resumedoctor.checks.checkpoint_integrity import (
+    BEST_MODEL_MISSING,
+    GLOBAL_STEP_MISMATCH,
+    RESUME_TARGET_UNUSABLE,
+    SAFETENSORS_INDEX,
+    SEAL_INTERRUPTED,
+    SEAL_INVALID,
+    SHARD_INDEX_INCOMPLETE,
+    SHARD_INDEX_MISSING,
+    SHARD_MISSING,
+    SHARD_NAME,
+    TMP_CHECKPOINT_DEBRIS,
+    UNSEALED_SAVE,
+)
 
 from resumedoctor.engine.context import RunContext
 from resumedoctor.engine.findings import Finding, FixSafety
 from resumedoctor.engine.live_save import held_back
+from resumedoctor.engine.operations import Operation, Quarantine, WriteFile
 from resumedoctor.engine.registry import Fixer
 from resumedoctor.engine.target import checkpoint_step
-from resumedoctor.fix.journal import Operation, Quarantine, WriteFile
 from resumedoctor.io.bounded_read import JsonFileError
 from resumedoctor.io.safetensors_header import SafetensorsError
 
@@ -162,28 +175,28 @@ def plan_restore_global_step(ctx: RunContext, finding: Finding) -> list[Operatio
 
 
 FIXERS = (
-    Fixer("quarantine-unusable-newest", FAMILY, ("CKPT018",), FixSafety.UNSAFE,
+    Fixer("quarantine-unusable-newest", FAMILY, (RESUME_TARGET_UNUSABLE,), FixSafety.UNSAFE,
           "move the checkpoints newer than the newest usable one into .resumedoctor/quarantine/, "
           "so that resume_from_checkpoint=True picks the newest usable checkpoint",
           plan_quarantine_newer_than_usable),
-    Fixer("quarantine-missing-shard", FAMILY, ("CKPT005",), FixSafety.UNSAFE,
+    Fixer("quarantine-missing-shard", FAMILY, (SHARD_MISSING,), FixSafety.UNSAFE,
           "move the checkpoint whose index names a missing shard into .resumedoctor/quarantine/",
           plan_quarantine_checkpoint),
-    Fixer("quarantine-unfinished-save", FAMILY, ("CKPT030",), FixSafety.UNSAFE,
+    Fixer("quarantine-unfinished-save", FAMILY, (UNSEALED_SAVE,), FixSafety.UNSAFE,
           "move the checkpoint whose save did not finish into .resumedoctor/quarantine/",
           plan_quarantine_checkpoint),
-    Fixer("seal-after-the-fact", FAMILY, ("CKPT034", "CKPT031"), FixSafety.SAFE,
+    Fixer("seal-after-the-fact", FAMILY, (SEAL_INTERRUPTED, SEAL_INVALID), FixSafety.SAFE,
           "write the seal of a checkpoint whose files are whole, marked as made after the fact "
           "(only when the checkpoint has no error)",
           plan_seal_after_the_fact),
-    Fixer("rebuild-shard-index", FAMILY, ("CKPT007", "CKPT006"), FixSafety.SAFE,
+    Fixer("rebuild-shard-index", FAMILY, (SHARD_INDEX_MISSING, SHARD_INDEX_INCOMPLETE), FixSafety.SAFE,
           "rebuild model.safetensors.index.json from the shard headers (only when every shard is whole)",
           plan_rebuild_shard_index),
-    Fixer("clear-best-model-checkpoint", FAMILY, ("CKPT017",), FixSafety.SAFE,
+    Fixer("clear-best-model-checkpoint", FAMILY, (BEST_MODEL_MISSING,), FixSafety.SAFE,
           "set best_model_checkpoint to null in trainer_state.json", plan_clear_best_model_checkpoint),
-    Fixer("restore-global-step", FAMILY, ("CKPT014",), FixSafety.SAFE,
+    Fixer("restore-global-step", FAMILY, (GLOBAL_STEP_MISMATCH,), FixSafety.SAFE,
           "set global_step to N of checkpoint-N when log_history agrees with the folder name",
           plan_restore_global_step),
-    Fixer("quarantine-tmp-checkpoint", FAMILY, ("CKPT021",), FixSafety.SAFE,
+    Fixer("quarantine-tmp-checkpoint", FAMILY, (TMP_CHECKPOINT_DEBRIS,), FixSafety.SAFE,
           "move the tmp-checkpoint-N folder into .resumedoctor/quarantine/", plan_quarantine_tmp_checkpoint),
 )

@@ -9,10 +9,19 @@ from __future__ import annotations
 
 import copy
 
+from resumedoctor.checks.config_drift import (
+    DATA_SKIP,
+    NO_RESUME,
+    NOTHING_TO_TRAIN,
+    OPTIMIZER_KEPT,
+    OTHER_CHANGE,
+    RESUME_TARGET_WRONG,
+)
+
 from resumedoctor.engine.context import RunContext
 from resumedoctor.engine.findings import Finding, FixSafety
+from resumedoctor.engine.operations import Operation, WriteFile
 from resumedoctor.engine.registry import Fixer
-from resumedoctor.fix.journal import Operation, WriteFile
 from resumedoctor.integrations.trl.recipe import RecipeError, dump_yaml
 from resumedoctor.integrations.trl.recipe_edit import recipe_change, set_key
 
@@ -44,21 +53,21 @@ def plan_restore_saved_values(ctx: RunContext, finding: Finding) -> list[Operati
 
 
 FIXERS = (
-    Fixer("set-resume-from-checkpoint", FAMILY, ("CFG006", "CFG007"), FixSafety.SAFE,
+    Fixer("set-resume-from-checkpoint", FAMILY, (NO_RESUME, RESUME_TARGET_WRONG), FixSafety.SAFE,
           "set resume_from_checkpoint in the recipe to the newest usable checkpoint's path (the diff is shown)",
           plan_set_resume_path),
-    Fixer("restore-data-values", FAMILY, ("CFG001",), FixSafety.UNSAFE,
+    Fixer("restore-data-values", FAMILY, (DATA_SKIP,), FixSafety.UNSAFE,
           "write the checkpoint's batch, generation and seed values back into the recipe, so that the data skip "
           "lands where the run stopped (a WORLD_SIZE change has no key to write: relaunch on the checkpoint's "
           "number of processes)", plan_restore_saved_values),
-    Fixer("restore-horizon", FAMILY, ("CFG002",), FixSafety.UNSAFE,
+    Fixer("restore-horizon", FAMILY, (NOTHING_TO_TRAIN,), FixSafety.UNSAFE,
           "set max_steps / num_train_epochs back to the checkpoint's when its horizon is beyond global_step (the "
           "original schedule continues); a run that has reached its horizon gets nothing: raise max_steps by hand",
           plan_restore_saved_values),
-    Fixer("restore-training-values", FAMILY, ("CFG005",), FixSafety.UNSAFE,
+    Fixer("restore-training-values", FAMILY, (OTHER_CHANGE,), FixSafety.UNSAFE,
           "write the checkpoint's value back into the recipe: the resume then computes what the paused run did",
           plan_restore_saved_values),
-    Fixer("restore-optimizer-values", FAMILY, ("CFG012",), FixSafety.SAFE,
+    Fixer("restore-optimizer-values", FAMILY, (OPTIMIZER_KEPT,), FixSafety.SAFE,
           "write the checkpoint's learning_rate / weight_decay / Adam values into the recipe, so that it states "
           "what the resume really uses (optimizer.pt and scheduler.pt restore them: training does not change)",
           plan_restore_saved_values),

@@ -5,15 +5,26 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from resumedoctor.checks.curriculum_sync import (
+    HISTORY_AFTER_CHECKPOINT,
+    LIVE_AHEAD,
+    LIVE_BEHIND,
+    LIVE_INVALID,
+    LIVE_MISSING,
+    RESTORE_OFF,
+    SNAPSHOT_MISSING,
+    STAGE_INCONSISTENT,
+)
+
 from resumedoctor.engine.context import RunContext
 from resumedoctor.engine.findings import Finding, FixSafety
+from resumedoctor.engine.operations import Operation, WriteFile
 from resumedoctor.engine.registry import Fixer
-from resumedoctor.fix.journal import Operation, WriteFile
 from resumedoctor.integrations.curriculum.state import STATE_FILE, promotion_due, replay
 from resumedoctor.integrations.trl.recipe_edit import recipe_change
 
 FAMILY = "curriculum-sync"
-LIVE_CODES = ("CURR001", "CURR002", "CURR003", "CURR004", "CURR005", "CURR006")
+LIVE_RULES = (LIVE_MISSING, LIVE_INVALID, LIVE_AHEAD, LIVE_BEHIND, HISTORY_AFTER_CHECKPOINT, STAGE_INCONSISTENT)
 
 
 def state_bytes(state: dict) -> bytes:
@@ -88,15 +99,15 @@ def plan_enable_restore(ctx: RunContext, finding: Finding) -> list[Operation]:
 
 
 FIXERS = (
-    Fixer("restore-live-curriculum", FAMILY, LIVE_CODES, FixSafety.SAFE,
+    Fixer("restore-live-curriculum", FAMILY, LIVE_RULES, FixSafety.SAFE,
           "write the resumed checkpoint's curriculum state (its snapshot, else stateful_callbacks, else the live "
           "history cut at its step) to the live curriculum_state.json", plan_restore_live),
-    Fixer("replay-curriculum", FAMILY, LIVE_CODES, FixSafety.UNSAFE,
+    Fixer("replay-curriculum", FAMILY, LIVE_RULES, FixSafety.UNSAFE,
           "with --create-fresh: rebuild the state by replaying the promotion rule over trainer_state.json's "
           "log_history", plan_replay),
-    Fixer("write-curriculum-snapshot", FAMILY, ("CURR009",), FixSafety.SAFE,
+    Fixer("write-curriculum-snapshot", FAMILY, (SNAPSHOT_MISSING,), FixSafety.SAFE,
           f"write checkpoint-N/{STATE_FILE} from trainer_state.json's stateful_callbacks", plan_write_snapshot),
-    Fixer("enable-callback-restore", FAMILY, ("CURR008",), FixSafety.SAFE,
+    Fixer("enable-callback-restore", FAMILY, (RESTORE_OFF,), FixSafety.SAFE,
           "set restore_callback_states_from_checkpoint: true in the recipe (comments and order kept)",
           plan_enable_restore),
 )

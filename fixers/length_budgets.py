@@ -6,11 +6,17 @@ import copy
 import io
 from pathlib import Path
 
+from resumedoctor.checks.length_budgets import (
+    COMPLETION_EXCEEDS_WINDOW,
+    PROMPTS_EXCEED_WINDOW,
+    REMOVED_KEY,
+)
+
 from resumedoctor.engine.context import RunContext
 from resumedoctor.engine.findings import Finding, FixSafety
+from resumedoctor.engine.operations import Operation, WriteFile
 from resumedoctor.engine.registry import Fixer
 from resumedoctor.engine.target import state_dir
-from resumedoctor.fix.journal import Operation, WriteFile
 from resumedoctor.integrations.trl.prompt_lengths import load_local_dataset
 from resumedoctor.integrations.trl.recipe import REMOVED_KEYS, RecipeError, dump_yaml
 from resumedoctor.integrations.trl.recipe_edit import recipe_change, set_key
@@ -103,13 +109,13 @@ def plan_filter_dataset(ctx: RunContext, finding: Finding) -> list[Operation]:
 
 
 FIXERS = (
-    Fixer("migrate-removed-keys", FAMILY, ("LEN003",), FixSafety.SAFE,
+    Fixer("migrate-removed-keys", FAMILY, (REMOVED_KEY,), FixSafety.SAFE,
           "rename vllm_max_model_len to vllm_max_model_length and remove max_prompt_length in the recipe "
           "(comments and order kept)", plan_migrate_removed_keys),
-    Fixer("reallocate-window", FAMILY, ("LEN004", "LEN005"), FixSafety.UNSAFE,
+    Fixer("reallocate-window", FAMILY, (COMPLETION_EXCEEDS_WINDOW, PROMPTS_EXCEED_WINDOW), FixSafety.UNSAFE,
           "set max_completion_length by --strategy (balanced, completion_heavy, prompt_heavy, or data: "
           "the prompt budget is the p99 of the real prompts) in the recipe", plan_reallocate_window),
-    Fixer("filter-dataset", FAMILY, ("LEN005",), FixSafety.UNSAFE,
+    Fixer("filter-dataset", FAMILY, (PROMPTS_EXCEED_WINDOW,), FixSafety.UNSAFE,
           "write a copy of the dataset without the prompts that cannot fit and point the recipe at it "
           "(the original is untouched)", plan_filter_dataset),
 )

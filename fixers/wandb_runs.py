@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from resumedoctor.checks.wandb_runs import (
+    DECISION_STALE,
+    NEW_RUN,
+    RUN_AHEAD,
+    RUN_ID_MISMATCH,
+)
+
 from resumedoctor.engine.context import RunContext
 from resumedoctor.engine.findings import Finding, FixSafety
+from resumedoctor.engine.operations import Operation, WriteFile
 from resumedoctor.engine.registry import Fixer
 from resumedoctor.engine.target import state_dir
-from resumedoctor.fix.journal import Operation, WriteFile
 from resumedoctor.integrations.wandb.runs import DECISION_FILE
 
 
@@ -20,7 +27,7 @@ def plan_record_decision(ctx: RunContext, finding: Finding) -> list[Operation]:
 
 
 FIXERS = (
-    Fixer("record-wandb-decision", "wandb-run-sync", ("WANDB001", "WANDB002", "WANDB003", "WANDB009"), FixSafety.SAFE,
+    Fixer("record-wandb-decision", "wandb-run-sync", (RUN_AHEAD, NEW_RUN, RUN_ID_MISMATCH, DECISION_STALE), FixSafety.SAFE,
           "record in .resumedoctor/wandb.json whether the next start resumes the run or forks it (and at "
           "which _step); `resumedoctor env` exports it and `launch` passes it to wandb.init",
           plan_record_decision),

@@ -357,7 +357,8 @@ def test_fresh_tmp_checkpoint_being_written_is_left_alone(built_runs, tmp_path):
 def test_no_op_write_never_wedges_fix_or_undo(built_runs, tmp_path):
     """The wedge of the issue: a journaled write whose new bytes equal the old ones had no backup state
     ('already changed'), so the transaction could neither complete nor roll back, for good."""
-    from resumedoctor.fix.journal import Transaction, WriteFile, new_id
+    from resumedoctor.engine.operations import WriteFile
+    from resumedoctor.fix.journal import Transaction, new_id
 
     run, _ = _world(built_runs, tmp_path)
     before = tree_digest(run)

@@ -1,4 +1,4 @@
-"""`checks` and `explain`: generated from the registered families and fixers, never hand-kept."""
+"""`checks` and `explain`: generated from the registered rules and the fixes their fixers declare, never hand-kept."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from resumedoctor.engine.registry import Registry
 
 
 def catalog(registry: Registry) -> list[dict]:
-    """Every family with its rules and, per rule, the fixers and their safety."""
+    """Every family with its rules and, per rule, the fixers and their safety (the rule's `fix`)."""
+    registry.load_fixers()  # fills each rule's fix declaration
     entries = []
     for family in registry.families:
         entries.append({
@@ -25,7 +26,7 @@ def catalog(registry: Registry) -> list[dict]:
                     "summary": rule.summary,
                     "fixers": [
                         {"name": fixer.name, "safety": fixer.safety.value, "description": fixer.description}
-                        for fixer in registry.fixers_for(rule.code)
+                        for fixer in rule.fix.fixers
                     ],
                 }
                 for rule in family.rules
@@ -62,6 +63,7 @@ def render_catalog_text(entries: list[dict], *, color: bool = False) -> str:
 
 
 def explain_code(registry: Registry, code: str) -> str | None:
+    registry.load_fixers()  # fills each rule's fix declaration
     found = registry.rule(code)
     if found is None:
         return None
@@ -75,10 +77,9 @@ def explain_code(registry: Registry, code: str) -> str | None:
         *textwrap.wrap(rule.explanation, width=92),
         "",
     ]
-    fixers = registry.fixers_for(rule.code)
-    if fixers:
+    if rule.fix.fixers:
         lines.append("Fixes:")
-        for fixer in fixers:
+        for fixer in rule.fix.fixers:
             flag = "fix --auto" if fixer.safety.value == "safe" else "fix --auto --unsafe"
             lines.append(f"  {fixer.name} ({fixer.safety.value}, {flag}): {fixer.description}")
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 CODE_PATTERN = re.compile(r"^[A-Z]+[0-9]{3}$")
 
@@ -35,15 +36,46 @@ class FixInfo:
         return {"safety": self.safety.value, "description": self.description}
 
 
+class FixAvailability(str, enum.Enum):
+    """Whether a rule's findings come with a fix, as ruff's FixAvailability."""
+
+    NONE = "none"  # no fixer names the rule: its hint says what to do by hand
+    SOMETIMES = "sometimes"  # the fixer may find nothing it can change for a given finding
+    ALWAYS = "always"  # every finding of the rule gets a fix
+
+
+@dataclass(frozen=True)
+class RuleFix:
+    """What the fixers declare for one rule; the registry fills it in when the fixers load."""
+
+    availability: FixAvailability = FixAvailability.NONE
+    # The registry's Fixer objects that name the rule, in the order `fix` asks them.
+    fixers: tuple[Any, ...] = ()
+
+    @property
+    def safeties(self) -> tuple[FixSafety, ...]:
+        """The safeties on offer, safe first."""
+        return tuple(safety for safety in FixSafety if any(fixer.safety is safety for fixer in self.fixers))
+
+
+NO_FIX = RuleFix()
+
+
 @dataclass(frozen=True)
 class Rule:
-    """One stable finding code, self-describing like a ruff rule."""
+    """One stable finding code, self-describing like a ruff rule.
+
+    `fix` is not written by the rule's author: the fixers that name the rule declare it, and the
+    registry fills it in when it loads them (`load_registry(fixers_now=True)`, or the first use of
+    `registry.fixers`); a rule no fixer names keeps NO_FIX.
+    """
 
     code: str
     name: str
     severity: Severity
     summary: str
     explanation: str
+    fix: RuleFix = field(default=NO_FIX, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not CODE_PATTERN.match(self.code):

@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from resumedoctor.engine.findings import Finding, FixSafety, Rule
+from resumedoctor.engine.findings import (
+    NO_FIX,
+    Finding,
+    FixAvailability,
+    FixSafety,
+    Rule,
+    RuleFix,
+)
+from resumedoctor.engine.operations import Operation, changes_nothing
 
 if TYPE_CHECKING:
     from resumedoctor.engine.context import RunContext
@@ -55,30 +63,61 @@ class CheckFamily:
 
 @dataclass(frozen=True)
 class Fixer:
-    """One fix: the codes it repairs, whether it is safe, and how it plans its changes."""
+    """One fix: the rules it repairs, whether it is safe, and how it plans its changes.
+
+    `rules` are the Rule objects themselves (imported from the family's check module), never code
+    strings: the registry fills each rule's `fix` from the fixers that name it.
+    """
 
     name: str
     family: str
-    codes: tuple[str, ...]
+    rules: tuple[Rule, ...]
     safety: FixSafety
     description: str
     # Called by the fix engine with the run context and one finding; returns the planned changes.
     plan: Callable[..., Any] | None = None
+    # ALWAYS only when every finding of these rules gets a change from `plan`.
+    availability: FixAvailability = FixAvailability.SOMETIMES
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        return tuple(rule.code for rule in self.rules)
+
+    def changes(self, ctx: RunContext, finding: Finding) -> tuple[Operation, ...]:
+        """What this fixer would change for the finding: its planned operations less the no-op writes."""
+        if self.plan is None:
+            return ()
+        return tuple(op for op in self.plan(ctx, finding) or () if not changes_nothing(op))
+
+
+def rule_fix(fixers: Iterable[Fixer]) -> RuleFix:
+    """A rule's fix declaration from the fixers that name it (several may: `fix` asks them in order)."""
+    fixers = tuple(fixers)
+    if not fixers:
+        return NO_FIX
+    always = any(fixer.availability is FixAvailability.ALWAYS for fixer in fixers)
+    return RuleFix(FixAvailability.ALWAYS if always else FixAvailability.SOMETIMES, fixers)
 
 
 @dataclass
 class Registry:
     families: list[CheckFamily] = field(default_factory=list)
     _fixers: list[Fixer] = field(default_factory=list)
+    _by_code: dict[str, list[Fixer]] = field(default_factory=dict)
     # Fixer modules load on first use: a diagnosis without findings never needs them.
     _fixer_loader: Callable[[Registry], None] | None = None
 
     @property
     def fixers(self) -> list[Fixer]:
+        """Every fixer, loaded on first use."""
+        self.load_fixers()
+        return self._fixers
+
+    def load_fixers(self) -> None:
+        """Load the fixer plugins now (once); registering them fills each rule's `fix` (see add_fixers)."""
         if self._fixer_loader is not None:
             loader, self._fixer_loader = self._fixer_loader, None
             loader(self)
-        return self._fixers
 
     def rules(self) -> list[tuple[CheckFamily, Rule]]:
         return [(family, rule) for family in self.families for rule in family.rules]
@@ -91,7 +130,8 @@ class Registry:
         return None
 
     def fixers_for(self, code: str) -> list[Fixer]:
-        return [fixer for fixer in self.fixers if code in fixer.codes]
+        self.load_fixers()
+        return list(self._by_code.get(code, ()))
 
     def add_family(self, family: CheckFamily, source: str) -> None:
         if not isinstance(family, CheckFamily):
@@ -107,10 +147,36 @@ class Registry:
         self.families.append(family)
 
     def add_fixers(self, fixers: Iterable[Fixer], source: str) -> None:
+        """Register fixers for rules the families registered, and fill those rules' `fix` declarations."""
         for fixer in fixers:
-            if not isinstance(fixer, Fixer):
-                raise PluginError(f"{source}: {fixer!r} is not a Fixer")
+            self._check_fixer(fixer, source)
             self._fixers.append(fixer)
+            for code in dict.fromkeys(fixer.codes):
+                self._by_code.setdefault(code, []).append(fixer)
+        self.families = [
+            replace(family, rules=tuple(
+                replace(rule, fix=rule_fix(self._by_code.get(rule.code, ()))) for rule in family.rules))
+            for family in self.families
+        ]
+
+    def _check_fixer(self, fixer: Any, source: str) -> None:
+        """A fixer must name registered Rule objects: else one clear error, never a traceback later."""
+        if not isinstance(fixer, Fixer):
+            raise PluginError(f"{source}: {fixer!r} is not a Fixer")
+        if fixer.availability not in (FixAvailability.SOMETIMES, FixAvailability.ALWAYS):
+            raise PluginError(f"{source}: fixer {fixer.name!r} declares availability {fixer.availability!r}; "
+                              "a fixer is available sometimes or always")
+        registered = {rule.code: rule for _, rule in self.rules()}
+        for rule in fixer.rules:
+            if not isinstance(rule, Rule):
+                raise PluginError(f"{source}: fixer {fixer.name!r} names {rule!r}, not a Rule: a fixer declares "
+                                  "the Rule objects it fixes (import them from the family's check module)")
+            if rule.code not in registered:
+                raise PluginError(f"{source}: fixer {fixer.name!r} fixes {rule.code}, which no check family "
+                                  "registered (is the family's entry point installed?)")
+            if rule != registered[rule.code]:
+                raise PluginError(f"{source}: fixer {fixer.name!r} names a rule {rule.code} that is not the "
+                                  f"registered {rule.code}: import the family's Rule object")
 
 
 @dataclass(frozen=True)
@@ -194,11 +260,6 @@ def _load_fixers(registry: Registry) -> None:
         loaded = _load(entry_point)
         fixers = [loaded] if isinstance(loaded, Fixer) else list(loaded)
         registry.add_fixers(fixers, f"plugin {entry_point.name!r}")
-    known_codes = {rule.code for _, rule in registry.rules()}
-    for fixer in registry._fixers:
-        unknown = [code for code in fixer.codes if code not in known_codes]
-        if unknown:
-            raise PluginError(f"fixer {fixer.name!r} fixes unknown codes: {', '.join(unknown)}")
 
 
 def load_registry(*, fixers_now: bool = False) -> Registry:
@@ -210,5 +271,5 @@ def load_registry(*, fixers_now: bool = False) -> Registry:
     registry.families.sort(key=lambda family: family.prefix)
     registry._fixer_loader = _load_fixers
     if fixers_now:
-        registry.fixers  # noqa: B018 - loads them, so a broken fixer plugin fails here
+        registry.load_fixers()  # so a broken fixer plugin fails here
     return registry

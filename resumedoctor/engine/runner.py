@@ -128,9 +128,7 @@ def fix_info_of(registry: Registry, finding: Finding, ctx: RunContext) -> FixInf
 
 
 def _plans_a_change(fixer, ctx: RunContext, finding: Finding) -> bool:
-    from resumedoctor.fix.planner import changes_nothing
-
-    return any(not changes_nothing(op) for op in fixer.plan(ctx, finding) or ())
+    return bool(fixer.changes(ctx, finding))
 
 
 def _run_family(family: CheckFamily, ctx: RunContext, registry: Registry) -> FamilyResult:

@@ -25,9 +25,9 @@ import os
 import secrets
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from resumedoctor.engine.operations import Operation, WriteFile
 from resumedoctor.engine.target import state_dir
 from resumedoctor.errors import ReasonError
 from resumedoctor.fix.confinement import (
@@ -64,30 +64,6 @@ class UntrustedJournalError(ReasonError):
         self.unverified_outside = unverified_outside  # the outside path whose signature is not this key's
 
 
-@dataclass(frozen=True)
-class WriteFile:
-    """Replace (or create) a small file with new bytes."""
-
-    path: Path
-    content: bytes
-    reason: str
-    code: str = ""
-    fixer: str = ""
-    # The recipe key this write sets, when it edits the recipe: later rounds leave it alone.
-    key: str | None = None
-
-
-@dataclass(frozen=True)
-class Quarantine:
-    """Move a folder out of transformers' sight, into `.resumedoctor/quarantine/`."""
-
-    path: Path
-    reason: str
-    code: str = ""
-    fixer: str = ""
-
-
-Operation = WriteFile | Quarantine
 
 
 class Transaction:

@@ -99,8 +99,7 @@ def plan_fixes(ctx: RunContext, report: Report, registry: Registry, *, unsafe: b
             if fixer.safety is FixSafety.UNSAFE and not unsafe:
                 result.skipped_unsafe.append((finding, fixer))
                 continue
-            operations = tuple(op for op in (fixer.plan(ctx, finding) or ()) if not changes_nothing(op)) \
-                if fixer.plan else ()
+            operations = fixer.changes(ctx, finding)
             if operations:
                 paths = {os.path.abspath(op.path) for op in operations if isinstance(op, WriteFile)}
                 if paths & written:
@@ -150,16 +149,6 @@ def with_seals_updated(operations: list[Operation]) -> list[Operation]:
                                + ", ".join(sorted(w.path.name for w in writes)), code=writes[0].code,
                                fixer=writes[0].fixer))
     return [*operations, *added]
-
-
-def changes_nothing(operation: Operation) -> bool:
-    """A write of the bytes the file already holds: no change to make, journal or undo."""
-    if not isinstance(operation, WriteFile):
-        return False
-    try:
-        return operation.path.is_file() and operation.path.read_bytes() == operation.content
-    except OSError:
-        return False
 
 
 def _stamp(operation: Operation, code: str, fixer: str) -> Operation:

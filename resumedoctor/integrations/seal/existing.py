@@ -13,10 +13,11 @@ from pathlib import Path
 
 from resumedoctor.engine.checkpoint_facts import recorded_versions, saved_world_size
 from resumedoctor.engine.context import Options, RunContext
+from resumedoctor.engine.operations import WriteFile
 from resumedoctor.engine.runner import new_context
 from resumedoctor.engine.settings import Settings
 from resumedoctor.engine.target import resolve_target
-from resumedoctor.fix.journal import Transaction, WriteFile, new_id
+from resumedoctor.fix.journal import Transaction, new_id
 from resumedoctor.fix.writer_lock import writer_lock
 from resumedoctor.integrations.seal.record import (
     AFTER_THE_FACT_REASONS,

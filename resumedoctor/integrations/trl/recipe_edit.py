@@ -10,7 +10,7 @@ import copy
 from typing import Any
 
 from resumedoctor.engine.context import RunContext
-from resumedoctor.fix.journal import Operation, WriteFile
+from resumedoctor.engine.operations import Operation, WriteFile
 from resumedoctor.integrations.trl.recipe import RecipeError, dump_yaml
 
 
