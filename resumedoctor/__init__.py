@@ -11,9 +11,6 @@ and `resumedoctor --version` stay light: no torch, transformers, numpy or wandb 
 
 from __future__ import annotations
 
-import sys
-import types
-
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a few ms of every start-up)
 
 __version__ = "0.1.0"
@@ -21,6 +18,7 @@ __version__ = "0.1.0"
 _API = "resumedoctor.api"
 _LAZY = {
     "diagnose": _API,
+    "fix": _API,
     "undo": _API,
     "seal": _API,
     "resume_point": _API,
@@ -74,26 +72,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY, "fix"])
+    return sorted([*globals(), *_LAZY])
 
-
-class _Package(types.ModuleType):
-    """`resumedoctor.fix` is the API's function, though `resumedoctor/fix/` is a subpackage too.
-
-    Importing a subpackage binds its name on the package (`resumedoctor.fix = <module>`), which would hide
-    the function after the first fix. The subpackage stays where imports find it, in sys.modules:
-    `from resumedoctor.fix.planner import ...` and `from resumedoctor.fix import planner` work as before.
-    """
-
-    @property
-    def fix(self) -> Any:
-        from resumedoctor.api import fix
-
-        return fix
-
-    @fix.setter
-    def fix(self, subpackage: types.ModuleType) -> None:
-        pass  # the import system's binding of the subpackage (it stays in sys.modules)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -27,8 +27,8 @@ if TYPE_CHECKING:  # annotations only: importing the API costs the CLI's start-u
     from resumedoctor.engine.registry import Registry
     from resumedoctor.engine.runner import Report
     from resumedoctor.engine.settings import Settings
-    from resumedoctor.fix.journal import Transaction
-    from resumedoctor.fix.planner import FixResult
+    from resumedoctor.fixing.journal import Transaction
+    from resumedoctor.fixing.planner import FixResult
     from resumedoctor.integrations.seal.existing import SealResult
     from resumedoctor.integrations.trl.launcher import LaunchPlan, TrainingSummary
     from resumedoctor.integrations.wandb.shell_env import ShellEnvironment
@@ -247,8 +247,8 @@ def fix(path: PathLike, recipe: PathLike | None = None, *, unsafe: bool = False,
     so the resume goes back to an older one); `dry_run=True` plans and changes nothing. Every change
     is journaled (`undo` takes it back). The result's `final` is the report after the fixes.
     """
-    from resumedoctor.fix.planner import FixError
-    from resumedoctor.fix.planner import fix as run_fix
+    from resumedoctor.fixing.planner import FixError
+    from resumedoctor.fixing.planner import fix as run_fix
 
     check_inputs(path, recipe)
     registry = load_registry(fixers_now=True)
@@ -264,8 +264,8 @@ def fix(path: PathLike, recipe: PathLike | None = None, *, unsafe: bool = False,
 def undo(path: PathLike, *, everything: bool = False) -> list[Transaction]:
     """Put back exactly what the newest `fix` run changed (`everything`: every run, newest first)."""
     from resumedoctor.engine.target import TargetError
-    from resumedoctor.fix.planner import FixError
-    from resumedoctor.fix.planner import undo as run_undo
+    from resumedoctor.fixing.planner import FixError
+    from resumedoctor.fixing.planner import undo as run_undo
 
     try:
         return run_undo(path, everything=everything)
@@ -276,7 +276,7 @@ def undo(path: PathLike, *, everything: bool = False) -> list[Transaction]:
 def seal(path: PathLike) -> SealResult:
     """Seal the usable checkpoints saved without SealCallback (after the fact; `undo` removes the seals)."""
     from resumedoctor.errors import ReasonError
-    from resumedoctor.fix.journal import JournalError
+    from resumedoctor.fixing.journal import JournalError
     from resumedoctor.integrations.seal.existing import seal_existing
 
     check_inputs(path)

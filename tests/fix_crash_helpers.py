@@ -32,7 +32,7 @@ def command(point: str, *arguments: str) -> list[str]:
 
 def install(wanted: str) -> None:
     """Wrap the Transaction methods so that the process SIGKILLs itself at WANTED."""
-    from resumedoctor.fix.journal import Transaction
+    from resumedoctor.fixing.journal import Transaction
 
     prepared = 0  # transactions this process prepared
 

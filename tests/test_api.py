@@ -84,12 +84,12 @@ def test_the_api_names_resolve_and_fix_survives_its_subpackage():
 
     assert resumedoctor.diagnose is api.diagnose and resumedoctor.resume_point is api.resume_point
     assert issubclass(resumedoctor.NoResumePoint, resumedoctor.ResumeDoctorError)
-    # resumedoctor/fix/ is a subpackage too: importing it must not hide the function.
-    from resumedoctor.fix import planner
-    from resumedoctor.fix.journal import Transaction
+    # The fix planner and journal live in resumedoctor/fixing/: importing them must not hide the function.
+    from resumedoctor.fixing import planner
+    from resumedoctor.fixing.journal import Transaction
 
     assert resumedoctor.fix is api.fix and callable(resumedoctor.fix)
-    assert planner.fix is not api.fix and Transaction is sys.modules["resumedoctor.fix.journal"].Transaction
+    assert planner.fix is not api.fix and Transaction is sys.modules["resumedoctor.fixing.journal"].Transaction
 
 
 # ---------------------------------------------------------------- diagnose

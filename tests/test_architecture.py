@@ -187,8 +187,9 @@ def test_the_graph_is_the_package(graph):
     assert {f"{CHECKS}.checkpoint_integrity", f"{FIXERS}.checkpoint_integrity", "resumedoctor.engine.context",
             "resumedoctor.io.bounded_read", "resumedoctor.cli.app"} <= set(graph)
     assert f"{CHECKS}.checkpoint_integrity" in graph[f"{FIXERS}.checkpoint_integrity"]  # a module-level import
-    # a function-level import (resumedoctor seal is imported only when the command runs)
-    assert "resumedoctor.integrations.seal.existing" in graph["resumedoctor.cli.app"]
+    # a function-level import (each command imports the API only when it runs)
+    assert "resumedoctor.api" in graph["resumedoctor.cli.app"]
+    assert "from resumedoctor import api" not in (REPO / "resumedoctor/cli/app.py").read_text().split("\ndef ")[0]
     assert len(graph) > 50
 
 

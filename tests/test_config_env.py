@@ -16,7 +16,7 @@ from conftest import DEMO_RUN_ARGS, codes, run_cli
 from resumedoctor.engine.context import Options
 from resumedoctor.engine.runner import diagnose
 from resumedoctor.engine.settings import Settings
-from resumedoctor.fix.planner import fix
+from resumedoctor.fixing.planner import fix
 
 # The demo run's own arguments: a recipe with exactly these resumes it without drift.
 BASE = "# recipe of the demo run\noutput_dir: {output_dir}\n" + DEMO_RUN_ARGS + "resume_from_checkpoint: true\n{extra}"

@@ -19,7 +19,7 @@ from conftest import GRPO_RECIPE, codes
 from resumedoctor.engine.context import Options
 from resumedoctor.engine.runner import diagnose
 from resumedoctor.engine.settings import Settings
-from resumedoctor.fix.planner import fix
+from resumedoctor.fixing.planner import fix
 
 RULE = dict(thresholds=[8e-4, 5e-4, 2e-4], metric="learning_rate", window=2, mode="min")
 KILLED_RUN = """

@@ -18,7 +18,7 @@ from conftest import codes, run_cli
 from resumedoctor.engine.runner import diagnose
 from resumedoctor.engine.settings import Settings
 from resumedoctor.engine.target import STATE_DIR
-from resumedoctor.fix.planner import fix, undo
+from resumedoctor.fixing.planner import fix, undo
 
 
 def tree(root: Path, *, skip_state: bool = False) -> dict[str, str]:

@@ -31,7 +31,7 @@ from resumedoctor.engine.findings import Finding, FixInfo, FixSafety, Severity
 from resumedoctor.engine.registry import load_registry
 from resumedoctor.engine.runner import Report, diagnose
 from resumedoctor.engine.settings import Settings
-from resumedoctor.fix.planner import FixResult, fix, undo
+from resumedoctor.fixing.planner import FixResult, fix, undo
 
 # The demo run's own arguments (demo_run.train_demo_run): this recipe resumes it without drift.
 RECIPE = ("# recipe of the demo run (comments must survive every fix)\nmodel_name_or_path: {model}\n"

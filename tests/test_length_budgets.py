@@ -14,7 +14,7 @@ from conftest import codes
 from resumedoctor.engine.context import Options
 from resumedoctor.engine.runner import diagnose
 from resumedoctor.engine.settings import Settings
-from resumedoctor.fix.planner import fix, undo
+from resumedoctor.fixing.planner import fix, undo
 from resumedoctor.integrations.trl.prompt_lengths import measure
 
 WINDOW = 128  # the demo model's max_position_embeddings

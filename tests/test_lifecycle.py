@@ -279,7 +279,7 @@ def test_killed_during_the_save_never_resumes_from_the_cut_off_checkpoint(kills,
 
 
 def test_fix_unsafe_moves_every_cut_off_save_aside(kills, tmp_path):
-    from resumedoctor.fix.planner import fix
+    from resumedoctor.fixing.planner import fix
 
     broken_at_all = []
     for name, out, finished in kill_states(kills, tmp_path):

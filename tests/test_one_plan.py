@@ -16,7 +16,7 @@ from conftest import DEMO_RUN_ARGS, run_cli
 from resumedoctor.engine.context import Options
 from resumedoctor.engine.runner import diagnose
 from resumedoctor.engine.settings import Settings
-from resumedoctor.fix.planner import fix
+from resumedoctor.fixing.planner import fix
 from resumedoctor.integrations.wandb.shell_env import shell_environment
 
 RECIPE = ("# the demo run's arguments, resuming a checkpoint that is gone\noutput_dir: {output_dir}\n" + DEMO_RUN_ARGS

@@ -20,7 +20,7 @@ from conftest import TRAINING_ARGS
 from resumedoctor.engine.context import Options
 from resumedoctor.engine.runner import diagnose
 from resumedoctor.engine.settings import Settings
-from resumedoctor.fix.planner import fix
+from resumedoctor.fixing.planner import fix
 
 RECIPE = ("# recipe of a 4-step demo run\noutput_dir: {output_dir}\n"
           + TRAINING_ARGS.replace("learning_rate: 1.0e-3", "learning_rate: {learning_rate}")

@@ -18,7 +18,7 @@ from conftest import codes, run_cli
 from resumedoctor.engine.context import Options
 from resumedoctor.engine.runner import diagnose
 from resumedoctor.engine.settings import Settings
-from resumedoctor.fix.planner import fix, undo
+from resumedoctor.fixing.planner import fix, undo
 from resumedoctor.integrations.seal.record import (
     SEAL_FILE,
     SEAL_TEMP_FILE,

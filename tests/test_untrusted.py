@@ -261,7 +261,7 @@ def _damage(run: Path) -> None:
 def test_busy_lock_names_its_holder(built_runs, tmp_path):
     run, _ = _world(built_runs, tmp_path)
     _damage(run)
-    from resumedoctor.fix.writer_lock import writer_lock
+    from resumedoctor.fixing.writer_lock import writer_lock
 
     with writer_lock(run):
         for command in (["fix", str(run), "--auto"], ["undo", str(run)], ["seal", str(run)]):
@@ -358,7 +358,7 @@ def test_no_op_write_never_wedges_fix_or_undo(built_runs, tmp_path):
     """The wedge of the issue: a journaled write whose new bytes equal the old ones had no backup state
     ('already changed'), so the transaction could neither complete nor roll back, for good."""
     from resumedoctor.engine.operations import WriteFile
-    from resumedoctor.fix.journal import Transaction, new_id
+    from resumedoctor.fixing.journal import Transaction, new_id
 
     run, _ = _world(built_runs, tmp_path)
     before = tree_digest(run)
@@ -434,7 +434,7 @@ def loader_world(tmp_path_factory) -> Path:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=_journals)
 def test_journal_loader_on_random_json(loader_world, data):
-    from resumedoctor.fix.journal import Transaction, UntrustedJournalError
+    from resumedoctor.fixing.journal import Transaction, UntrustedJournalError
 
     folder = loader_world / ".resumedoctor" / "transactions" / TX_ID
     (folder / "journal.json").write_text(json.dumps(data))
@@ -454,7 +454,7 @@ def test_journal_loader_on_random_json(loader_world, data):
 def test_launch_fix_says_who_holds_the_lock(built_runs, tmp_path):
     from conftest import GRPO_RECIPE
 
-    from resumedoctor.fix.writer_lock import writer_lock
+    from resumedoctor.fixing.writer_lock import writer_lock
 
     run, _ = _world(built_runs, tmp_path)
     _damage(run)

@@ -20,7 +20,7 @@ from conftest import OTHER_RUN, PROJECT, run_cli
 from resumedoctor.engine.context import Options
 from resumedoctor.engine.runner import diagnose
 from resumedoctor.engine.settings import Settings
-from resumedoctor.fix.planner import fix, undo
+from resumedoctor.fixing.planner import fix, undo
 from resumedoctor.integrations.wandb.log_reader import read_run_log
 from resumedoctor.integrations.wandb.shell_env import shell_environment
 

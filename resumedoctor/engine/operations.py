@@ -1,7 +1,7 @@
 """The changes a fixer plans: plain data shared by the engine, the fixers, the fix planner and the journal.
 
 They live in the engine because a finding's fix column asks the fixers what they would change
-(`Fixer.changes`) without applying anything; `resumedoctor.fix.journal` applies them.
+(`Fixer.changes`) without applying anything; `resumedoctor.fixing.journal` applies them.
 """
 
 from __future__ import annotations

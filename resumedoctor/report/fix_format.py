@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from resumedoctor.engine.operations import Quarantine
-from resumedoctor.fix.planner import FixResult, describe_operation, preview
+from resumedoctor.fixing.planner import FixResult, describe_operation, preview
 from resumedoctor.io.printable import printable
 from resumedoctor.report import render
 

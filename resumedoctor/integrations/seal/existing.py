@@ -17,8 +17,8 @@ from resumedoctor.engine.operations import WriteFile
 from resumedoctor.engine.runner import new_context
 from resumedoctor.engine.settings import Settings
 from resumedoctor.engine.target import resolve_target
-from resumedoctor.fix.journal import Transaction, new_id
-from resumedoctor.fix.writer_lock import writer_lock
+from resumedoctor.fixing.journal import Transaction, new_id
+from resumedoctor.fixing.writer_lock import writer_lock
 from resumedoctor.integrations.seal.record import (
     AFTER_THE_FACT_REASONS,
     SEAL_FILE,

@@ -157,8 +157,8 @@ def _recipe_output_dir(recipe) -> Path:
 def _fix_first(plan: LaunchPlan, recipe, settings: Settings, options: Options, environ: dict[str, str], *,
                unsafe: bool, dry_run: bool):
     """Step 1 (`--fix`): apply (or plan) the fixes; returns the recipe as it reads after them."""
-    from resumedoctor.fix.planner import FixError
-    from resumedoctor.fix.planner import fix as run_fix
+    from resumedoctor.fixing.planner import FixError
+    from resumedoctor.fixing.planner import fix as run_fix
 
     if int(environ.get("WORLD_SIZE", "1")) > 1:
         raise LaunchError("--fix under a multi-process launch: run `resumedoctor fix` once before `accelerate launch`")
@@ -227,14 +227,14 @@ def _fresh_wandb_environment(environ: dict[str, str]) -> tuple[list, list[str]]:
 
 
 def _planned(result) -> list[str]:
-    from resumedoctor.fix.planner import describe_operation
+    from resumedoctor.fixing.planner import describe_operation
 
     return [describe_operation(op, result.output_dir) for op in result.operations]
 
 
 def _planned_on_fresh(target: Target, settings, options: Options, environ: dict[str, str], unsafe: bool) -> list[str]:
     """What `fix --dry-run` would plan for an output_dir not created yet (only the recipe can need a fix)."""
-    from resumedoctor.fix.planner import describe_operation, plan_fixes
+    from resumedoctor.fixing.planner import describe_operation, plan_fixes
 
     registry = _registry()
     ctx = new_context(target, settings, options, environ, registry)

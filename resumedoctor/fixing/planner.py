@@ -1,7 +1,7 @@
 """The fix engine: plan fixes from findings, preview them, apply them as one journaled transaction.
 
 `fix --auto` applies safe fixes, `--unsafe` adds the unsafe ones, `--dry-run` only previews.
-Every change is backed up and undoable (`resumedoctor.fix.journal`); afterwards the checks run again.
+Every change is backed up and undoable (`resumedoctor.fixing.journal`); afterwards the checks run again.
 """
 
 from __future__ import annotations
@@ -15,23 +15,21 @@ from pathlib import Path
 
 from resumedoctor.engine.context import Options, RunContext
 from resumedoctor.engine.findings import Finding, FixSafety
+from resumedoctor.engine.operations import Operation, Quarantine, WriteFile
 from resumedoctor.engine.registry import Fixer, Registry, load_registry
 from resumedoctor.engine.runner import Report, new_context, run_checks
 from resumedoctor.engine.settings import Settings, user_settings
 from resumedoctor.engine.target import resolve_target, state_dir
-from resumedoctor.fix.confinement import ConfinementError, state_folder
-from resumedoctor.fix.journal import (
+from resumedoctor.fixing.confinement import ConfinementError, state_folder
+from resumedoctor.fixing.journal import (
     JournalError,
-    Operation,
-    Quarantine,
     Transaction,
     UntrustedJournalError,
-    WriteFile,
     list_transactions,
     new_id,
     remove_empty_state_dir,
 )
-from resumedoctor.fix.writer_lock import LockBusyError, writer_lock
+from resumedoctor.fixing.writer_lock import LockBusyError, writer_lock
 
 # Each round applies the safe fixes, or else the unsafe ones, then checks again: a quarantine can
 # uncover findings in the checkpoint that becomes the newest. A few rounds always suffice.

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from resumedoctor.engine.target import STATE_DIR
 from resumedoctor.errors import ReasonError
-from resumedoctor.fix.confinement import ConfinementError, state_folder
+from resumedoctor.fixing.confinement import ConfinementError, state_folder
 
 LOCK_FILE = "lock"
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from resumedoctor.engine.operations import Operation, WriteFile
 from resumedoctor.engine.target import state_dir
 from resumedoctor.errors import ReasonError
-from resumedoctor.fix.confinement import (
+from resumedoctor.fixing.confinement import (
     ConfinementError,
     UnverifiedOutsideWrite,
     check_outside,
@@ -40,7 +40,7 @@ from resumedoctor.fix.confinement import (
     resolve_inside,
     state_folder,
 )
-from resumedoctor.fix.journal_schema import ID, JournalInvalid, validate_journal
+from resumedoctor.fixing.journal_schema import ID, JournalInvalid, validate_journal
 from resumedoctor.io.atomic_write import atomic_write, fsync_dir, temporary_path
 from resumedoctor.io.bounded_read import JSON_CONFIG_LIMIT, read_json_file
 from resumedoctor.io.hashing import sha256_bytes, sha256_file

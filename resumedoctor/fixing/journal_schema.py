@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from resumedoctor.engine.target import STATE_DIR
-from resumedoctor.fix.confinement import ConfinementError, check_relative
+from resumedoctor.fixing.confinement import ConfinementError, check_relative
 
 VERSION = 1
 ID = re.compile(r"^\d{8}T\d{6}\.\d{9}-[0-9a-f]{4}$")
