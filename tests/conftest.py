@@ -115,6 +115,20 @@ output_dir: {output_dir}
 DEMO_RUN_ARGS = TRAINING_ARGS.replace("{max_steps}", "6") + "disable_tqdm: true\n"
 
 
+@pytest.fixture(scope="session")
+def launch_inputs(tmp_path_factory) -> dict[str, Path]:
+    """What a GRPO_RECIPE names, built once: the tiny base model and a prompt dataset (64 rows)."""
+    import json
+
+    from demo_run import build_prompt_rows, save_base_model
+
+    root = tmp_path_factory.mktemp("launch-inputs")
+    model = save_base_model(root / "model")
+    dataset = root / "prompts.jsonl"
+    dataset.write_text("".join(json.dumps(row) + "\n" for row in build_prompt_rows(64)))
+    return {"model": model, "dataset": dataset, "cache": root / "cache"}  # TRL's field table: read once
+
+
 def _offline_env(root: Path) -> dict[str, str]:
     return {"WANDB_MODE": "offline", "WANDB_DIR": str(root), "WANDB_PROJECT": PROJECT, "WANDB_SILENT": "true",
             "WANDB_DISABLE_GIT": "true", "WANDB_DISABLE_CODE": "true"}

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import run_cli
+from conftest import GRPO_RECIPE, run_cli
 
 from resumedoctor import __version__
 from resumedoctor.engine.registry import load_registry
@@ -178,37 +178,21 @@ def test_debug_after_double_dash_is_trls_not_ours(full_run):
     assert result.stderr.strip() == "resumedoctor: internal error: RuntimeError: kaboom (run with --debug for the traceback)"
 
 
-LAUNCH_RECIPE = """\
-model_name_or_path: {model}
-dataset_name: {dataset}
-output_dir: {output_dir}
-use_cpu: true
-max_steps: 8
-save_steps: 2
-per_device_train_batch_size: 4
-num_generations: 4
-max_completion_length: 8
-report_to: none
-"""
+# A GRPO recipe (conftest.GRPO_RECIPE) on the session's launch inputs; --dry-run trains nothing. It leaves
+# the seed to TRL's default (42), so it differs from the run's (0): a drift for the gate to report.
+LAUNCH_RECIPE = GRPO_RECIPE.replace("{max_steps}", "8").replace("seed: 0\n", "") + "report_to: none\n"
 
 
-def launch_recipe(tmp_path, output_dir) -> str:
-    """A TRL recipe for the tiny local model (as tests/test_launch.py writes them); --dry-run trains nothing."""
-    from demo_run import build_prompt_rows, save_base_model
-
-    model = tmp_path / "model"
-    if not model.exists():
-        save_base_model(model)
-    dataset = tmp_path / "prompts.jsonl"
-    dataset.write_text("".join(json.dumps(row) + "\n" for row in build_prompt_rows(16)))
+def launch_recipe(launch_inputs, tmp_path, output_dir) -> str:
     recipe = tmp_path / f"recipe-{output_dir.name}.yaml"
-    recipe.write_text(LAUNCH_RECIPE.format(model=model, dataset=dataset, output_dir=output_dir))
+    recipe.write_text(LAUNCH_RECIPE.format(model=launch_inputs["model"], dataset=launch_inputs["dataset"],
+                                           output_dir=output_dir))
     return str(recipe)
 
 
-def test_launch_select_and_ignore_gate_as_diagnose_does(full_run, tmp_path):
+def test_launch_select_and_ignore_gate_as_diagnose_does(full_run, launch_inputs, tmp_path):
     truncate_newest_weights(full_run)
-    recipe = launch_recipe(tmp_path, full_run)
+    recipe = launch_recipe(launch_inputs, tmp_path, full_run)
     everything = run_cli("launch", "--config", recipe, "--dry-run", cwd=tmp_path)
     assert everything.returncode == 1 and "CFG001" in everything.stdout  # the recipe's seed differs too
 
@@ -224,9 +208,9 @@ def test_launch_select_and_ignore_gate_as_diagnose_does(full_run, tmp_path):
     assert f"resume from: {full_run / 'checkpoint-6'}" in ignored.stdout  # the plan, printed by --dry-run
 
 
-def test_launch_refuses_unknown_codes_before_touching_anything(tmp_path):
+def test_launch_refuses_unknown_codes_before_touching_anything(launch_inputs, tmp_path):
     fresh = tmp_path / "fresh-out"
-    recipe = launch_recipe(tmp_path, fresh)
+    recipe = launch_recipe(launch_inputs, tmp_path, fresh)
     result = run_cli("launch", "--config", recipe, "--dry-run", "--select", "CPKT", cwd=tmp_path)
     one_line_usage_error(result, "--select: unknown code or prefix 'CPKT' (did you mean CKPT?)")
     assert not fresh.exists()

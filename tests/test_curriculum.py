@@ -160,14 +160,12 @@ def test_live_state_without_any_checkpoint_state_is_an_error(killed_run, tmp_pat
     assert "holds no curriculum state" in report.findings[0].message
 
 
-def test_launch_accepts_the_crashed_run_when_it_adds_the_curriculum(killed_run, tmp_path):
+def test_launch_accepts_the_crashed_run_when_it_adds_the_curriculum(killed_run, launch_inputs, tmp_path):
     """`resumedoctor launch --dry-run` is the gate: the crashed state must not stop it; without the callback it must."""
     from conftest import run_cli
-    from demo_run import build_prompt_rows
 
-    dataset = tmp_path / "prompts.jsonl"
-    dataset.write_text("".join(json.dumps(row) + "\n" for row in build_prompt_rows(64)))
-    base = LAUNCH_RECIPE.format(model=killed_run / "checkpoint-4", dataset=dataset, output_dir=killed_run)
+    base = LAUNCH_RECIPE.format(model=killed_run / "checkpoint-4", dataset=launch_inputs["dataset"],
+                                output_dir=killed_run)
     env = {"RESUMEDOCTOR_CACHE_DIR": str(tmp_path / "cache")}
     (tmp_path / "with.yaml").write_text(base + CURRICULUM_SECTION)
     accepted = run_cli("launch", "--config", tmp_path / "with.yaml", "--dry-run", env=env)

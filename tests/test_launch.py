@@ -26,17 +26,6 @@ RECIPE = ("# GRPO on the tiny local model\n" + GRPO_RECIPE.replace("{max_steps}"
           + "report_to: wandb\nresumedoctor:\n  callbacks: [launch_helpers.KillAfterSave]\n{extra}")
 
 
-@pytest.fixture(scope="session")
-def launch_inputs(tmp_path_factory) -> dict[str, Path]:
-    from demo_run import build_prompt_rows, save_base_model
-
-    root = tmp_path_factory.mktemp("launch-inputs")
-    model = save_base_model(root / "model")
-    dataset = root / "prompts.jsonl"
-    dataset.write_text("".join(json.dumps(row) + "\n" for row in build_prompt_rows(64)))
-    return {"model": model, "dataset": dataset, "cache": root / "cache"}  # TRL's field table: read once
-
-
 @pytest.fixture
 def workspace(launch_inputs, tmp_path):
     def recipe(extra: str = "") -> Path:

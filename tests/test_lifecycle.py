@@ -175,15 +175,11 @@ def launch(recipe: Path, root: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="session")
-def finished_world(tmp_path_factory) -> dict:
+def finished_world(tmp_path_factory, launch_inputs) -> dict:
     """A 6-step run trained to its end by `resumedoctor launch` (W&B offline): checkpoint-2, -4, -6 and the
     final `save_model(output_dir)` (model.safetensors, config.json, training_args.bin, ...) beside them."""
-    from demo_run import build_prompt_rows, save_base_model
-
     root = tmp_path_factory.mktemp("finished")
-    world = {"root": root, "out": root / "out", "model": save_base_model(root / "model"),
-             "dataset": root / "prompts.jsonl"}
-    world["dataset"].write_text("".join(json.dumps(row) + "\n" for row in build_prompt_rows(64)))
+    world = {"root": root, "out": root / "out", "model": launch_inputs["model"], "dataset": launch_inputs["dataset"]}
     result = launch(write_recipe(world, root, FINISHED_STEPS), root)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return world
