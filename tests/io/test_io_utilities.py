@@ -20,7 +20,7 @@ from resumedoctor.io.hashing import (
     sha256_file,
 )
 
-PACKAGE = Path(__file__).resolve().parent.parent / "resumedoctor"
+PACKAGE = Path(__file__).resolve().parents[2] / "resumedoctor"
 
 
 def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path):

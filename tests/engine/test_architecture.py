@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CHECKS, FIXERS, IO = "resumedoctor.checks", "resumedoctor.fixers", "resumedoctor.io"
 
 Graph = dict[str, dict[str, int]]  # module -> {imported resumedoctor module: line of the import}

@@ -136,7 +136,7 @@ def test_data_seed_does_not_seed_grpos_sampler(full_run, recipe_for):
 
 
 def test_learning_rate_change_is_kept_by_the_checkpoint_and_the_fix_makes_the_recipe_say_so(full_run, recipe_for):
-    # tests/test_schedule.py shows with a real resume that the recipe's learning_rate is not used.
+    # tests/integrations/test_schedule.py shows with a real resume that the recipe's learning_rate is not used.
     recipe = recipe_for(learning_rate="2.0e-3")
     (finding,) = report_of(full_run, recipe).findings
     assert finding.code == "CFG012" and "the resume keeps learning_rate=0.001" in finding.message

@@ -20,7 +20,7 @@ from conftest import GRPO_RECIPE
 
 from resumedoctor.integrations.wandb.log_reader import read_run_log
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]  # launch_helpers.py lives in tests/
 
 RECIPE = ("# GRPO on the tiny local model\n" + GRPO_RECIPE.replace("{max_steps}", "8")
           + "report_to: wandb\nresumedoctor:\n  callbacks: [launch_helpers.KillAfterSave]\n{extra}")

@@ -122,7 +122,7 @@ def test_finished_run_extended_is_a_warning_and_no_fix_writes_the_old_horizon_ba
 
 
 def test_finished_run_with_its_own_horizon_is_a_warning(runs, recipe):
-    # Not a no-op: transformers trains one stray step past max_steps (tests/test_target.py is the oracle).
+    # Not a no-op: transformers trains one stray step past max_steps (tests/engine/test_target.py is the oracle).
     report = cfg_findings(runs["linear"], recipe(runs["linear"], max_steps=4))
     assert [(f.code, f.severity.value) for f in report.findings] == [("CFG011", "warning")]
     assert "still trains step 5 and saves checkpoint-5" in report.findings[0].message
