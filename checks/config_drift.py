@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from resumedoctor.engine.checkpoint_facts import saved_world_size
-from resumedoctor.engine.context import RunContext
+from resumedoctor.engine.context import RunContext, launch_world_size
 from resumedoctor.engine.findings import Finding, Rule, Severity
 from resumedoctor.engine.registry import CheckFamily
 from resumedoctor.engine.target import checkpoint_step, list_checkpoints
@@ -205,10 +205,10 @@ def run(ctx: RunContext) -> Iterator[Finding]:
     except (UnsafePickleError, PickleReadError, OSError):
         return  # CKPT010 / CKPT028 report it
     state = ctx.trainer_state(checkpoint) or {}  # a broken one is CKPT013
-    world = ctx.environ.get("WORLD_SIZE")
+    world_new = launch_world_size(ctx.environ)
     world_saved = saved_world_size(ctx, checkpoint)
     resume = Resume(checkpoint, saved, state, recipe, changes(saved, recipe), recipe_path, world_saved,
-                    int(world) if world and world.isdigit() else world_saved, ctx.global_step(checkpoint))
+                    world_saved if world_new is None else world_new, ctx.global_step(checkpoint))
     yield from data_findings(resume)
     yield from order_findings(resume)
     yield from schedule_findings(ctx, resume)

@@ -72,6 +72,12 @@ def trainer_state_problem(state: Any) -> str | None:
     return None
 
 
+def launch_world_size(environ: Mapping[str, str]) -> int | None:
+    """The number of processes the coming launch runs (torchrun/accelerate set WORLD_SIZE); None when unset."""
+    world = environ.get("WORLD_SIZE", "")
+    return int(world) if world.isdigit() else None
+
+
 def _json_kind(value: Any) -> str:
     """`a list`, `a string`, `null`, `NaN`: what a JSON value is, in words (never the value itself)."""
     if value is None:

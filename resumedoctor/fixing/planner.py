@@ -117,14 +117,13 @@ def with_seals_updated(operations: list[Operation]) -> list[Operation]:
     A safe fix of a sealed file (trainer_state.json's global_step, say) must not turn into a seal
     mismatch (CKPT029): the seal is rewritten with the fixed file's size and hash, and names the fix.
     """
-    import hashlib
 
     from resumedoctor.integrations.seal.record import (
         SEAL_FILE,
         read_seal,
         seal_bytes,
     )
-    from resumedoctor.io.hashing import new_hasher
+    from resumedoctor.io.hashing import new_hasher, sha256_bytes
 
     by_folder: dict[Path, list[WriteFile]] = {}
     for op in operations:
@@ -141,7 +140,7 @@ def with_seals_updated(operations: list[Operation]) -> list[Operation]:
             hasher.update(write.content)
             seal["files"][write.path.name] = {"size": len(write.content), seal["hash"]: hasher.hexdigest()}
             if write.path.name == "curriculum_state.json":
-                seal["curriculum_sha256"] = hashlib.sha256(write.content).hexdigest()
+                seal["curriculum_sha256"] = sha256_bytes(write.content)
         seal["edited_by_fix"] = sorted({*seal.get("edited_by_fix", []), *(w.path.name for w in writes)})
         added.append(WriteFile(folder / SEAL_FILE, seal_bytes(seal), "the seal follows the fixed file(s): "
                                + ", ".join(sorted(w.path.name for w in writes)), code=writes[0].code,

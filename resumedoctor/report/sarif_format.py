@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from resumedoctor import __version__
+from resumedoctor.io.hashing import sha256_bytes
 from resumedoctor.report.paths import relative_to_cwd
 from resumedoctor.report.verdict import NOTHING_CHECKED, caveat, judge
 
@@ -34,7 +34,7 @@ def _location(path: str | None, target: str) -> dict:
 
 def _fingerprint(finding) -> str:
     key = f"{finding.code}\0{relative_to_cwd(finding.path or '') or finding.path}\0{finding.message}"
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+    return sha256_bytes(key.encode("utf-8"))
 
 
 def _invocation(report: Report) -> dict:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resumedoctor.engine.context import Options
+from resumedoctor.engine.context import Options, launch_world_size
 from resumedoctor.engine.runner import Report, new_context, run_checks
 from resumedoctor.engine.settings import Settings, user_settings
 from resumedoctor.engine.target import Target, TargetError, resolve_target
@@ -160,7 +160,7 @@ def _fix_first(plan: LaunchPlan, recipe, settings: Settings, options: Options, e
     from resumedoctor.fixing.planner import FixError
     from resumedoctor.fixing.planner import fix as run_fix
 
-    if int(environ.get("WORLD_SIZE", "1")) > 1:
+    if (launch_world_size(environ) or 1) > 1:
         raise LaunchError("--fix under a multi-process launch: run `resumedoctor fix` once before `accelerate launch`")
     output_dir = plan.output_dir
     if not dry_run:
