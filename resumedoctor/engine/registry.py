@@ -53,7 +53,8 @@ class CheckFamily:
     requires: tuple[str, ...] = ()
     # Why the family has nothing to check for this target (no recipe, no W&B run...), or None.
     not_applicable: Callable[[RunContext], str | None] | None = None
-    # Verdicts other families need, offered through the run context (see RunContext.SERVICES): families
+    # Verdicts other families need, offered through the run context
+    # (`ctx.services`, keyed by constants such as engine.context.CHECKPOINT_FINDINGS): families
     # never import each other.
     services: dict[str, Callable[..., Any]] = field(default_factory=dict)
 

@@ -92,15 +92,6 @@ class Report:
         }
 
 
-def fix_info_for(registry: Registry, code: str) -> FixInfo | None:
-    fixers = registry.fixers_for(code)
-    if not fixers:
-        return None
-    # Prefer a safe fixer when a code has both kinds.
-    fixer = sorted(fixers, key=lambda f: f.safety.value != "safe")[0]
-    return FixInfo(fixer.safety, fixer.description)
-
-
 CAUSED = "fixed by the safe fixes of its cause"
 
 
