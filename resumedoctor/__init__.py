@@ -24,18 +24,19 @@ _LAZY = {
     "resume_point": _API,
     "verdict": _API,
     "NoResumePoint": _API,
+    "PassedOverCheckpoints": _API,
     "ResumeDoctorError": _API,
     "Report": "resumedoctor.engine.runner",
     "SealCallback": "resumedoctor.integrations.seal.callback",
     "CurriculumCallback": "resumedoctor.integrations.curriculum.callback",
 }
 
+# The callbacks (they import transformers) stay out of `from resumedoctor import *`.
 __all__ = [
-    "CurriculumCallback",
     "NoResumePoint",
+    "PassedOverCheckpoints",
     "Report",
     "ResumeDoctorError",
-    "SealCallback",
     "__version__",
     "diagnose",
     "fix",
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 
     from resumedoctor.api import (
         NoResumePoint,
+        PassedOverCheckpoints,
         ResumeDoctorError,
         diagnose,
         fix,
@@ -59,8 +61,10 @@ if TYPE_CHECKING:
         verdict,
     )
     from resumedoctor.engine.runner import Report
-    from resumedoctor.integrations.curriculum.callback import CurriculumCallback
-    from resumedoctor.integrations.seal.callback import SealCallback
+    from resumedoctor.integrations.curriculum.callback import (
+        CurriculumCallback as CurriculumCallback,
+    )
+    from resumedoctor.integrations.seal.callback import SealCallback as SealCallback
 
 
 def __getattr__(name: str) -> Any:

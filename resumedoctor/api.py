@@ -133,7 +133,12 @@ def _settings_file(path: Path, settings_file: Path | None) -> Settings:
 
 def check_inputs(path: PathLike, recipe: PathLike | None = None) -> None:
     """PATH must be a readable folder and a named recipe must exist."""
+    import os
+
     from resumedoctor.engine.target import TargetError, resolve_target
+
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
 
     try:
         resolve_target(path)
@@ -151,6 +156,8 @@ def check_recipe(recipe: PathLike) -> None:
 def _options(recipe: PathLike | None, recipe_args: Iterable[str], wandb_dir: PathLike | None, **more) -> Options:
     from resumedoctor.engine.context import Options
 
+    if isinstance(recipe_args, (str, bytes)):  # a string would be read letter by letter
+        raise TypeError("recipe_args is a sequence of arguments, e.g. ['--max_steps', '8'], not one string")
     return Options(recipe=None if recipe is None else Path(recipe), recipe_args=tuple(recipe_args),
                    wandb_dir=None if wandb_dir is None else Path(wandb_dir), **more)
 
@@ -227,7 +234,29 @@ def resume_point(output_dir: PathLike, recipe: PathLike | None = None, *, recipe
         blocking = _at_least(_judge(point, recipe, **options)[1], Severity.ERROR)
     if blocking:
         raise NoResumePoint(path, blocking, point)
+    _warn_if_passed_over(path, point, report)
     return point
+
+
+class PassedOverCheckpoints(UserWarning):
+    """resume_point returned an older checkpoint than the newest: the steps after it are trained again."""
+
+
+def _warn_if_passed_over(output_dir: Path, point: Path | None, report: Report) -> None:
+    from resumedoctor.engine.findings import Severity
+    from resumedoctor.engine.target import checkpoint_step, list_checkpoints
+
+    newer = [c for c in list_checkpoints(output_dir) if point is not None and checkpoint_step(c) > checkpoint_step(point)]
+    if not newer:
+        return
+    import warnings
+
+    inside = tuple(str(c) for c in newer)
+    why = sorted({f.code for f in _at_least(report, Severity.WARNING) if str(f.path or "").startswith(inside)})
+    warnings.warn(f"resuming from {point.name}, not from the newer {', '.join(c.name for c in newer)} "
+                  f"({', '.join(why) or 'not usable'}): steps {checkpoint_step(point) + 1}-{checkpoint_step(newer[-1])} "
+                  f"are trained again; `resumedoctor diagnose {output_dir}` says why",
+                  PassedOverCheckpoints, stacklevel=3)
 
 
 def _at_least(report: Report, severity: Severity) -> tuple[Finding, ...]:

@@ -152,9 +152,44 @@ def test_resume_point_passes_over_a_newest_checkpoint_cut_off_mid_save(full_run)
     assert get_last_checkpoint(str(full_run)) == str(full_run / "checkpoint-6")
     assert "CKPT018" in codes(resumedoctor.diagnose(full_run))
 
-    point = resumedoctor.resume_point(full_run)
+    with pytest.warns(resumedoctor.PassedOverCheckpoints) as warned:
+        point = resumedoctor.resume_point(full_run)
     assert point == full_run / "checkpoint-4"
+    assert "not from the newer checkpoint-6 (CKPT003, CKPT018)" in str(warned[0].message)
+    assert "steps 5-6 are trained again" in str(warned[0].message)
     assert train_on(full_run, point, max_steps=5) == [4, 5]
+
+
+def test_resume_point_of_a_clean_run_warns_nothing(full_run):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resumedoctor.resume_point(full_run) == full_run / "checkpoint-6"
+
+
+def test_a_string_of_recipe_args_or_a_non_path_is_a_type_error(full_run, tmp_path):
+    """A string would be read letter by letter (LEN001 "unexpected argument '-'", CFG silently unjudged)."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"output_dir: {full_run}\n")
+    with pytest.raises(TypeError, match="recipe_args is a sequence"):
+        resumedoctor.diagnose(full_run, recipe, recipe_args="--max_steps 8")
+    for bad in (None, 3, b"out"):
+        with pytest.raises(TypeError, match="path must be a str or os.PathLike"):
+            resumedoctor.diagnose(bad)
+
+
+def test_star_import_and_the_old_curriculum_path_stay_light_and_working():
+    script = ("import sys, warnings\nfrom resumedoctor import *\n"
+              "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'star import is heavy'\n"
+              "with warnings.catch_warnings(record=True) as w:\n"
+              "    warnings.simplefilter('always')\n"
+              "    from resumedoctor.curriculum import CurriculumCallback\n"
+              "import resumedoctor\n"
+              "assert CurriculumCallback is resumedoctor.CurriculumCallback\n"
+              "assert any(issubclass(x.category, DeprecationWarning) for x in w)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_resume_point_raises_when_no_checkpoint_is_usable(full_run):

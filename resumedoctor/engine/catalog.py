@@ -24,6 +24,7 @@ def catalog(registry: Registry) -> list[dict]:
                     "name": rule.name,
                     "severity": rule.severity.value,
                     "summary": rule.summary,
+                    "fix_availability": rule.fix.availability.value,  # none / sometimes / always (ruff's model)
                     "fixers": [
                         {"name": fixer.name, "safety": fixer.safety.value, "description": fixer.description}
                         for fixer in rule.fix.fixers

@@ -247,6 +247,9 @@ def test_the_example_plugin_is_listed_with_its_declared_fix(example_plugin_env):
         ("CARD001", "model-card-missing", "info")]
     assert [(fixer["name"], fixer["safety"]) for fixer in card["rules"][0]["fixers"]] == [("write-model-card-stub", "safe")]
     assert _declared_fix(env, "CARD001") == "always write-model-card-stub"
+    assert card["rules"][0]["fix_availability"] == "always"  # `checks` reads the rule's declaration
+    builtin = {rule["code"]: rule["fix_availability"] for entry in listed for rule in entry["rules"]}
+    assert builtin["CKPT001"] == "none" and builtin["CKPT018"] == "sometimes"
     assert _declared_fix(env, "CKPT001") == "none"
     explained = run_cli("explain", "card001", env=env).stdout
     assert explained.startswith("CARD001 model-card-missing\ncheck: model-card (CARD)    default severity: info")

@@ -66,17 +66,33 @@ def normalize(key: str, value: Any) -> Any:
     return value
 
 
+# Lists whose order is their meaning: reward_weights[i] weighs reward_funcs[i].
+ORDERED_LISTS = frozenset({"reward_funcs", "reward_weights"})
+
+
 def differing_keys(saved: Mapping[str, Any], values: Mapping[str, Any]) -> set[str]:
     """The keys of `values` whose saved value differs once both are normalized.
 
-    DeepDiff compares nested values (lr_scheduler_kwargs, lists), with the order of a list and int
-    against float ignored; its report is read through its API (the root key each change is under)."""
-    from deepdiff import DeepDiff
-
+    Equal values are settled by `==` (DeepDiff, and the pandas it imports, load only when something
+    differs). DeepDiff then compares nested values (lr_scheduler_kwargs, lists) with int against float
+    ignored and the order of a list ignored, except in ORDERED_LISTS; repeated list items count. Its
+    report is read through its API (the root key each change is under)."""
     before = {key: normalize(key, saved[key]) for key in values}
     after = {key: normalize(key, value) for key, value in values.items()}
-    difference = DeepDiff(before, after, ignore_order=True, ignore_numeric_type_changes=True)
-    return set(difference.affected_root_keys)
+    unequal = [key for key in values if before[key] != after[key]]
+    if not unequal:
+        return set()
+    from deepdiff import DeepDiff
+
+    changed: set[str] = set()
+    for ordered in (False, True):
+        keys = [key for key in unequal if (key in ORDERED_LISTS) == ordered]
+        if keys:
+            difference = DeepDiff({key: before[key] for key in keys}, {key: after[key] for key in keys},
+                                  ignore_order=not ordered, report_repetition=not ordered,
+                                  ignore_numeric_type_changes=True)
+            changed.update(difference.affected_root_keys)
+    return changed
 
 
 def judged_keys(saved: Mapping[str, Any], recipe: Any, keys: Iterable[str] = COMPARED_KEYS) -> dict[str, Any]:
