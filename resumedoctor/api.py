@@ -15,11 +15,11 @@ never exceptions, they are in the report.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only: importing the API costs the CLI's start-up nothing
-    import os
     from collections.abc import Iterable, Mapping
 
     from resumedoctor.engine.context import Options, RunContext

@@ -101,8 +101,9 @@ def run_to_each_kill_point(output_dir: Path, snapshots: Path, *, seal: bool, env
             child.wait()
 
 
-def resume_for_real(output_dir: Path, checkpoint: Path | str | bool, *, max_steps: int) -> list[int]:
-    """Resume the demo run with TRL's GRPOTrainer from `checkpoint` (a path, or True: transformers picks).
+def resume_for_real(output_dir: Path, checkpoint: Path | str | bool | None, *, max_steps: int) -> list[int]:
+    """Resume the demo run with TRL's GRPOTrainer from `checkpoint` (a path, True: transformers picks, or
+    None: start at step 0), as a user's own training script does.
 
     Returns the global_step the Trainer starts at, then the one after each step it trains."""
     from demo_run import train_demo_run
@@ -117,7 +118,7 @@ def resume_for_real(output_dir: Path, checkpoint: Path | str | bool, *, max_step
         def on_step_end(self, args, state, control, **kwargs):
             steps.append(state.global_step)
 
-    resume = checkpoint if isinstance(checkpoint, bool) else str(checkpoint)
+    resume = checkpoint if checkpoint is None or isinstance(checkpoint, bool) else str(checkpoint)
     train_demo_run(output_dir, max_steps=max_steps, save_steps=SAVE_STEPS, resume_from_checkpoint=resume,
                    callbacks=[Record()])
     return steps

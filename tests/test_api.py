@@ -16,31 +16,11 @@ from pathlib import Path
 
 import pytest
 from conftest import codes, run_cli
+from lifecycle_helpers import resume_for_real
 
 import resumedoctor
 
 HEAVY = {"torch", "transformers", "trl", "wandb", "datasets", "numpy"}
-
-
-def train_on(output_dir: Path, resume_from_checkpoint, *, max_steps: int) -> list[int]:
-    """A user's own training script: the demo GRPO run, resumed from what it is given.
-
-    Returns the global_step the Trainer starts at, then the one after each step it trains."""
-    from demo_run import train_demo_run
-    from transformers import TrainerCallback
-
-    steps: list[int] = []
-
-    class Record(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            steps.append(state.global_step)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            steps.append(state.global_step)
-
-    train_demo_run(output_dir, max_steps=max_steps, save_steps=2, resume_from_checkpoint=resume_from_checkpoint,
-                   callbacks=[Record()])
-    return steps
 
 
 def cut_off(path: Path) -> None:
@@ -140,7 +120,7 @@ def test_resume_point_of_a_clean_run_resumes_there_for_real(full_run):
 
     point = resumedoctor.resume_point(full_run)
     assert point == full_run / "checkpoint-6" and str(point) == get_last_checkpoint(str(full_run))
-    assert train_on(full_run, point, max_steps=7) == [6, 7]
+    assert resume_for_real(full_run, point, max_steps=7) == [6, 7]
 
 
 @pytest.mark.slow
@@ -157,7 +137,7 @@ def test_resume_point_passes_over_a_newest_checkpoint_cut_off_mid_save(full_run)
     assert point == full_run / "checkpoint-4"
     assert "not from the newer checkpoint-6 (CKPT003, CKPT018)" in str(warned[0].message)
     assert "steps 5-6 are trained again" in str(warned[0].message)
-    assert train_on(full_run, point, max_steps=5) == [4, 5]
+    assert resume_for_real(full_run, point, max_steps=5) == [4, 5]
 
 
 def test_resume_point_of_a_clean_run_warns_nothing(full_run):
@@ -228,7 +208,7 @@ def test_resume_point_of_a_fresh_output_dir_is_none_and_training_starts_at_zero(
     assert resumedoctor.resume_point(out) is None  # the first start: the Trainer creates the folder
     out.mkdir()
     assert resumedoctor.resume_point(out) is None
-    assert train_on(out, resumedoctor.resume_point(out), max_steps=1) == [0, 1]
+    assert resume_for_real(out, resumedoctor.resume_point(out), max_steps=1) == [0, 1]
 
 
 # ---------------------------------------------------------------- fix, undo

@@ -198,28 +198,12 @@ def test_no_import_cycles(graph):
     assert not found, "import cycles:\n" + "\n".join(found)
 
 
-def test_no_check_family_imports_another_family_or_a_fixer(graph):
-    found = family_imports(graph)
-    assert not found, "\n".join(found)
-
-
-def test_a_fixer_imports_only_its_own_familys_check_module(graph):
-    found = fixer_imports(graph)
-    assert not found, "\n".join(found)
-
-
-def test_the_core_imports_no_family_or_fixer(graph):
-    found = core_imports(graph)
-    assert not found, "\n".join(found)
-
-
-def test_io_imports_nothing_above_it(graph):
-    found = io_imports(graph)
-    assert not found, "\n".join(found)
-
-
-def test_engine_imports_no_family_fixer_cli_or_report(graph):
-    found = engine_imports(graph)
+@pytest.mark.parametrize("rule", [family_imports, fixer_imports, core_imports, io_imports, engine_imports],
+                         ids=["no-family-imports-another-family-or-a-fixer", "a-fixer-imports-only-its-own-family",
+                              "the-core-imports-no-family-or-fixer", "io-imports-nothing-above-it",
+                              "engine-imports-no-family-fixer-cli-or-report"])
+def test_layering_rule(graph, rule):
+    found = rule(graph)
     assert not found, "\n".join(found)
 
 
