@@ -36,6 +36,16 @@ from resumedoctor.integrations.seal.record import (
     sealing_was_on,
     verify,
 )
+from resumedoctor.integrations.trl.save_files import (
+    DEEPSPEED_OPTIM,
+    DEEPSPEED_ZERO3_MODEL,
+    ENTROPY_KEYS,
+    ENTROPY_STATE,
+    RNG_NAME,
+    SCALER_FILE,
+    TORCH_INITIAL_SCALE,
+)
+from resumedoctor.integrations.trl.save_files import DEEPSPEED_TAG as TAG_DIR
 from resumedoctor.io.bounded_read import JsonFileError, file_kind, read_text_bounded
 from resumedoctor.io.dcp_metadata import (
     METADATA_FILE,
@@ -340,6 +350,30 @@ ROTATED_LOOKALIKE = Rule(
     "out of the output_dir, or name them without the `checkpoint-` prefix.",
 )
 
+ENTROPY_STATE_MISSING = Rule(
+    "CKPT038", "entropy-state-missing", ERROR,
+    "GRPO's adaptive entropy state (entropy_ctrl_state.json) is missing: the save was cut off after trainer_state.json.",
+    "With use_adaptive_entropy, GRPOTrainer writes entropy_ctrl_state.json after trainer_state.json, as the last "
+    "file of the save, and reads it back on resume. Without it the save did not finish, and a resume from it "
+    "restarts the adaptive entropy coefficient at the recipe's entropy_coef without a word: the entropy bonus "
+    "trains with another coefficient than the run had reached. Resume from the previous checkpoint.",
+)
+ENTROPY_STATE_INVALID = Rule(
+    "CKPT039", "entropy-state-invalid", ERROR,
+    "entropy_ctrl_state.json is not a JSON object with numeric entropy_coef and last_world_entropy.",
+    "GRPOTrainer writes the file with a plain open()/json.dump (not atomically) and on resume reads "
+    "state[\"entropy_coef\"] and state[\"last_world_entropy\"]: a cut-off or edited file fails the resume with a "
+    "JSON or key error, and a non-number fails the first training step.",
+)
+SCALER_MISSING = Rule(
+    "CKPT040", "scaler-state-missing", WARNING,
+    "The run trained in fp16 with a GradScaler but the checkpoint has no scaler.pt.",
+    "transformers saves accelerate's GradScaler as scaler.pt (fp16 on an accelerator, without DeepSpeed) and "
+    "loads it only when the file is there. Without it the loss scale restarts at torch's initial 65536: the "
+    "first resumed steps overflow and are skipped (the optimizer does not step) until the scale has come "
+    "down again. The run continues, a few steps go to waste.",
+)
+
 RULES = (
     TRAINER_STATE_MISSING, WEIGHTS_MISSING, SAFETENSORS_SIZE, SAFETENSORS_HEADER, SHARD_MISSING,
     SHARD_INDEX_INCOMPLETE, SHARD_INDEX_MISSING, SHARD_INDEX_INVALID, ARCHIVE_DAMAGED,
@@ -349,16 +383,18 @@ RULES = (
     NON_FINITE_WEIGHTS, ADAPTER_CONFIG_INVALID, DEEPSPEED_INCOMPLETE, LEGACY_PICKLE,
     MODEL_CONFIG_INVALID, FILE_UNREADABLE, TRAINING_ARGS_UNSAFE, SEAL_MISMATCH, UNSEALED_SAVE, SEAL_INVALID,
     SEAL_WITHOUT_HASHES, SHARDED_STATE_INCOMPLETE, SEAL_INTERRUPTED, SEALING_STOPPED, ROTATED_LOOKALIKE,
-    TRAINING_ARGS_CUSTOM_CLASS,
+    TRAINING_ARGS_CUSTOM_CLASS, ENTROPY_STATE_MISSING, ENTROPY_STATE_INVALID, SCALER_MISSING,
 )
 # Findings that mean a file of the save is missing or damaged (not merely inconsistent state).
 WHOLENESS_CODES = frozenset({
     TRAINER_STATE_MISSING.code, WEIGHTS_MISSING.code, SAFETENSORS_SIZE.code, SAFETENSORS_HEADER.code,
     SHARD_MISSING.code, SHARD_INDEX_INCOMPLETE.code, SHARD_INDEX_MISSING.code, SHARD_INDEX_INVALID.code,
     ARCHIVE_DAMAGED.code, RESUME_STATE_INCOMPLETE.code, TRAINER_STATE_INVALID.code, ADAPTER_CONFIG_INVALID.code,
-    DEEPSPEED_INCOMPLETE.code, FILE_UNREADABLE.code, SHARDED_STATE_INCOMPLETE.code,
+    DEEPSPEED_INCOMPLETE.code, FILE_UNREADABLE.code, SHARDED_STATE_INCOMPLETE.code, ENTROPY_STATE_MISSING.code,
+    ENTROPY_STATE_INVALID.code,
 })
 
+MAX_SEALED_WORLD = 1 << 20  # a seal's world_size above this is not believed (it would list a million files)
 LATEST_LIMIT = 4096  # DeepSpeed's `latest` holds one tag folder name
 SHARD_NAME = re.compile(r"^(model|adapter_model)-\d+-of-\d+\.safetensors$")
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -367,16 +403,12 @@ WEIGHT_FILES = (
     "adapter_model.safetensors", "adapter_model.bin",
 )
 ARCHIVE_SUFFIXES = (".pt", ".pth", ".bin")
-RNG_NAME = re.compile(r"^rng_state(?:_(\d+))?\.pth$")
 # The Trainer's own state archives, whose pickles are checked against the allow-list (DeepSpeed's and FSDP's
 # files are loaded by those libraries, with globals of their own, and are only checked for structure).
 STATE_PICKLES = frozenset({"optimizer.pt", "scheduler.pt", "scaler.pt"})
-TAG_DIR = re.compile(r"^global_step\d+$")
 # accelerate's save_fsdp_model / save_fsdp_optimizer with SHARDED_STATE_DICT: torch.distributed.checkpoint folders.
 DCP_DIR = re.compile(r"^(pytorch_model_fsdp|optimizer)_\d+$")
 XLA_OPTIMIZER = re.compile(r"^rank\d+-of-\d+-optimizer\.pt$")
-DEEPSPEED_OPTIM = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
-DEEPSPEED_ZERO3_MODEL = re.compile(r"^zero_pp_rank_(\d+)_mp_rank_(\d+)_model_states\.pt$")
 
 
 @dataclass(frozen=True)
@@ -486,7 +518,7 @@ class CheckpointInspector:
         for check in (self.check_special_files, self.check_save_completed, self.check_weights_present, self.check_safetensors_files,
                       self.check_shard_index, self.check_adapter_and_config, self.check_torch_archives,
                       self.check_sharded_state, self.check_resume_state, self.check_deepspeed,
-                      self.check_trainer_state):
+                      self.check_trainer_state, self.check_after_trainer_state, self.check_scaler):
             found += check()
         found = _once_per_file(found)
         yield from found
@@ -784,6 +816,8 @@ class CheckpointInspector:
         """One rng_state_<rank>.pth per process: none may be missing between 0 and the last process."""
         ranks = self.layout.rng_ranks
         expected, why = (max(ranks) + 1, f"rng_state_{max(ranks)}.pth is here") if ranks else (0, "")
+        if ranks == [0]:  # transformers names the file by rank only when more than one process saves
+            expected, why = 2, "rng_state_0.pth is a per-process name: one process alone writes rng_state.pth"
         counted = self.process_count()
         if counted is not None and counted[0] > max(expected, 1):
             expected, why = counted
@@ -795,8 +829,11 @@ class CheckpointInspector:
                                hint="that process's RNG is not restored on resume; resume from the previous checkpoint")
 
     def process_count(self) -> tuple[int, str] | None:
-        """How many processes at least wrote this save, from the per-process files of FSDP or DeepSpeed."""
+        """How many processes at least wrote this save: the seal's world size, the per-process files of FSDP or DeepSpeed."""
         counts = []
+        sealed = (readable_seal(self.ctx, self.folder) or {}).get("world_size")
+        if isinstance(sealed, int) and not isinstance(sealed, bool) and 1 < sealed <= MAX_SEALED_WORLD:
+            counts.append((sealed, f"the seal says {sealed} processes saved"))
         for name in self.layout.dcp_dirs:
             try:
                 ranks = self.ctx.load(read_dcp_index, self.folder / name).ranks
@@ -892,6 +929,64 @@ class CheckpointInspector:
                                        f"{_names(map(str, missing))}{why}: DeepSpeed loads every rank's file",
                                        self.folder / tag)
 
+    def saved_arguments(self) -> dict | None:
+        """The checkpoint's saved arguments (restricted unpickler), or None when they cannot be read (reported)."""
+        if "training_args.bin" not in self.layout.files:
+            return None
+        try:
+            return self.ctx.training_args(self.folder / "training_args.bin")
+        except (UnsafePickleError, PickleReadError, ReasonError, OSError):
+            return None  # CKPT010 / CKPT028 / CKPT027
+
+    def check_after_trainer_state(self) -> Iterator[Finding]:
+        """What GRPO writes after trainer_state.json and reads back on resume: the adaptive entropy state."""
+        path = self.folder / ENTROPY_STATE
+        if ENTROPY_STATE in self.layout.files:
+            yield from self.check_entropy_state(path)
+            return
+        if "trainer_state.json" not in self.layout.files:
+            return  # cut off earlier: CKPT001
+        arguments = self.saved_arguments()
+        if not arguments or arguments.get("use_adaptive_entropy") is not True:
+            return  # not a run with adaptive entropy (or no way to tell: nothing is claimed)
+        coef = arguments.get("entropy_coef")
+        restart = f" at entropy_coef {coef}" if isinstance(coef, (int, float)) else ""
+        yield self.finding(ENTROPY_STATE_MISSING, f"{ENTROPY_STATE} is missing while training_args.bin sets "
+                           "use_adaptive_entropy: GRPO writes it after trainer_state.json, so the save was cut off "
+                           f"at its last file; a resume from it restarts the entropy coefficient{restart}", path,
+                           hint="resume from the previous checkpoint (fix --unsafe quarantines this one)")
+
+    def check_entropy_state(self, path: Path) -> Iterator[Finding]:
+        try:
+            state = self.ctx.read_json(path)
+        except JsonFileError as exc:
+            yield self.finding(_json_rule(exc, ENTROPY_STATE_INVALID), f"{ENTROPY_STATE}: {exc.reason}", path,
+                               hint="GRPO's resume fails reading it; resume from the previous checkpoint")
+            return
+        bad = ([key for key in ENTROPY_KEYS if not _is_number(state.get(key))] if isinstance(state, dict)
+               else list(ENTROPY_KEYS))
+        if bad:
+            what = "is not a JSON object" if not isinstance(state, dict) else f"has no number for {', '.join(bad)}"
+            yield self.finding(ENTROPY_STATE_INVALID, f"{ENTROPY_STATE} {what}: GRPO's resume reads "
+                               f"{' and '.join(ENTROPY_KEYS)} from it and fails", path,
+                               hint="resume from the previous checkpoint")
+
+    def check_scaler(self) -> Iterator[Finding]:
+        """fp16 on an accelerator without DeepSpeed: accelerate's GradScaler, saved as scaler.pt."""
+        if SCALER_FILE in self.layout.files or self.layout.is_deepspeed or "trainer_state.json" not in self.layout.files:
+            return
+        if not ({"scheduler.pt", "optimizer.pt"} & self.layout.files or self.layout.fsdp):
+            return  # model-only: CKPT012 says every state restarts
+        arguments = self.saved_arguments()
+        if not arguments or arguments.get("fp16") is not True or arguments.get("use_cpu") is True \
+                or arguments.get("deepspeed"):
+            return  # no GradScaler in that run (bf16, fp32, CPU, DeepSpeed's own)
+        yield self.finding(SCALER_MISSING, f"training_args.bin says fp16, and there is no {SCALER_FILE}: the "
+                           f"GradScaler restarts at {TORCH_INITIAL_SCALE:.0f}, so the first resumed steps overflow "
+                           "and are skipped until the scale comes down", self.folder / SCALER_FILE,
+                           hint="resume from a checkpoint that has scaler.pt if one exists; otherwise expect a few "
+                                "skipped steps after the resume")
+
     def check_trainer_state(self) -> Iterator[Finding]:
         path = self.folder / "trainer_state.json"
         if "trainer_state.json" not in self.layout.files:
@@ -955,6 +1050,10 @@ def _once_per_file(findings: list[Finding]) -> list[Finding]:
             seen.add(finding.path)
         kept.append(finding)
     return kept
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _names(names) -> str:
