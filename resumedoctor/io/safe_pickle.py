@@ -71,6 +71,8 @@ PICKLE_ALLOW_LIST: dict[str, str] = {
     # DeepSpeed runs keep these on the arguments (read from the sources: deepspeed is not installed here)
     "accelerate.utils.dataclasses.DeepSpeedPlugin": DATA_CLASS,
     "transformers.integrations.deepspeed.HfTrainerDeepSpeedConfig": DATA_CLASS,
+    # its base class, the plugin's hf_ds_config in a real DeepSpeed 0.19.8 save (tests: test_real_deepspeed_save)
+    "transformers.integrations.deepspeed.HfDeepSpeedConfig": DATA_CLASS,
 }
 # Stdlib containers get the real (harmless) type, _codecs.encode a checked stand-in, as in torch's weights_only
 # list. Not bytearray (bytearray(10**12) allocates what it is told, and no checkpoint file pickles one) or complex.

@@ -586,12 +586,12 @@ train_demo_run(Path(sys.argv[1]), max_steps=int(sys.argv[2]), save_steps=2, deep
 """
 
 
-def run_deepspeed(script: Path, run: Path, max_steps: int):
+def run_deepspeed(script: Path, run: Path, max_steps: int, processes: int = 2):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), str(run), str(max_steps)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                           str(processes), str(script), str(run), str(max_steps)], capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
@@ -629,6 +629,21 @@ def test_real_deepspeed_save(deepspeed_save, tmp_path):
     # The oracle: DeepSpeed itself cannot resume from it.
     resumed = run_deepspeed(deepspeed_save["script"], lost, 4)
     assert resumed.returncode != 0 and "zero_pp_rank_1_mp_rank_00_optim_states.pt" in resumed.stderr
+
+
+def test_real_deepspeed_save_on_another_world_size(deepspeed_save, tmp_path):
+    """DIST002: the ZeRO partitions of two processes, resumed by one. The oracle: DeepSpeed refuses it."""
+    import shutil
+
+    from resumedoctor.api import diagnose as api_diagnose
+
+    run = Path(shutil.copytree(deepspeed_save["run"], tmp_path / "run"))
+    assert api_diagnose(run, environ={"WORLD_SIZE": "2"}).findings == ()
+    report = api_diagnose(run, environ={"WORLD_SIZE": "1"})
+    assert set(codes(report)) == {"DIST001", "DIST002"}
+    assert "DP world size of 2 but the current world size is 1" in by_code(report, "DIST002")[0].message
+    resumed = run_deepspeed(deepspeed_save["script"], run, 4, processes=1)
+    assert resumed.returncode != 0 and "used a DP world size of 2 but the current world size is 1" in resumed.stderr
 
 
 def test_a_backup_named_like_a_checkpoint_is_warned_about_rotation(full_run):
