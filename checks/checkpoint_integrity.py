@@ -819,7 +819,7 @@ class CheckpointInspector:
         if ranks == [0]:  # transformers names the file by rank only when more than one process saves
             expected, why = 2, "rng_state_0.pth is a per-process name: one process alone writes rng_state.pth"
         counted = self.process_count()
-        if counted is not None and counted[0] > max(expected, 1):
+        if counted is not None and (counted[0] > max(expected, 1) or (ranks == [0] and counted[0] >= expected)):
             expected, why = counted
         missing = [rank for rank in range(expected) if rank not in ranks]
         if missing:

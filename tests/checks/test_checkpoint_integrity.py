@@ -439,6 +439,17 @@ def test_fsdp_sharded_checkpoint_is_whole(fsdp_run):
     assert not dcp_load_fails(checkpoint / "pytorch_model_fsdp_0")
 
 
+def test_fsdp_sharded_checkpoint_on_another_world_size_is_no_error(fsdp_run):
+    """torch.distributed.checkpoint reshards on load: the 2-process shards load in one process (the oracle, the
+    real DCP reader), so a launch of another size is only DIST001 (the RNG files), never an error."""
+    from resumedoctor.api import diagnose as api_diagnose
+
+    assert api_diagnose(fsdp_run, environ={"WORLD_SIZE": "2"}).findings == ()
+    assert not dcp_load_fails(fsdp_run / "checkpoint-2" / "optimizer_0")  # one process reads the 2-process save
+    for launch in ("1", "4"):
+        assert codes(api_diagnose(fsdp_run, environ={"WORLD_SIZE": launch})) == ["DIST001"]
+
+
 @pytest.mark.parametrize("folder", ["pytorch_model_fsdp_0", "optimizer_0"])
 def test_fsdp_shard_cut_off(fsdp_run, folder):
     shard = fsdp_run / "checkpoint-2" / folder / "__1_0.distcp"

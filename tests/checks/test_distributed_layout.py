@@ -118,6 +118,12 @@ def test_single_process_save_resumed_on_two_processes(full_run):
     assert diagnose(full_run, environ={"WORLD_SIZE": "1"}).findings == ()
 
 
+@pytest.mark.parametrize("kind", ["full", "peft", "sharded", "model_only"])
+def test_clean_single_process_runs_launched_as_saved(built_runs, kind):
+    report = diagnose(built_runs[kind], environ={"WORLD_SIZE": "1"})
+    assert report.exit_code == 0 and set(codes(report)) <= {"CKPT012"}
+
+
 def test_model_only_checkpoint_is_not_dist001(model_only_run):
     assert codes(diagnose(model_only_run, environ={"WORLD_SIZE": "2"})) == ["CKPT012"]
 
