@@ -7,6 +7,7 @@ adapter_model.safetensors for PEFT (where the optimizer holds only the trainable
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -160,10 +161,13 @@ def mismatch(state: OptimizerState, shapes: dict[int, tuple[int, ...]], weights:
         return None
     first = next(index for index, shape in shapes.items() if shape in unmatched)
     unused = Counter(weights.shapes.values()) - Counter(shapes.values())
+    moments = sum(math.prod(shape) for shape in shapes.values())
+    held = sum(math.prod(shape) for shape in weights.shapes.values())
     return (f"{sum(unmatched.values())} of its {len(shapes)} parameters' moments have shapes no tensor of "
             f"{weights.described} has ({_examples(unmatched)}; parameter {first}'s exp_avg is "
             f"{_shape(shapes[first])}); the weights' tensors without a moment have "
-            f"{_examples(unused) if unused else 'no other shapes'}")
+            f"{_examples(unused) if unused else 'no other shapes'}; the moments are of {moments:,} values, "
+            f"the weights of {held:,}")
 
 
 def judge(folder: Path, state: OptimizerState, weights: Weights) -> Iterator[Finding]:
