@@ -10,9 +10,9 @@ import functools
 import shutil
 from pathlib import Path
 
+import demo_run
 import pytest
 
-import demo_run
 from resumedoctor.api import diagnose
 
 BUILD_MODEL = demo_run.build_model  # the demo model, before any test swaps another builder in
