@@ -40,7 +40,8 @@ SHAPES_MISMATCH = Rule(
     "reading or writing out of their bounds. The check is certain: every moment must have the shape of some "
     "tensor of the weights (model.safetensors, its shards, or adapter_model.safetensors for PEFT), and the "
     "optimizer cannot hold more parameters than the weights hold tensors. Frozen parameters (absent from the "
-    "optimizer) and tied embeddings (saved once) are legitimate. Which parameter each moment pairs with is "
+    "optimizer) and tied embeddings (saved once) are legitimate, and the low-rank moments of GaLore / APOLLO "
+    "groups are not compared. Which parameter each moment pairs with is "
     "not judged: the model's parameter order (transformers' decay group, then its no-decay group, each in "
     "named_parameters() order) is not recorded in the weights' headers. Put back the optimizer.pt this "
     "checkpoint was saved with, or resume from a checkpoint whose optimizer matches its weights.",
@@ -131,10 +132,19 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "[" + ", ".join(str(dim) for dim in shape) + "]"
 
 
+# Options of GaLore / APOLLO groups (transformers' trainer_optimizer): their moments are of a projected,
+# low-rank gradient, not in the parameter's shape.
+PROJECTED_GROUP = ("rank", "proj_type", "update_proj_gap")
+
+
 def moment_shapes(state: OptimizerState) -> tuple[dict[int, tuple[int, ...]], list[str]]:
     """The parameter shape each state entry implies (index -> shape) and the entries whose moments disagree."""
     shapes, disagreements = {}, []
+    projected = {index for group in state.param_groups if any(key in group.options for key in PROJECTED_GROUP)
+                 for index in group.params}
     for index, values in sorted(state.state.items()):
+        if index in projected:
+            continue
         found = {key: values[key].shape for key in MOMENTS if isinstance(values.get(key), TensorRecord)}
         if len(set(found.values())) > 1:
             listed = ", ".join(f"{key} {_shape(shape)}" for key, shape in found.items())

@@ -190,3 +190,16 @@ def test_moments_that_disagree_are_an_error(full_run):
     torch.save(state, optimizer)
     [finding] = _opt(diagnose(full_run / "checkpoint-6"))
     assert finding.code == "OPT002" and "parameter 3" in finding.message and "[2, 2]" in finding.message
+
+
+def test_low_rank_projected_moments_are_not_compared(full_run):
+    """GaLore / APOLLO groups (rank, proj_type) keep moments of the projected gradient, not the parameter's."""
+    import torch
+
+    optimizer = full_run / "checkpoint-6" / "optimizer.pt"
+    state = torch.load(optimizer, weights_only=True)
+    state["param_groups"][0].update(rank=4, proj_type="std", update_proj_gap=200)
+    for index in state["param_groups"][0]["params"]:
+        state["state"][index]["exp_avg"] = state["state"][index]["exp_avg_sq"] = torch.zeros(4, 32)
+    torch.save(state, optimizer)
+    assert _opt(diagnose(full_run / "checkpoint-6")) == []
