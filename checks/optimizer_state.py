@@ -23,6 +23,7 @@ from resumedoctor.io.optimizer_state import (
     OptimizerState,
     OptimizerStateError,
     TensorRecord,
+    UnfamiliarOptimizerState,
     read_optimizer_state,
 )
 from resumedoctor.io.safetensors_header import SafetensorsError
@@ -55,11 +56,12 @@ MOMENTS_DISAGREE = Rule(
 )
 NOT_JUDGED = Rule(
     "OPT003", "optimizer-state-not-judged", INFO,
-    "The optimizer state could not be matched against the weights (unreadable or unfamiliar).",
-    "The check reads optimizer.pt's pickle (never torch.load) and the weights' safetensors headers. When "
-    "either cannot be read (the checkpoint-integrity family reports damage), or the optimizer keeps a state "
-    "this check does not know (another optimizer, FSDP or DeepSpeed layouts), nothing was judged: neither a "
-    "match nor a mismatch is claimed.",
+    "optimizer.pt holds a state this check does not know: it was not matched against the weights.",
+    "The check reads optimizer.pt's pickle (never torch.load) and the weights' safetensors headers. When the "
+    "optimizer keeps a state this check does not know (parameters keyed by name, another optimizer's "
+    "per-parameter tensors), nothing was judged: neither a match nor a mismatch is claimed. When a file cannot "
+    "be read at all (the checkpoint-integrity family reports the damage), or the optimizer lives in DeepSpeed's "
+    "or FSDP's folders, the family is skipped with the reason instead.",
 )
 RULES = (SHAPES_MISMATCH, MOMENTS_DISAGREE, NOT_JUDGED)
 
@@ -70,6 +72,7 @@ ADAPTER = "adapter_model.safetensors"
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SHARD = re.compile(r"^[^/\\]+\.safetensors$")
+SHARD_FILE = re.compile(r"^model-\d+-of-\d+\.safetensors$")  # transformers' shard names
 DCP_OPTIMIZER = re.compile(r"^optimizer_\d+$")
 
 
@@ -105,10 +108,12 @@ def _weight_files(ctx: RunContext, folder: Path, names: dict[str, bool]) -> tupl
         except JsonFileError as exc:
             raise NotJudged(f"{SAFETENSORS_INDEX} cannot be read ({exc.reason})") from None
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
-        shards = sorted(set(weight_map.values())) if isinstance(weight_map, dict) else []
+        shards = set(weight_map.values()) if isinstance(weight_map, dict) else set()
         if not shards or not all(isinstance(name, str) and SHARD.match(name) for name in shards):
             raise NotJudged(f"{SAFETENSORS_INDEX} names no shard files")
-        return shards, False
+        # Shards the index leaves out count too (CKPT006 reports the index): every tensor saved is a candidate.
+        shards |= {name for name, is_dir in names.items() if not is_dir and SHARD_FILE.match(name)}
+        return sorted(shards), False
     raise NotJudged("the checkpoint has no safetensors weights (model.safetensors, shards or an adapter)")
 
 
@@ -218,6 +223,11 @@ def _elsewhere(names: dict[str, bool]) -> str | None:
     return None
 
 
+def _read(ctx: RunContext, folder: Path) -> tuple[OptimizerState, Weights]:
+    """optimizer.pt's state and the weights' shapes, each read once per run (raises what it cannot read)."""
+    return ctx.load(read_optimizer_state, folder / OPTIMIZER), read_weights(ctx, folder)
+
+
 def _not_applicable(ctx: RunContext) -> str | None:
     checkpoint = ctx.resume_point()
     if checkpoint is None:
@@ -227,6 +237,13 @@ def _not_applicable(ctx: RunContext) -> str | None:
         return f"{where}: its shapes are not matched against the weights"
     if OPTIMIZER not in names or names[OPTIMIZER]:
         return f"{checkpoint.name} holds no optimizer.pt"
+    try:
+        _read(ctx, checkpoint)
+    except UnfamiliarOptimizerState:
+        return None  # readable, but not a state this check knows: OPT003 says so
+    except (OptimizerStateError, NotJudged) as exc:
+        # Damage the checkpoint-integrity family reports: no second finding, but no claim of a match either.
+        return f"not judged: {checkpoint.name}: {exc.reason}"
     return None
 
 
@@ -234,14 +251,14 @@ def run(ctx: RunContext) -> Iterator[Finding]:
     folder = ctx.resume_point()
     if folder is None:
         return
-    path = folder / OPTIMIZER
     try:
-        state = ctx.load(read_optimizer_state, path)
-        weights = read_weights(ctx, folder)
-    except (OptimizerStateError, NotJudged) as exc:
+        state, weights = _read(ctx, folder)
+    except UnfamiliarOptimizerState as exc:
         yield NOT_JUDGED.finding(f"{folder.name}: {OPTIMIZER} was not matched against the weights: {exc.reason}",
-                                 path=str(path))
+                                 path=str(folder / OPTIMIZER))
         return
+    except (OptimizerStateError, NotJudged):
+        return  # said by _not_applicable
     yield from judge(folder, state, weights)
 
 
