@@ -18,6 +18,7 @@ from resumedoctor.checks.model_weights import (
     read_weights,
     wrapper_prefix,
 )
+
 from resumedoctor.engine.context import RunContext
 from resumedoctor.engine.findings import Finding, FixSafety
 from resumedoctor.engine.operations import Operation, WriteFile

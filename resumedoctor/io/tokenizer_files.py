@@ -15,9 +15,9 @@ from typing import Any
 from resumedoctor.errors import ReasonError
 from resumedoctor.io.bounded_read import (
     JSON_CONFIG_LIMIT,
-    MiB,
     TEXT_LIMIT,
     JsonFileError,
+    MiB,
     read_bytes_bounded,
     read_json_file,
 )
