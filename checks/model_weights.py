@@ -261,7 +261,7 @@ def target_names(adapter_config: Any) -> list[str] | None:
     """target_modules as a list of module names; None for a regex, `all-linear` or per-layer settings."""
     if not isinstance(adapter_config, dict):
         return None
-    if adapter_config.get("layers_to_transform") is not None or adapter_config.get("layers_pattern"):
+    if any(adapter_config.get(key) not in (None, "", []) for key in ("layers_to_transform", "layers_pattern", "exclude_modules")):
         return None
     targets = adapter_config.get("target_modules")
     if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
@@ -270,19 +270,26 @@ def target_names(adapter_config: Any) -> list[str] | None:
 
 
 def missing_targets(modules: set[str], targets: list[str]) -> list[str]:
-    """`layers.3.self_attn.v_proj`-style modules of targets seen in some layer but absent from another."""
-    per_target: dict[str, set[tuple[str, str]]] = {}
-    layers: set[tuple[str, str]] = set()
+    """Targeted modules absent from a layer whose same block (`self_attn`, `mlp`) has the others.
+
+    Compared within one block only: hybrid models (attention and Mamba layers, dense and MoE ones) have
+    other modules in other layers, so a target seen in no layer or in another block is not judged."""
+    seen: dict[tuple[str, str], dict[str, set[int]]] = {}  # (layer container, block) -> target -> layers
     for module in modules:
         match = LAYER_NAME.match(module + ".")
         last = module.rsplit(".", 1)[-1]
         if match is None or last not in targets:
             continue
-        layer = (f"{match.group(1)}.{match.group(2)}", match.group(3))
-        layers.add(layer)
-        per_target.setdefault(last, set()).add(layer)
-    return [f"{container}.{index} {target}" for target, seen in sorted(per_target.items())
-            for container, index in sorted(layers - seen, key=lambda layer: (layer[0], int(layer[1])))]
+        rest = module[match.end():]
+        block = rest.rsplit(".", 1)[0] if "." in rest else ""
+        container = f"{match.group(1)}.{match.group(2)}".lstrip(".")
+        seen.setdefault((container, block), {}).setdefault(last, set()).add(int(match.group(3)))
+    missing = []
+    for (container, block), per_target in sorted(seen.items()):
+        layers = set().union(*per_target.values())
+        for target, present in sorted(per_target.items()):
+            missing += [f"{container}.{index} {block + '.' if block else ''}{target}" for index in sorted(layers - present)]
+    return missing
 
 
 def check_adapter(ctx: RunContext, checkpoint: Path, names: list[str], where: str) -> Iterator[Finding]:

@@ -184,7 +184,23 @@ def test_adapter_missing_a_targeted_module(peft_run):
     assert torch.count_nonzero(model.base_model.model.model.layers[1].self_attn.v_proj.lora_B["default"].weight) == 0
 
     [finding] = by_code(model_findings(peft_run), "MODEL004")
-    assert "layers.1 v_proj" in finding.message and finding.severity.value == "error"
+    assert "layers.1 self_attn.v_proj" in finding.message and finding.severity.value == "error"
+
+
+def test_hybrid_layers_are_not_missing_targets():
+    """Attention layers and Mamba layers (Jamba, Qwen3-Next) adapt other modules: only a block that has
+    some targets in one layer and not in another is incomplete."""
+    from resumedoctor.checks.model_weights import missing_targets, target_names
+
+    base = "base_model.model.model.layers"
+    hybrid = {f"{base}.0.self_attn.q_proj", f"{base}.0.self_attn.v_proj", f"{base}.1.mamba.in_proj",
+              f"{base}.2.self_attn.q_proj", f"{base}.2.self_attn.v_proj", f"{base}.3.mamba.in_proj"}
+    targets = ["q_proj", "v_proj", "in_proj", "gate_proj"]
+    assert missing_targets(hybrid, targets) == []
+    assert missing_targets(hybrid - {f"{base}.2.self_attn.v_proj"}, targets) == [f"{base}.2 self_attn.v_proj"]
+    assert target_names({"target_modules": ["q_proj"], "layers_to_transform": 0}) is None
+    assert target_names({"target_modules": ["q_proj"], "exclude_modules": ["model.layers.0.self_attn.q_proj"]}) is None
+    assert target_names({"target_modules": "all-linear"}) is None
 
 
 def header_json(path: Path) -> str:
