@@ -78,8 +78,9 @@ CHAT_TEMPLATE_CHANGED = Rule(
     "The resumed run formats every prompt with the recipe's tokenizer (model_name_or_path): another "
     "template means other prompt tokens than the ones the checkpoint was trained on. transformers 5 keeps "
     "the template in chat_template.jinja, older versions in tokenizer_config.json's chat_template; both "
-    "places are read and only the content is compared. Intended changes are fine; otherwise point "
-    "model_name_or_path at a folder with the checkpoint's tokenizer.",
+    "places are read and only the content is compared. A recipe that names its own template "
+    "(chat_template_path) is not compared. Intended changes are fine; otherwise point model_name_or_path "
+    "at a folder with the checkpoint's tokenizer.",
 )
 NOT_JUDGED = Rule(
     "MODEL007", "vocabulary-not-judged", INFO,
@@ -417,9 +418,17 @@ def read_template(ctx: RunContext, folder: Path) -> ChatTemplate | None:
     return ctx.load(chat_template, folder)
 
 
+def template_overridden(ctx: RunContext) -> bool:
+    """The recipe names its own template (SFT's chat_template_path): the model folder's is not the one applied."""
+    try:
+        return bool(ctx.recipe().get("chat_template_path"))
+    except (ReasonError, KeyError):
+        return False
+
+
 def check_template(ctx: RunContext, checkpoint: Path) -> Iterator[Finding]:
     recipe_folder = recipe_model_folder(ctx, checkpoint)
-    if recipe_folder is None:
+    if recipe_folder is None or template_overridden(ctx):
         return
     try:
         saved, coming = read_template(ctx, checkpoint), read_template(ctx, recipe_folder)

@@ -337,3 +337,12 @@ def test_crafted_files_never_crash(full_run):
     assert time.monotonic() - started < 30
     assert {f.code for f in findings} <= {"MODEL007"}
     assert all(f.severity.value == "info" for f in findings)
+
+
+def test_a_recipe_with_its_own_template_is_not_compared(full_run, recipe_model, launch_inputs, tmp_path, monkeypatch):
+    """SFT's chat_template_path replaces the model folder's template: comparing the folder's would mislead."""
+    (recipe_model / "chat_template.jinja").write_text("{{ messages }}")
+    recipe = write_recipe(tmp_path, monkeypatch, recipe_model, launch_inputs, full_run)
+    assert by_code(model_findings(full_run, recipe), "MODEL006")
+    recipe.write_text(recipe.read_text() + f"chat_template_path: {full_run / 'checkpoint-6' / 'chat_template.jinja'}\n")
+    assert model_findings(full_run, recipe) == []
