@@ -130,12 +130,16 @@ def weight_files(ctx: RunContext, checkpoint: Path) -> tuple[tuple[Path, ...], b
         except JsonFileError:
             return None  # CKPT008
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
-        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-            return None
+        if not isinstance(weight_map, dict) or not all(_plain_name(v) for v in weight_map.values()):
+            return None  # CKPT008, or a shard outside the checkpoint: not read from here
         return tuple(checkpoint / name for name in sorted(set(weight_map.values()))), False
     if (checkpoint / ADAPTER_WEIGHTS).is_file():
         return (checkpoint / ADAPTER_WEIGHTS,), True
     return None
+
+
+def _plain_name(value: Any) -> bool:
+    return isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\\" not in value
 
 
 def read_weights(ctx: RunContext, checkpoint: Path) -> Weights | None:
@@ -459,7 +463,9 @@ def run(ctx: RunContext) -> Iterator[Finding]:
     checkpoint = ctx.resume_point() or ctx.target.checkpoint
     if checkpoint is None:
         return
-    weights = read_weights(ctx, Path(checkpoint))
+    # A checkpoint CKPT already finds damaged (a shard left out of the index, a truncated file) is judged
+    # there: its missing keys are that damage, whose fix is CKPT's.
+    weights = None if ctx.checkpoint_errors(Path(checkpoint)) else read_weights(ctx, Path(checkpoint))
     if weights is not None:
         yield from check_keys(ctx, Path(checkpoint), weights)
         yield from check_vocabulary(ctx, Path(checkpoint), weights)

@@ -43,7 +43,7 @@ def renamed_header(header: SafetensorsHeader) -> bytes | None:
             return None
         document[new_name] = {"dtype": entry.dtype, "shape": list(entry.shape),
                               "data_offsets": [entry.begin, entry.end]}
-    text = json.dumps(document, separators=(",", ":")).encode("utf-8")
+    text = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     if len(text) > header.header_size:
         return None
     return text + b" " * (header.header_size - len(text))

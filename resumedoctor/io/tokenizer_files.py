@@ -76,7 +76,7 @@ def _decoder_ids(config: Any) -> list[int]:
     decoder = config.get("added_tokens_decoder") if isinstance(config, dict) else None
     if not isinstance(decoder, dict):
         return []
-    return [int(key) for key in decoder if isinstance(key, str) and key.isdigit() and len(key) < 19]
+    return [int(key) for key in decoder if isinstance(key, str) and key.isascii() and key.isdigit() and len(key) < 19]
 
 
 def tokenizer_length(folder: Path) -> TokenizerLength | None:

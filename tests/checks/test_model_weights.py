@@ -330,7 +330,7 @@ def test_crafted_files_never_crash(full_run):
         handle.truncate(200 * 1024 * 1024)
     (checkpoint / "chat_template.jinja").unlink()
     os.mkfifo(checkpoint / "chat_template.jinja")
-    config = {"added_tokens_decoder": {"99999999999999999999": {}, "x": 1}}
+    config = {"added_tokens_decoder": {"99999999999999999999": {}, "x": 1, "\u00b2": {}}}
     (checkpoint / "tokenizer_config.json").write_text(json.dumps(config))
     started = time.monotonic()
     findings = model_findings(full_run)
@@ -346,3 +346,14 @@ def test_a_recipe_with_its_own_template_is_not_compared(full_run, recipe_model, 
     assert by_code(model_findings(full_run, recipe), "MODEL006")
     recipe.write_text(recipe.read_text() + f"chat_template_path: {full_run / 'checkpoint-6' / 'chat_template.jinja'}\n")
     assert model_findings(full_run, recipe) == []
+
+
+def test_an_index_naming_a_shard_outside_is_not_read(sharded_run, tmp_path):
+    checkpoint = sharded_run / "checkpoint-6"
+    index_path = checkpoint / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    outside = tmp_path / "outside.safetensors"
+    shutil.copy(checkpoint / next(iter(index["weight_map"].values())), outside)
+    index["weight_map"] = {f"module.{name}": "../../outside.safetensors" for name in index["weight_map"]}
+    index_path.write_text(json.dumps(index))
+    assert by_code(model_findings(sharded_run), "MODEL002") == []
