@@ -147,6 +147,9 @@ def test_without_the_checkpoint_check_the_verdict_says_what_was_checked(full_run
     # ENV ran (and OPT too, when CKPT is only ignored: the truncated weights' header still gives their shapes)
     assert re.search(rf"No problems found by ENV(, OPT)?, but the checkpoint itself was not checked \(CKPT: {why}\)",
                      verdict), verdict
+    # The families that ran (ENV, and with --ignore CKPT the others that judge without a recipe) are listed.
+    found = re.search(r"No problems found by ([A-Z, ]+), but the checkpoint itself was not checked \(CKPT: (.*?)\)", verdict)
+    assert found and "ENV" in found.group(1).split(", ") and found.group(2) == why, verdict
 
 
 def test_a_narrow_select_inside_the_checkpoint_family_is_no_pass(full_run):

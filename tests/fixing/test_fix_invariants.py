@@ -299,6 +299,20 @@ def stale_wandb_run_id(ws: Workspace) -> Setup:
     return Setup(run, Options(wandb_dir=wandb_dir), {"WANDB_RUN_ID": other, "WANDB_RESUME": "allow"})
 
 
+# -- MODEL
+
+
+def compiled_state_dict(ws: Workspace) -> Setup:
+    """checkpoint-6's weights saved from a torch.compile'd model: every name starts with `_orig_mod.`."""
+    from safetensors.torch import load_file, save_file
+
+    run = ws.run()
+    weights = run / "checkpoint-6" / "model.safetensors"
+    save_file({f"_orig_mod.{name}": tensor for name, tensor in load_file(weights).items()}, str(weights),
+              metadata={"format": "pt"})
+    return Setup(run)
+
+
 FIXERS = {fixer.name: fixer for fixer in load_registry(fixers_now=True).fixers}
 
 
@@ -339,6 +353,7 @@ CASES = [
     Case("filter-dataset", prompts_too_long),
     Case("record-wandb-decision", wandb_run_ahead),
     Case("record-wandb-decision", stale_wandb_run_id),
+    Case("strip-wrapper-prefix", compiled_state_dict),
 ]
 
 
