@@ -20,6 +20,9 @@ from resumedoctor.engine.context import RunContext, launch_world_size
 from resumedoctor.engine.findings import Finding, Rule, Severity
 from resumedoctor.engine.registry import CheckFamily
 from resumedoctor.engine.target import checkpoint_step, list_checkpoints
+from resumedoctor.integrations.trl import data_plan
+from resumedoctor.integrations.trl.data_plan import DataPlan, positive_ints
+from resumedoctor.integrations.trl.data_plan import count as _count
 from resumedoctor.integrations.trl.recipe import RecipeError
 from resumedoctor.integrations.trl.saved_arguments import (
     COSMETIC_KEYS,
@@ -219,75 +222,12 @@ def run(ctx: RunContext) -> Iterator[Finding]:
 # ---- the data skip ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DataPlan:
-    """How a run walks its seeded data order: TRL's RepeatSampler for GRPO, one sample per item otherwise."""
-
-    per_device: int
-    accumulation: int
-    world: int
-    generations: int = 0  # 0: not GRPO
-    iterations: int = 1
-    steps_per_generation: int = 1
-    generation_batch: int = 0
-
-    @property
-    def per_step(self) -> int:
-        """Samples (GRPO: completions) per optimizer step over all processes."""
-        return self.per_device * self.accumulation * self.world
-
-    def skipped(self, step: int) -> int:
-        """Positions of the seeded order a resume at `step` passes before it trains again."""
-        if not self.generations:
-            return step * self.per_step
-        per_generation = self.generation_batch // self.generations
-        return step * self.accumulation // (self.iterations * self.steps_per_generation) * per_generation
-
-    def shape(self) -> str:
-        if not self.generations:
-            return f"{_count(self.per_step, 'sample')} per optimizer step"
-        reuse = f", each generation used {self.iterations}x" if self.iterations > 1 else ""
-        return (f"{_count(self.generation_batch // self.generations, 'prompt')} x {self.generations} completions "
-                f"per generation, {_count(self.per_step, 'completion')} per optimizer step{reuse}")
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
-
-
-def _positive_ints(*values) -> bool:
-    return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
-
-
 def saved_plan(resume: Resume) -> DataPlan | None:
-    get = resume.saved.get
-    per_device, accumulation = get("per_device_train_batch_size"), get("gradient_accumulation_steps")
-    if not resume.grpo:
-        return DataPlan(per_device, accumulation, resume.world_saved) if _positive_ints(per_device, accumulation) else None
-    values = (get("num_generations"), get("num_iterations", 1), get("steps_per_generation"), get("generation_batch_size"))
-    if not _positive_ints(per_device, accumulation, *values):
-        return None
-    return DataPlan(per_device, accumulation, resume.world_saved, *values)
+    return data_plan.saved_plan(resume.saved.get, resume.world_saved, resume.grpo)
 
 
 def recipe_plan(resume: Resume) -> DataPlan | None:
-    """The recipe's plan, with generation_batch_size / steps_per_generation derived as GRPOConfig does."""
-    get, world = resume.recipe.get, resume.world_new
-    per_device, accumulation = get("per_device_train_batch_size"), get("gradient_accumulation_steps")
-    if not _positive_ints(per_device, accumulation):
-        return None
-    if not resume.grpo:
-        return DataPlan(per_device, accumulation, world)
-    batch, steps = get("generation_batch_size"), get("steps_per_generation")
-    if batch is None:
-        steps = steps or accumulation
-        batch = per_device * world * steps
-    elif steps is None:
-        steps = batch // (per_device * world)
-    generations, iterations = get("num_generations"), get("num_iterations") or 1
-    if not _positive_ints(generations, iterations, steps, batch):
-        return None
-    return DataPlan(per_device, accumulation, world, generations, iterations, steps, batch)
+    return data_plan.recipe_plan(resume.recipe.get, resume.world_new, resume.grpo)
 
 
 def data_findings(resume: Resume) -> Iterator[Finding]:
@@ -374,7 +314,7 @@ MAX_COMPARED_STEPS = 600  # a longer run is compared on a sample of its steps
 def old_horizon(resume: Resume) -> int | None:
     """The run's horizon in steps: trainer_state's max_steps (the Trainer's own count), else the argument."""
     for value in (resume.state.get("max_steps"), resume.saved.get("max_steps")):
-        if _positive_ints(value):
+        if positive_ints(value):
             return value
     return None
 
@@ -383,7 +323,7 @@ def steps_per_epoch(resume: Resume) -> int | None:
     """Optimizer steps per epoch, from an epoch-based run's horizon or from the state's fractional epoch."""
     epochs, horizon = resume.saved.get("num_train_epochs"), resume.state.get("max_steps")
     saved_max_steps = resume.saved.get("max_steps")
-    if (isinstance(saved_max_steps, int) and saved_max_steps <= 0 and _positive_ints(horizon)
+    if (isinstance(saved_max_steps, int) and saved_max_steps <= 0 and positive_ints(horizon)
             and isinstance(epochs, (int, float)) and float(epochs).is_integer() and epochs > 0 and horizon % int(epochs) == 0):
         return horizon // int(epochs)
     epoch, step = resume.state.get("epoch"), resume.global_step
