@@ -27,9 +27,15 @@ LORA = "use_peft: true\nlora_r: 4\nlora_alpha: 8\nlora_dropout: 0.0\nlora_target
 MODEL_CODES = ("CFG014", "CFG015", "CFG016", "CFG017")
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """One cache for the module: TRL's field table and PEFT's targets are read once, in a helper each."""
+    return tmp_path_factory.mktemp("model-recipe-cache")
+
+
 @pytest.fixture
-def world(built_runs, launch_inputs, tmp_path, monkeypatch):
-    monkeypatch.setenv("RESUMEDOCTOR_CACHE_DIR", str(tmp_path / "cache"))
+def world(built_runs, launch_inputs, cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("RESUMEDOCTOR_CACHE_DIR", str(cache))
     runs = {name: tmp_path / name for name in ("peft", "full")}
     for name, folder in runs.items():
         shutil.copytree(built_runs[name], folder)
