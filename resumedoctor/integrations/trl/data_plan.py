@@ -86,3 +86,27 @@ def recipe_plan(get: Values, world: int, grpo: bool) -> DataPlan | None:
     if not positive_ints(generations, iterations, steps, batch):
         return None
     return DataPlan(per_device, accumulation, world, generations, iterations, steps, batch)
+
+
+@dataclass(frozen=True)
+class EpochPosition:
+    """Where a global_step stands in the epochs, as Trainer._init_training_state counts them."""
+
+    per_epoch: int  # optimizer steps per epoch
+    epochs_done: int
+    in_epoch: int  # optimizer steps already trained in the current epoch
+
+    @property
+    def at_boundary(self) -> bool:
+        return self.in_epoch == 0
+
+
+def epoch_position(step: int, epoch: Any) -> EpochPosition | None:
+    """From trainer_state.json's global_step and fractional epoch; None when they cannot tell."""
+    if not positive_ints(step) or isinstance(epoch, bool) or not isinstance(epoch, (int, float)) or not epoch > 0:
+        return None
+    ratio = step / epoch
+    if not ratio < 2**62:
+        return None
+    per_epoch = max(round(ratio), 1) if abs(ratio - round(ratio)) < 1e-6 * ratio else int(ratio) + 1
+    return EpochPosition(per_epoch, step // per_epoch, step % per_epoch)

@@ -8,7 +8,6 @@ once per PEFT version in a helper process and cached.
 from __future__ import annotations
 
 import json
-import sys
 
 from resumedoctor.errors import ReasonError
 from resumedoctor.io.cache import cache_dir, write_entry
@@ -41,7 +40,9 @@ def default_target_modules(model_type: str) -> list[str] | None:
 
 
 def compute_table() -> dict[str, list[str]]:
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as mapping
+    from peft.utils.constants import (
+        TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as mapping,
+    )
 
     return {key: list(value) for key, value in mapping.items()}
 
