@@ -20,6 +20,9 @@ from resumedoctor.engine.context import RunContext, launch_world_size
 from resumedoctor.engine.findings import Finding, Rule, Severity
 from resumedoctor.engine.registry import CheckFamily
 from resumedoctor.engine.target import checkpoint_step, list_checkpoints
+from resumedoctor.integrations.trl import data_plan
+from resumedoctor.integrations.trl.data_plan import DataPlan, positive_ints
+from resumedoctor.integrations.trl.data_plan import count as _count
 from resumedoctor.integrations.trl.recipe import RecipeError
 from resumedoctor.integrations.trl.saved_arguments import (
     COSMETIC_KEYS,
@@ -142,8 +145,45 @@ OPTIMIZER_KEPT = Rule(
     "weights (model_name_or_path) instead of resuming.",
 )
 
+ADAPTER_WITHOUT_PEFT = Rule(
+    "CFG014", "adapter-without-peft", ERROR,
+    "The checkpoint holds a PEFT adapter, but the recipe builds the full model (use_peft is not true).",
+    "A PEFT run saves only adapter_config.json and adapter_model.safetensors. Without use_peft the Trainer "
+    "looks for full weights to load into the plain model and fails once the model is built (transformers "
+    "5.24: \"Can't find a checkpoint index ... in checkpoint-N\"). `fix --auto` sets use_peft and the "
+    "lora_* values to the adapter's (adapter_config.json), so that the recipe builds what the checkpoint holds.",
+)
+PEFT_WITHOUT_ADAPTER = Rule(
+    "CFG015", "peft-without-adapter", ERROR,
+    "The recipe sets use_peft, but the checkpoint holds full model weights, not an adapter.",
+    "The Trainer loads the full weights into the PEFT-wrapped model: no key matches (every one is missing "
+    "or unexpected), so the trained weights are dropped, and optimizer.pt, which holds every parameter of "
+    "the full model, does not fit the adapter's few (seen with transformers 5.24: \"loaded state dict "
+    "contains a parameter group that doesn't match the size of optimizer's group\"). Without optimizer.pt "
+    "the run silently trains a fresh adapter on the base model. Remove use_peft to resume the full-weight "
+    "run; to put an adapter on the trained weights, start a new run with model_name_or_path: checkpoint-N.",
+)
+LORA_MISMATCH = Rule(
+    "CFG016", "lora-mismatch", ERROR,
+    "The recipe's LoRA settings build another adapter than the one the checkpoint holds (adapter_config.json).",
+    "On resume PEFT keeps the adapter the recipe built and loads the checkpoint's weights into it (peft 0.21, "
+    "transformers 5.24, seen on real resumes): another lora_r fails with a size mismatch; other "
+    "lora_target_modules or lora_modules_to_save fail (the optimizer's parameter groups or the saved keys do "
+    "not match) or, without optimizer.pt, train fresh adapters where the checkpoint has none; another "
+    "lora_alpha or use_rslora trains on without a word with another scaling (alpha / r) of every update the "
+    "adapter learned. `fix --auto` writes the adapter's values into the recipe.",
+)
+LORA_NOT_JUDGED = Rule(
+    "CFG017", "lora-not-judged", INFO,
+    "The recipe's LoRA target modules could not be compared with the adapter's.",
+    "A recipe without lora_target_modules lets PEFT pick its default targets for the model type; when that "
+    "table cannot be read (PEFT missing) or has no entry, or the targets are a pattern such as all-linear, "
+    "the comparison is not made. The other LoRA values are still compared.",
+)
+
 RULES = (DATA_SKIP, NOTHING_TO_TRAIN, MODEL_MISMATCH, HARMLESS, OTHER_CHANGE, NO_RESUME, RESUME_TARGET_WRONG,
-         OUTPUT_DIR_DIFFERS, SCHEDULE_CHANGED, TRAINING_EXTENDED, RUN_FINISHED, OPTIMIZER_KEPT, RESUME_TARGET_OLDER)
+         OUTPUT_DIR_DIFFERS, SCHEDULE_CHANGED, TRAINING_EXTENDED, RUN_FINISHED, OPTIMIZER_KEPT, RESUME_TARGET_OLDER,
+         ADAPTER_WITHOUT_PEFT, PEFT_WITHOUT_ADAPTER, LORA_MISMATCH, LORA_NOT_JUDGED)
 
 ARCHITECTURE_KEYS = ("model_type", "architectures", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "num_key_value_heads", "intermediate_size", "vocab_size")
@@ -200,6 +240,7 @@ def run(ctx: RunContext) -> Iterator[Finding]:
     if checkpoint is None:
         return
     yield from check_model(ctx, recipe, checkpoint, recipe_path)
+    yield from check_adapter(ctx, recipe, checkpoint, recipe_path)
     try:
         saved = ctx.training_args(checkpoint / "training_args.bin")
     except (UnsafePickleError, PickleReadError, OSError):
@@ -219,75 +260,12 @@ def run(ctx: RunContext) -> Iterator[Finding]:
 # ---- the data skip ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DataPlan:
-    """How a run walks its seeded data order: TRL's RepeatSampler for GRPO, one sample per item otherwise."""
-
-    per_device: int
-    accumulation: int
-    world: int
-    generations: int = 0  # 0: not GRPO
-    iterations: int = 1
-    steps_per_generation: int = 1
-    generation_batch: int = 0
-
-    @property
-    def per_step(self) -> int:
-        """Samples (GRPO: completions) per optimizer step over all processes."""
-        return self.per_device * self.accumulation * self.world
-
-    def skipped(self, step: int) -> int:
-        """Positions of the seeded order a resume at `step` passes before it trains again."""
-        if not self.generations:
-            return step * self.per_step
-        per_generation = self.generation_batch // self.generations
-        return step * self.accumulation // (self.iterations * self.steps_per_generation) * per_generation
-
-    def shape(self) -> str:
-        if not self.generations:
-            return f"{_count(self.per_step, 'sample')} per optimizer step"
-        reuse = f", each generation used {self.iterations}x" if self.iterations > 1 else ""
-        return (f"{_count(self.generation_batch // self.generations, 'prompt')} x {self.generations} completions "
-                f"per generation, {_count(self.per_step, 'completion')} per optimizer step{reuse}")
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
-
-
-def _positive_ints(*values) -> bool:
-    return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
-
-
 def saved_plan(resume: Resume) -> DataPlan | None:
-    get = resume.saved.get
-    per_device, accumulation = get("per_device_train_batch_size"), get("gradient_accumulation_steps")
-    if not resume.grpo:
-        return DataPlan(per_device, accumulation, resume.world_saved) if _positive_ints(per_device, accumulation) else None
-    values = (get("num_generations"), get("num_iterations", 1), get("steps_per_generation"), get("generation_batch_size"))
-    if not _positive_ints(per_device, accumulation, *values):
-        return None
-    return DataPlan(per_device, accumulation, resume.world_saved, *values)
+    return data_plan.saved_plan(resume.saved.get, resume.world_saved, resume.grpo)
 
 
 def recipe_plan(resume: Resume) -> DataPlan | None:
-    """The recipe's plan, with generation_batch_size / steps_per_generation derived as GRPOConfig does."""
-    get, world = resume.recipe.get, resume.world_new
-    per_device, accumulation = get("per_device_train_batch_size"), get("gradient_accumulation_steps")
-    if not _positive_ints(per_device, accumulation):
-        return None
-    if not resume.grpo:
-        return DataPlan(per_device, accumulation, world)
-    batch, steps = get("generation_batch_size"), get("steps_per_generation")
-    if batch is None:
-        steps = steps or accumulation
-        batch = per_device * world * steps
-    elif steps is None:
-        steps = batch // (per_device * world)
-    generations, iterations = get("num_generations"), get("num_iterations") or 1
-    if not _positive_ints(generations, iterations, steps, batch):
-        return None
-    return DataPlan(per_device, accumulation, world, generations, iterations, steps, batch)
+    return data_plan.recipe_plan(resume.recipe.get, resume.world_new, resume.grpo)
 
 
 def data_findings(resume: Resume) -> Iterator[Finding]:
@@ -374,7 +352,7 @@ MAX_COMPARED_STEPS = 600  # a longer run is compared on a sample of its steps
 def old_horizon(resume: Resume) -> int | None:
     """The run's horizon in steps: trainer_state's max_steps (the Trainer's own count), else the argument."""
     for value in (resume.state.get("max_steps"), resume.saved.get("max_steps")):
-        if _positive_ints(value):
+        if positive_ints(value):
             return value
     return None
 
@@ -383,7 +361,7 @@ def steps_per_epoch(resume: Resume) -> int | None:
     """Optimizer steps per epoch, from an epoch-based run's horizon or from the state's fractional epoch."""
     epochs, horizon = resume.saved.get("num_train_epochs"), resume.state.get("max_steps")
     saved_max_steps = resume.saved.get("max_steps")
-    if (isinstance(saved_max_steps, int) and saved_max_steps <= 0 and _positive_ints(horizon)
+    if (isinstance(saved_max_steps, int) and saved_max_steps <= 0 and positive_ints(horizon)
             and isinstance(epochs, (int, float)) and float(epochs).is_integer() and epochs > 0 and horizon % int(epochs) == 0):
         return horizon // int(epochs)
     epoch, step = resume.state.get("epoch"), resume.global_step
@@ -677,6 +655,187 @@ def architecture_differences(ours: dict, theirs: dict) -> list[str]:
                           ignore_numeric_type_changes=True)
     changed = set(difference.affected_root_keys)
     return [key for key in keys if key in changed]
+
+
+# ---- the model the recipe builds: full weights or a PEFT adapter --------------------------------
+
+FULL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+# recipe key (TRL's ModelConfig) -> (adapter_config.json key, what a difference does on resume)
+LORA_VALUES = {
+    "lora_r": ("r", "fails: every lora_A / lora_B weight has another shape (size mismatch)"),
+    "lora_alpha": ("lora_alpha", "silently trains with another scaling of the adapter's update"),
+    "use_rslora": ("use_rslora", "silently trains with another scaling of the adapter's update"),
+    "use_dora": ("use_dora", "fails or drops DoRA's magnitude vectors: the adapter has another structure"),
+    "lora_modules_to_save": ("modules_to_save", "fails or trains other full modules: the saved keys do not match"),
+}
+
+
+def model_kind(ctx: RunContext, checkpoint: Path) -> str | None:
+    """"adapter" (a PEFT save), "full" (model weights), or None (both, neither, FSDP / DeepSpeed folders)."""
+    names = ctx.listing(checkpoint)
+    adapter = "adapter_config.json" in names and any(name in names for name in ADAPTER_WEIGHTS)
+    full = any(name in names for name in FULL_WEIGHTS)
+    return "adapter" if adapter and not full else "full" if full and not adapter else None
+
+
+def adapter_config(ctx: RunContext, checkpoint: Path) -> dict | None:
+    try:
+        config = ctx.read_json(checkpoint / "adapter_config.json")
+    except JsonFileError:
+        return None  # unreadable: not judged here
+    return config if isinstance(config, dict) else None
+
+
+def check_adapter(ctx: RunContext, recipe, checkpoint: Path, recipe_path: str) -> Iterator[Finding]:
+    """Full weights vs adapter, then the LoRA values, as the real resume loads them."""
+    kind = model_kind(ctx, checkpoint)
+    use_peft = recipe.resolve("use_peft")
+    name = checkpoint.name
+    if kind == "full" and use_peft.value is True:
+        consequence = ("the resume fails loading optimizer.pt, which holds every parameter of the full model"
+                       if optimizer_state_restored(checkpoint) else "the trained weights match no key of the "
+                       "PEFT model and are dropped: a fresh adapter trains on the base model")
+        yield PEFT_WITHOUT_ADAPTER.finding(f"use_peft is true ({use_peft.source}), but {name} holds full model "
+                                           f"weights and no adapter: {consequence}", path=recipe_path,
+                                           hint=f"remove use_peft to resume this run; to train an adapter on "
+                                           f"these weights, start a new run with model_name_or_path: {checkpoint}")
+        return
+    config = adapter_config(ctx, checkpoint) if kind == "adapter" else None
+    if config is None:
+        return
+    if use_peft.value is not True:
+        finding = ADAPTER_WITHOUT_PEFT.finding(
+            f"{name} holds a {config.get('peft_type', 'PEFT')} adapter ({describe_adapter(config)}) and no full "
+            f"weights, but use_peft is {use_peft.value!r} ({use_peft.source}): the Trainer finds no weights for "
+            "the full model and fails once the model is built (\"Can't find a checkpoint index\")",
+            path=recipe_path, hint="fix --auto sets use_peft: true and the lora_* values to the adapter's")
+        finding.extra["restore"] = {"use_peft": True, **adapter_values(config)}
+        yield finding
+        return
+    yield from lora_findings(ctx, recipe, config, checkpoint, recipe_path)
+
+
+def describe_adapter(config: dict) -> str:
+    return (f"r={config.get('r')!r}, lora_alpha={config.get('lora_alpha')!r}, "
+            f"target_modules={_modules(config.get('target_modules'))}")
+
+
+def _modules(value) -> str:
+    return ", ".join(sorted(map(str, value))) if isinstance(value, list) else repr(value)
+
+
+def adapter_values(config: dict) -> dict:
+    """The recipe values that build the adapter adapter_config.json describes (those TRL can express)."""
+    values = {key: config[saved] for key, (saved, _) in LORA_VALUES.items() if saved in config}
+    targets = config.get("target_modules")
+    if isinstance(targets, list) and len(targets) > 1:  # TRL turns a one-item list into a regex: not written
+        values["lora_target_modules"] = sorted(targets)
+    if isinstance(config.get("lora_dropout"), (int, float)):
+        values["lora_dropout"] = config["lora_dropout"]
+    return values
+
+
+def _same_modules(ours, theirs) -> bool:
+    normal = [set(v) if isinstance(v, list) else set() if v is None else v for v in (ours, theirs)]
+    return normal[0] == normal[1]
+
+
+def lora_findings(ctx: RunContext, recipe, config: dict, checkpoint: Path, recipe_path: str) -> Iterator[Finding]:
+    """CFG016 for the values that change which adapter is built, CFG005 for dropout, CFG017 when not judged."""
+    name, peft_type = checkpoint.name, config.get("peft_type")
+    if peft_type not in (None, "LORA"):
+        yield LORA_MISMATCH.finding(f"{name} holds a {peft_type} adapter; use_peft builds a LoRA adapter, which "
+                                    "cannot take its weights", path=recipe_path,
+                                    hint="resume with the training code that built this adapter")
+        return
+    differences, restore = [], {}
+    for key, (saved, effect) in LORA_VALUES.items():
+        ours, theirs = recipe.resolve(key), config.get(saved)
+        if saved in config and not (_same_modules(ours.value, theirs) if key == "lora_modules_to_save"
+                                    else _same_value(ours.value, theirs)):
+            differences.append(f"{key}: {name}'s adapter has {theirs!r}, the recipe builds {ours.value!r} "
+                               f"({ours.source}): the resume {effect}")
+            restore[key] = theirs
+    targets, not_judged = target_difference(ctx, recipe, config, checkpoint)
+    if targets:
+        differences.append(targets)
+        if "lora_target_modules" in adapter_values(config):
+            restore["lora_target_modules"] = adapter_values(config)["lora_target_modules"]
+    if differences:
+        finding = LORA_MISMATCH.finding("; ".join(differences), path=recipe_path,
+                                        hint="fix --auto writes the adapter's values (adapter_config.json) into the recipe")
+        finding.extra["restore"] = restore
+        yield finding
+    if not_judged:
+        yield LORA_NOT_JUDGED.finding(f"{name}'s target modules were not compared: {not_judged}", path=recipe_path)
+    yield from dropout_finding(recipe, config, name, recipe_path)
+
+
+def _same_value(ours, theirs) -> bool:
+    if isinstance(ours, bool) != isinstance(theirs, bool):
+        return False
+    if isinstance(ours, (int, float)) and isinstance(theirs, (int, float)):
+        return math.isclose(ours, theirs)
+    return ours == theirs
+
+
+def target_difference(ctx: RunContext, recipe, config: dict, checkpoint: Path) -> tuple[str | None, str | None]:
+    """(what differs in the target modules and what the resume does, why they were not compared)."""
+    theirs, resolved = config.get("target_modules"), recipe.resolve("lora_target_modules")
+    ours, how = resolved.value, resolved.source
+    if ours is None:
+        from resumedoctor.integrations.trl.peft_defaults import (
+            PeftUnavailable,
+            default_target_modules,
+        )
+
+        model_type = _model_type(ctx, recipe, checkpoint)
+        if model_type is None:
+            return None, "the recipe leaves lora_target_modules to PEFT's default, and the model type is not known here"
+        try:
+            ours = default_target_modules(model_type)
+        except PeftUnavailable as exc:
+            return None, f"PEFT's default target modules could not be read ({exc.reason})"
+        if ours is None:
+            return None, f"PEFT has no default target modules for model_type {model_type!r}"
+        how = f"PEFT's default for {model_type}"
+    if not isinstance(ours, list) or not isinstance(theirs, list):
+        return None, (None if ours == theirs else f"{ours!r} and {theirs!r} are not both lists of module names")
+    if set(map(str, ours)) == set(map(str, theirs)):
+        return None, None
+    effect = ("fails loading optimizer.pt, whose parameter groups hold the adapter's parameters"
+              if optimizer_state_restored(checkpoint) else "loads the adapter only where both target a module: "
+              "the others are dropped or start fresh, without a word")
+    return (f"lora_target_modules: {checkpoint.name}'s adapter targets {_modules(theirs)}, the recipe builds "
+            f"{_modules(ours)} ({how}): the resume {effect}"), None
+
+
+def _model_type(ctx: RunContext, recipe, checkpoint: Path) -> str | None:
+    """The model type the recipe builds: from its local model_name_or_path, else from the checkpoint."""
+    model = recipe.get("model_name_or_path")
+    folders = [Path(model).expanduser()] if isinstance(model, str) and model else []
+    for folder in [*folders, checkpoint]:
+        try:
+            config = ctx.read_json(folder / "config.json")
+        except (JsonFileError, OSError):
+            continue
+        if isinstance(config, dict) and isinstance(config.get("model_type"), str):
+            return config["model_type"]
+    return None
+
+
+def dropout_finding(recipe, config: dict, name: str, recipe_path: str) -> Iterator[Finding]:
+    """Dropout builds the same adapter: a training change (CFG005), never an error."""
+    ours, theirs = recipe.resolve("lora_dropout"), config.get("lora_dropout")
+    if not isinstance(theirs, (int, float)) or not isinstance(ours.value, (int, float)) or _same_value(ours.value, theirs):
+        return
+    finding = OTHER_CHANGE.finding(f"lora_dropout: {name}'s adapter was trained with {theirs!r}, the recipe says "
+                                   f"{ours.value!r} ({ours.source}): the resumed run trains the adapter with this "
+                                   "dropout from the first resumed step", path=recipe_path,
+                                   hint="fix --unsafe writes the adapter's value back")
+    finding.extra.update(restore={"lora_dropout": theirs}, keys=["lora_dropout"])
+    yield finding
 
 
 FAMILY = CheckFamily(

@@ -10,7 +10,9 @@ from __future__ import annotations
 import copy
 
 from resumedoctor.checks.config_drift import (
+    ADAPTER_WITHOUT_PEFT,
     DATA_SKIP,
+    LORA_MISMATCH,
     NO_RESUME,
     NOTHING_TO_TRAIN,
     OPTIMIZER_KEPT,
@@ -70,5 +72,9 @@ FIXERS = (
     Fixer("restore-optimizer-values", FAMILY, (OPTIMIZER_KEPT,), FixSafety.SAFE,
           "write the checkpoint's learning_rate / weight_decay / Adam values into the recipe, so that it states "
           "what the resume really uses (optimizer.pt and scheduler.pt restore them: training does not change)",
+          plan_restore_saved_values),
+    Fixer("set-lora-values", FAMILY, (ADAPTER_WITHOUT_PEFT, LORA_MISMATCH), FixSafety.SAFE,
+          "set use_peft and lora_r / lora_alpha / lora_target_modules / lora_modules_to_save in the recipe to the "
+          "adapter's (adapter_config.json), so that the recipe builds the adapter the checkpoint holds",
           plan_restore_saved_values),
 )

@@ -137,8 +137,9 @@ def test_a_select_that_runs_nothing_does_not_say_safe(full_run):
     assert {check["status"] for check in document["checks"]} == {"skipped"}
 
 
-@pytest.mark.parametrize(("args", "why"), [(["--select", "ENV"], "not selected"), (["--ignore", "CKPT"], "ignored")])
-def test_without_the_checkpoint_check_the_verdict_says_what_was_checked(full_run, args, why):
+@pytest.mark.parametrize(("args", "why", "ran"), [(["--select", "ENV"], "not selected", "ENV"),
+                                                  (["--ignore", "CKPT"], "ignored", "DATA, ENV")])
+def test_without_the_checkpoint_check_the_verdict_says_what_was_checked(full_run, args, why, ran):
     truncate_newest_weights(full_run)
     result = run_cli("diagnose", full_run, *args)
     assert result.returncode == 0, result.stderr
@@ -150,6 +151,7 @@ def test_without_the_checkpoint_check_the_verdict_says_what_was_checked(full_run
     # The families that ran (ENV, and with --ignore CKPT the others that judge without a recipe) are listed.
     found = re.search(r"No problems found by ([A-Z, ]+), but the checkpoint itself was not checked \(CKPT: (.*?)\)", verdict)
     assert found and "ENV" in found.group(1).split(", ") and found.group(2) == why, verdict
+    assert f"No problems found by {ran}, but the checkpoint itself was not checked (CKPT: {why})" in verdict
 
 
 def test_a_narrow_select_inside_the_checkpoint_family_is_no_pass(full_run):

@@ -209,6 +209,18 @@ def learning_rate_changed(ws: Workspace) -> Setup:
     return Setup(run, Options(recipe=ws.recipe(run, learning_rate="2.0e-3")))
 
 
+def lora_rank_changed(ws: Workspace) -> Setup:
+    """The PEFT run (r=4) resumed by a recipe that builds an r=8 adapter (CFG016)."""
+    run = ws.run("peft")
+    lora = "use_peft: true\nlora_r: 8\nlora_alpha: 8\nlora_dropout: 0.0\nlora_target_modules: [q_proj, v_proj]\n"
+    return Setup(run, Options(recipe=ws.recipe(run, extra=lora)))
+
+
+def data_skip_ignored(ws: Workspace) -> Setup:
+    run = ws.run(keep_up_to=4)
+    return Setup(run, Options(recipe=ws.recipe(run, extra="ignore_data_skip: true\n")))
+
+
 def horizon_at_the_checkpoint(ws: Workspace) -> Setup:
     """Resuming checkpoint-4 with max_steps 4: nothing left to train (the checkpoint's horizon was 6)."""
     run = ws.run(keep_up_to=4)
@@ -342,6 +354,8 @@ CASES = [
     Case("restore-data-values", num_generations_changed),
     Case("restore-optimizer-values", learning_rate_changed),
     Case("restore-horizon", horizon_at_the_checkpoint),
+    Case("set-lora-values", lora_rank_changed),
+    Case("restore-data-skip", data_skip_ignored),
     Case("restore-training-values", completion_budget_changed),
     Case("restore-live-curriculum", killed_while_saving),
     Case("restore-live-curriculum", live_state_missing),
