@@ -159,7 +159,7 @@ def read_saved(ctx: RunContext, folder: Path) -> Saved | None:
     if state is None:
         return None
     batch = state.get("train_batch_size")
-    return Saved(folder, state["global_step"], _canonical_history(state.get("log_history") or []),
+    return Saved(folder, ctx.global_step(folder), _canonical_history(state.get("log_history") or []),
                  batch if type(batch) is int else None, saved_arguments(ctx, folder),
                  _mtime(folder / "trainer_state.json"))
 

@@ -16,11 +16,10 @@ from pathlib import Path
 import pytest
 from conftest import GRPO_RECIPE
 from lifecycle_helpers import resume_for_real
+from resumedoctor.checks.run_identity import rotated_away
 
 from resumedoctor import api
 from resumedoctor.engine.findings import Severity
-
-from resumedoctor.checks.run_identity import rotated_away
 
 
 def run_findings(path: Path) -> list:
