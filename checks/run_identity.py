@@ -45,9 +45,11 @@ TARGET_OTHER_RUN = Rule(
     "run's, and the old run's higher-numbered checkpoints stay: the resume silently continues the old run "
     "(its weights, optimizer, schedule and data position). Runs are told apart by log_history (a resumed run "
     "carries its checkpoint's entries unchanged, another run logs other losses at the same steps) and by "
-    "trainer_state.json's train_batch_size (kept across resumes): then an error. When only the saved "
-    "arguments (seed, batch size, learning rate) differ, a resume with changed arguments cannot be ruled "
-    "out: a warning. The run is the one saved last, or the one the recipe's arguments describe. "
+    "trainer_state.json's train_batch_size (kept across resumes): then an error (a branch resumed from an "
+    "earlier checkpoint parts from the checkpoints above it in the same way, and the resume goes back to "
+    "them). When only the saved arguments (seed, batch size, learning rate) differ, a resume with changed "
+    "arguments cannot be ruled out: a warning. The run is the one saved last, or the one the recipe's "
+    "arguments describe. "
     "`fix --unsafe` moves the other run's checkpoints into .resumedoctor/quarantine/ (undoable).",
 )
 OTHER_RUN_LEFTOVERS = Rule(
@@ -87,7 +89,7 @@ class Saved:
 
     folder: Path
     step: int
-    history: tuple[tuple[float, str], ...] | None  # (step, canonical entry); None: not comparable
+    history: tuple[dict, ...] | None  # log_history's entries; None: not comparable
     batch: int | None  # trainer_state.json's train_batch_size
     arguments: dict[str, Any] = field(default_factory=dict)  # IDENTITY_KEYS the run saved
     saved_at: float | None = None  # trainer_state.json's mtime
@@ -116,19 +118,26 @@ class Verdict:
     evidence: str = ""
 
 
-def _canonical_history(log_history: list) -> tuple[tuple[float, str], ...] | None:
-    """Each entry as (step, its JSON text): NaN equals NaN, 1.0 stays 1.0. None when entries are not
-    objects with a numeric step (damaged: the CKPT family reports the state)."""
-    entries = []
-    for entry in log_history:
-        step = entry.get("step") if isinstance(entry, dict) else None
-        if type(step) not in (int, float):
-            return None
-        try:
-            entries.append((step, json.dumps(entry, sort_keys=True, allow_nan=True)))
-        except (TypeError, ValueError):
-            return None
-    return tuple(entries)
+def _entries(log_history: list) -> tuple[dict, ...] | None:
+    """The entries when each is an object with a numeric step; None otherwise (damaged: the CKPT family
+    reports the state, and nothing is judged from it)."""
+    if not all(isinstance(entry, dict) and type(entry.get("step")) in (int, float) for entry in log_history):
+        return None
+    return tuple(log_history)
+
+
+def _canonical(entries: list[dict]) -> list[str] | None:
+    """Each entry as its JSON text, where NaN equals NaN; None when an entry cannot be written."""
+    try:
+        return [json.dumps(entry, sort_keys=True, allow_nan=True) for entry in entries]
+    except (TypeError, ValueError):
+        return None
+
+
+def _same_entries(mine: list[dict], theirs: list[dict]) -> bool:
+    """Equal entries: `==` first (fast), the JSON texts only when a NaN may make equal entries unequal."""
+    return mine == theirs or (len(mine) == len(theirs) and (text := _canonical(mine)) is not None
+                              and text == _canonical(theirs))
 
 
 def _mtime(path: Path) -> float | None:
@@ -159,7 +168,7 @@ def read_saved(ctx: RunContext, folder: Path) -> Saved | None:
     if state is None:
         return None
     batch = state.get("train_batch_size")
-    return Saved(folder, ctx.global_step(folder), _canonical_history(state.get("log_history") or []),
+    return Saved(folder, ctx.global_step(folder), _entries(state.get("log_history") or []),
                  batch if type(batch) is int else None, saved_arguments(ctx, folder),
                  _mtime(folder / "trainer_state.json"))
 
@@ -168,10 +177,10 @@ def compare(one: Saved, other: Saved) -> Verdict:
     """Whether two checkpoints are of one run, strongest evidence first (see the module's docstring)."""
     low, high = sorted((one, other), key=lambda saved: saved.step)
     if low.history is not None and high.history is not None:
-        mine = [entry for entry in low.history if entry[0] <= low.step]
-        theirs = [entry for entry in high.history if entry[0] <= low.step]
+        mine = [entry for entry in low.history if entry["step"] <= low.step]
+        theirs = [entry for entry in high.history if entry["step"] <= low.step]
         if mine or theirs:
-            if mine == theirs:
+            if _same_entries(mine, theirs):
                 return Verdict("same", True, f"log_history agrees up to step {low.step}")
             return Verdict("other", True, _history_difference(low, high, mine, theirs))
     if low.batch is not None and high.batch is not None and low.batch != high.batch:
@@ -184,21 +193,21 @@ def compare(one: Saved, other: Saved) -> Verdict:
     return Verdict("unknown")
 
 
-def _history_difference(low: Saved, high: Saved, mine: list, theirs: list) -> str:
+def _history_difference(low: Saved, high: Saved, mine: list[dict], theirs: list[dict]) -> str:
     """Where two log_histories part: the first step both logged with other values, in words."""
-    theirs_at = {}
-    for step, text in theirs:
-        theirs_at.setdefault(step, text)
-    for step, text in mine:
-        if step in theirs_at and theirs_at[step] != text:
-            return f"at step {step:g} {_values(low.name, text)}, {_values(high.name, theirs_at[step])}"
+    theirs_at: dict[float, dict] = {}
+    for entry in theirs:
+        theirs_at.setdefault(entry["step"], entry)
+    for entry in mine:
+        other = theirs_at.get(entry["step"])
+        if other is not None and not _same_entries([entry], [other]):
+            return f"at step {entry['step']:g} {_values(low.name, entry)}, {_values(high.name, other)}"
     return (f"{high.name}'s log_history does not hold the {len(mine)} entries {low.name} logged up to step "
             f"{low.step} (it has {len(theirs)} there)")
 
 
-def _values(name: str, text: str) -> str:
-    entry = json.loads(text)
-    shown = [f"{key} {entry[key]:.4g}" for key in SHOWN_METRICS if isinstance(entry.get(key), (int, float))][:2]
+def _values(name: str, entry: dict) -> str:
+    shown = [f"{key} {entry[key]:.4g}" for key in SHOWN_METRICS if type(entry.get(key)) in (int, float)][:2]
     return f"{name} logged {', '.join(shown) if shown else 'other values'}"
 
 
@@ -225,7 +234,7 @@ def the_run(ctx: RunContext, saved: list[Saved]) -> tuple[Saved, str]:
 
     explicit = ctx.explicit_resume_path()
     if explicit is not None:
-        named = [s for s in saved if s.folder == explicit or s.name == explicit.name and s.folder.parent == explicit.parent]
+        named = [s for s in saved if _same_folder(s.folder, explicit)]
         if named:
             return named[0], "the recipe's resume_from_checkpoint names it"
     wanted = _recipe_values(ctx)
@@ -235,6 +244,13 @@ def the_run(ctx: RunContext, saved: list[Saved]) -> tuple[Saved, str]:
             keys = ", ".join(f"{key} {value!r}" for key, value in wanted.items())
             return newest(fitting), f"its arguments are the recipe's ({keys})"
     return newest(saved), "saved last"
+
+
+def _same_folder(one: Path, other: Path) -> bool:
+    try:
+        return one == other or os.path.samefile(one, other)
+    except (OSError, ValueError):
+        return False
 
 
 # --- what the rotation after the next save deletes -----------------------------------------------
@@ -340,8 +356,8 @@ def target_finding(ctx: RunContext, target: Saved, reference: Saved, why: str, v
         f"step {target.step}"
         + ("" if verdict.strong else "; a resume with changed arguments would look the same"),
         path=str(target.folder),
-        hint=f"`resumedoctor fix --auto --unsafe` moves {', '.join(s.name for s, _ in others)} aside so the resume picks "
-             f"{reference.name}; or resume with resume_from_checkpoint={reference.folder}")
+        hint=f"`resumedoctor fix --auto --unsafe` moves {', '.join(s.name for s, _ in others)} aside so the "
+             f"resume picks {reference.name}; or resume with resume_from_checkpoint={reference.folder}")
     finding.extra.update(checkpoint=str(target.folder), quarantine=_moved(others))
     return finding if verdict.strong else _at(finding, WARNING)
 
@@ -357,8 +373,9 @@ def leftover_finding(ctx: RunContext, leftovers: list[tuple[Saved, Verdict]], re
     consequence = (f"the rotation after the next save ({rotation[0]}, save_total_limit={rotation[1]}) deletes "
                    f"{', '.join(doomed)}" if doomed else "the resume does not pick them; they take disk space")
     finding = OTHER_RUN_LEFTOVERS.finding(
-        f"{names} {'is' if len(leftovers) == 1 else 'are'} from another run than {reference.name} ({reference.describe()}"
-        f"), the run this output_dir is for ({why}): {evidence}. {consequence}", path=str(leftovers[-1][0].folder),
+        f"{names} {'is' if len(leftovers) == 1 else 'are'} from another run than {reference.name} "
+        f"({reference.describe()}), the run this output_dir is for ({why}): {evidence}. {consequence}",
+        path=str(leftovers[-1][0].folder),
         hint="`resumedoctor fix --auto --unsafe` moves them into .resumedoctor/quarantine/ (undoable); copy them "
              "elsewhere if that run matters")
     finding.extra.update(quarantine=_moved(leftovers))
