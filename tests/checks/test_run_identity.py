@@ -114,6 +114,22 @@ def test_recipe_describing_the_older_run_makes_it_the_run(two_runs, tmp_path):
     assert "checkpoint-2, checkpoint-4" in found[0].message
 
 
+def test_other_run_deleted_by_the_next_rotation_is_a_warning(two_runs, tmp_path):
+    from demo_run import train_demo_run
+
+    # The recipe resumes the first run with save_total_limit 2: the save of checkpoint-8 rotates by mtime.
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(GRPO_RECIPE.format(model="unused", dataset="unused", output_dir=two_runs, max_steps=8)
+                      + "save_total_limit: 2\n")
+    found = [f for f in api.diagnose(two_runs, recipe).findings if f.code.startswith("RUN")]
+    assert [(f.code, f.severity) for f in found] == [("RUN002", Severity.WARNING)]
+    assert "(checkpoint-8, save_total_limit=2) deletes checkpoint-2" in found[0].message
+    # The oracle: the real resume of the first run, and transformers' own rotation after its save.
+    train_demo_run(two_runs, max_steps=8, save_steps=2, save_total_limit=2,
+                   resume_from_checkpoint=str(two_runs / "checkpoint-6"))
+    assert sorted(p.name for p in two_runs.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]
+
+
 def test_only_arguments_differ_is_a_warning(two_runs):
     # Without log_history and train_batch_size only the saved arguments tell the runs apart, and a resume
     # with changed arguments would look the same: probable, so a warning.
