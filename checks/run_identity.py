@@ -273,6 +273,7 @@ def save_settings(ctx: RunContext, target: Saved) -> tuple[int | None, int | Non
             resolved = {}
         values.update({key: value.value for key, value in resolved.items() if value.source != "default"})
     limit, steps = values["save_total_limit"], values["save_steps"]
+    steps = int(steps) if isinstance(steps, float) and steps.is_integer() and steps >= 1 else steps  # a float field
     strategy = str(values["save_strategy"] or "steps").rsplit(".", 1)[-1].lower()
     limit = limit if type(limit) is int and limit > 0 else None
     steps = steps if type(steps) is int and steps > 0 and strategy == "steps" else None
