@@ -152,6 +152,9 @@ def test_without_the_checkpoint_check_the_verdict_says_what_was_checked(full_run
     found = re.search(r"No problems found by ([A-Z, ]+), but the checkpoint itself was not checked \(CKPT: (.*?)\)", verdict)
     assert found and "ENV" in found.group(1).split(", ") and found.group(2) == why, verdict
     assert f"No problems found by {ran}, but the checkpoint itself was not checked (CKPT: {why})" in verdict
+    # The families that ran are named (every one that needs no recipe, when only CKPT is ignored).
+    assert "No problems found by ENV" in verdict
+    assert f", but the checkpoint itself was not checked (CKPT: {why})" in verdict
 
 
 def test_a_narrow_select_inside_the_checkpoint_family_is_no_pass(full_run):

@@ -181,6 +181,19 @@ def tmp_checkpoint_debris(ws: Workspace) -> Setup:
     return Setup(run)
 
 
+# -- RUN
+
+
+def output_dir_reused(ws: Workspace) -> Setup:
+    """A second run (another batch size, other losses) saved checkpoint-2 and -4 over the first run's, after it."""
+    run = ws.run()
+    for step in (2, 4):
+        state = json.loads((run / f"checkpoint-{step}" / "trainer_state.json").read_text())
+        history = [{**entry, "loss": 1.0 + index} for index, entry in enumerate(state["log_history"])]
+        edit_trainer_state(run / f"checkpoint-{step}", log_history=history, train_batch_size=8)
+    return Setup(run)
+
+
 # -- CFG (on a run killed after step 4's save: the run's own recipe resumes it cleanly)
 
 
@@ -346,6 +359,7 @@ CASES = [
     Case("clear-best-model-checkpoint", best_model_checkpoint_gone),
     Case("restore-global-step", global_step_off_by_one),
     Case("quarantine-tmp-checkpoint", tmp_checkpoint_debris),
+    Case("quarantine-other-run", output_dir_reused),
     Case("set-resume-from-checkpoint", no_resume_in_recipe),
     Case("set-resume-from-checkpoint", resume_target_missing),
     Case("seal-after-the-fact", seal_write_interrupted),
