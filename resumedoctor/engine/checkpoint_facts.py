@@ -42,8 +42,11 @@ def saved_world_size(ctx: RunContext, checkpoint: Path) -> int:
         sealed = (readable_seal(ctx, checkpoint) or {}).get("world_size")
         if isinstance(sealed, int):
             return sealed
-        ranks = list(Path(checkpoint).glob("rng_state_*.pth"))
-        return len(ranks) if ranks else 1
+        # The highest rank + 1, not the file count: a save that lost a rank's file still had that rank.
+        # A process index in the name means a multi-process save (one process writes rng_state.pth).
+        ranks = [int(match.group(1)) for path in Path(checkpoint).glob("rng_state_*.pth")
+                 if (match := re.fullmatch(r"rng_state_(\d{1,6})\.pth", path.name))]
+        return max(max(ranks) + 1, 2) if ranks else 1
     return ctx.memo(("world-size", Path(checkpoint)), detect)
 
 
