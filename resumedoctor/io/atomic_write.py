@@ -10,6 +10,7 @@ a seal's temporary is the evidence that the process died while sealing.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 TMP_SUFFIX = ".resumedoctor-tmp"
@@ -41,8 +42,11 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True, unique: bool 
         os.unlink(temporary)  # our own temp name: never opened through a link someone put there
     except FileNotFoundError:
         pass
+    mode = _kept_mode(path)
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
     try:
+        if mode is not None:
+            os.fchmod(descriptor, mode)
         with open(descriptor, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -54,6 +58,15 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True, unique: bool 
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def _kept_mode(path: Path) -> int | None:
+    """The permission bits of the regular file being replaced: a private file stays private."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return stat.S_IMODE(info.st_mode) if stat.S_ISREG(info.st_mode) else None
 
 
 def _remove(temporary: Path) -> None:

@@ -202,6 +202,22 @@ def test_global_step_restored_instead_of_quarantined(full_run):
     assert result.after.findings == ()
 
 
+def test_a_private_file_stays_private_through_fix_and_undo(full_run):
+    import stat
+
+    path = full_run / "checkpoint-6" / "trainer_state.json"
+    state = json.loads(path.read_text())
+    state["global_step"] = 5
+    path.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+    path.chmod(0o600)
+    before = path.read_bytes()
+    fix(full_run, settings=Settings())
+    assert json.loads(path.read_text())["global_step"] == 6
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # the rewrite is not world-readable
+    undo(full_run)
+    assert path.read_bytes() == before and stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
 def test_global_step_left_alone_when_log_history_disagrees(full_run):
     path = full_run / "checkpoint-6" / "trainer_state.json"
     state = json.loads(path.read_text())

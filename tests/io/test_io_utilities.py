@@ -33,6 +33,23 @@ def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path):
         target.write_bytes(b"old")
 
 
+def test_atomic_write_keeps_the_mode_of_the_file_it_replaces(tmp_path):
+    target = tmp_path / "private.json"
+    target.write_bytes(b"old")
+    target.chmod(0o600)
+    atomic_write(target, b"new")
+    assert target.read_bytes() == b"new" and (target.stat().st_mode & 0o777) == 0o600
+    fresh = tmp_path / "fresh.json"
+    atomic_write(fresh, b"x")
+    assert (fresh.stat().st_mode & 0o777) == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_a_failed_write_keeps_the_old_file_and_removes_its_temporary(tmp_path):
     # A real failure at the rename: a non-empty folder cannot be replaced by a file.
     target = tmp_path / "taken"
