@@ -161,6 +161,24 @@ def test_recipe_describing_the_older_run_makes_it_the_run(two_runs, tmp_path):
     assert "checkpoint-2, checkpoint-4" in found[0].message
 
 
+def test_fix_with_the_newer_runs_recipe_only_moves_the_other_run(two_runs, tmp_path):
+    # The recipe describes the newer run (seed 1, batch 8): CFG judged against checkpoint-6 (the older run's)
+    # would restore seed 0 and batch 4; once checkpoint-6 is aside the recipe fits checkpoint-4 as it is.
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(GRPO_RECIPE.format(model="unused", dataset="unused", output_dir=two_runs, max_steps=8)
+                      .replace("seed: 0", "seed: 1").replace("per_device_train_batch_size: 4",
+                                                             "per_device_train_batch_size: 8")
+                      + "resume_from_checkpoint: true\n")
+    text = recipe.read_text()
+    assert "RUN001" in {f.code for f in api.diagnose(two_runs, recipe).findings}
+    preview = api.fix(two_runs, recipe, unsafe=True, dry_run=True)
+    assert [type(op).__name__ for op in preview.operations] == ["Quarantine"]
+    result = api.fix(two_runs, recipe, unsafe=True)
+    assert recipe.read_text() == text  # never written, not even written and written back
+    assert result.final.resume_from == str(two_runs / "checkpoint-4") and result.final.exit_code == 0
+    assert last_checkpoint(two_runs) == "checkpoint-4"  # the oracle: transformers resumes the newer run
+
+
 def test_other_run_deleted_by_the_next_rotation_is_a_warning(two_runs, tmp_path):
     from demo_run import train_demo_run
 
