@@ -33,6 +33,7 @@ from resumedoctor.engine.findings import Finding, Rule, Severity
 from resumedoctor.engine.registry import CheckFamily
 from resumedoctor.errors import ReasonError
 from resumedoctor.integrations.trl.saved_arguments import normalize
+from resumedoctor.io.printable import printable
 from resumedoctor.io.safe_pickle import PickleReadError, UnsafePickleError
 
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
@@ -201,14 +202,34 @@ def _history_difference(low: Saved, high: Saved, mine: list[dict], theirs: list[
     for entry in mine:
         other = theirs_at.get(entry["step"])
         if other is not None and not _same_entries([entry], [other]):
-            return f"at step {entry['step']:g} {_values(low.name, entry)}, {_values(high.name, other)}"
+            keys = _differing_keys(entry, other)
+            return (f"at step {_number(entry['step'])} {_values(low.name, entry, keys)}, "
+                    f"{_values(high.name, other, keys)}")
     return (f"{high.name}'s log_history does not hold the {len(mine)} entries {low.name} logged up to step "
             f"{low.step} (it has {len(theirs)} there)")
 
 
-def _values(name: str, entry: dict) -> str:
-    shown = [f"{key} {entry[key]:.4g}" for key in SHOWN_METRICS if type(entry.get(key)) in (int, float)][:2]
+def _differing_keys(entry: dict, other: dict) -> list[str]:
+    """The fields the two entries log with other values, SHOWN_METRICS first, three at most."""
+    keys = [key for key in entry.keys() | other.keys() if key != "step"
+            and _canonical([{"v": entry.get(key, None)}]) != _canonical([{"v": other.get(key, None)}])]
+    return sorted(keys, key=lambda key: (SHOWN_METRICS.index(key) if key in SHOWN_METRICS else len(SHOWN_METRICS),
+                                         str(key)))[:3]
+
+
+def _values(name: str, entry: dict, keys: list[str]) -> str:
+    shown = [f"{printable(str(key)[:40])} {_number(entry[key]) if key in entry else '(none)'}" for key in keys]
     return f"{name} logged {', '.join(shown) if shown else 'other values'}"
+
+
+def _number(value: Any) -> str:
+    """A logged value as bounded text: 4 significant digits for any int or float (a 400-digit int included)."""
+    if type(value) is bool or type(value) not in (int, float):
+        return "a " + type(value).__name__
+    try:
+        return f"{value:.4g}"
+    except OverflowError:  # an int beyond a float's range
+        return f"{'-' if value < 0 else ''}an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
 
 
 # --- which run is "the" run -------------------------------------------------------------------

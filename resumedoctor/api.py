@@ -231,11 +231,31 @@ def resume_point(output_dir: PathLike, recipe: PathLike | None = None, *, recipe
     if point is not None and blocking:
         # Judged as the explicit resume the caller makes: errors about the checkpoint a plain
         # resume_from_checkpoint=True would pick (cut off mid-save, say) do not concern this one.
-        blocking = _at_least(_judge(point, recipe, **options)[1], Severity.ERROR)
+        alone = _judge(point, recipe, **options)[1]
+        blocking = _at_least(alone, Severity.ERROR) + _output_dir_errors(report, alone, point)
     if blocking:
         raise NoResumePoint(path, blocking, point)
     _warn_if_passed_over(path, point, report)
     return point
+
+
+def _output_dir_errors(report: Report, alone: Report, point: Path) -> tuple[Finding, ...]:
+    """The output_dir's errors about POINT from families that judge only an output_dir (another run's
+    checkpoint, RUN001): judged alone, the checkpoint skips them, and they still block its resume."""
+    from resumedoctor.engine.findings import Severity
+
+    skipped = {family.name for family in alone.families if family.status == "skipped"}
+    return tuple(finding for finding in _at_least(report, Severity.ERROR)
+                 if finding.check in skipped and _concerns(finding, point))
+
+
+def _concerns(finding: Finding, point: Path) -> bool:
+    """Whether the finding is about POINT or a file inside it."""
+    named = finding.extra.get("checkpoint") or finding.path
+    if not named:
+        return False
+    named_path, point = Path(named).absolute(), point.absolute()
+    return named_path == point or point in named_path.parents
 
 
 class PassedOverCheckpoints(UserWarning):

@@ -107,8 +107,22 @@ def plan_fixes(ctx: RunContext, report: Report, registry: Registry, *, unsafe: b
                 result.planned.append(PlannedFix(finding, fixer, stamped))
                 break
             result.not_applicable.append((finding, fixer))
+    result.planned = _judged_on_what_stays(ctx, result.planned)
     result.operations = merge_operations(with_seals_updated([op for plan in result.planned for op in plan.operations]))
     return result
+
+
+def _judged_on_what_stays(ctx: RunContext, planned: list[PlannedFix]) -> list[PlannedFix]:
+    """The plans, less those judged against the checkpoint a planned quarantine moves away from the resume
+    (another run's checkpoint, RUN001): the next round judges them against the checkpoint resumed then."""
+    point = ctx.resume_point()
+    moved = point is not None and any(isinstance(op, Quarantine) and _same_path(op.path, point)
+                                      for plan in planned for op in plan.operations)
+    return [plan for plan in planned if any(isinstance(op, Quarantine) for op in plan.operations)] if moved else planned
+
+
+def _same_path(one: Path, other: Path) -> bool:
+    return os.path.abspath(one) == os.path.abspath(other)
 
 
 def with_seals_updated(operations: list[Operation]) -> list[Operation]:

@@ -89,6 +89,53 @@ def test_reused_output_dir_resume_picks_the_older_run(two_runs):
     assert found[0].fix is not None and found[0].fix.safety.value == "unsafe"
 
 
+def _edit_step_one(out: Path, name: str, **values) -> None:
+    """Set values in NAME's log_history entry of step 1, keeping trainer_state.json's mtime (which run was
+    saved last)."""
+    path = out / name / "trainer_state.json"
+    saved_at, state = path.stat(), json.loads(path.read_text())
+    next(e for e in state["log_history"] if e["step"] == 1).update(values)
+    path.write_text(json.dumps(state))
+    os.utime(path, ns=(saved_at.st_atime_ns, saved_at.st_mtime_ns))
+
+
+def test_evidence_names_the_fields_that_differ(two_runs):
+    # Runs that log the same loss and reward at step 1 (a GRPO loss of 0 is common) part in other fields;
+    # the oracle: the two runs' own log_history entries at the step the message names.
+    state4 = json.loads((two_runs / "checkpoint-4" / "trainer_state.json").read_text())
+    first = next(e for e in state4["log_history"] if e["step"] == 1)
+    _edit_step_one(two_runs, "checkpoint-6", loss=first["loss"], reward=first["reward"])
+    message = run_findings(two_runs)[0].message
+    entry = {name: next(e for e in json.loads((two_runs / name / "trainer_state.json").read_text())["log_history"]
+                        if e["step"] == 1) for name in ("checkpoint-4", "checkpoint-6")}
+    evidence = message[message.index("at step 1"):message.index("resume_from_checkpoint=True")]
+    equal = [key for key in entry["checkpoint-4"] if key != "step" and entry["checkpoint-4"][key] == entry["checkpoint-6"].get(key)]
+    differing = [key for key in entry["checkpoint-4"] if key not in equal and key != "step"]
+    assert equal and differing
+    assert not [key for key in equal if f"logged {key} " in evidence or f", {key} " in evidence]
+    assert any(f"logged {key} " in evidence for key in differing)
+
+
+def test_resume_point_refuses_the_other_runs_checkpoint(two_runs):
+    # diagnose says RUN001 (error) about checkpoint-6; resume_point must not hand it out either.
+    with pytest.raises(api.NoResumePoint) as raised:
+        api.resume_point(two_runs)
+    assert [f.code for f in raised.value.findings] == ["RUN001"]
+    assert raised.value.checkpoint == two_runs / "checkpoint-6"
+    assert "RUN001" in str(raised.value)
+    api.fix(two_runs, unsafe=True)  # the other run aside: the resume point is this run's newest checkpoint
+    assert api.resume_point(two_runs) == two_runs / "checkpoint-4"
+
+
+def test_huge_logged_value_is_no_exception(two_runs):
+    # A crafted 401-digit integer where the loss was: float formatting overflows, the message stays bounded.
+    _edit_step_one(two_runs, "checkpoint-6", loss=10 ** 400, grad_norm=float("inf"))
+    found = run_findings(two_runs)
+    assert [(f.code, f.severity) for f in found] == [("RUN001", Severity.ERROR)]
+    assert "loss an integer of about 401 digits" in found[0].message and "grad_norm inf" in found[0].message
+    assert len(found[0].message) < 2000
+
+
 def test_fix_moves_the_other_run_aside_and_undo_brings_it_back(two_runs):
     result = api.fix(two_runs, unsafe=True)
     assert not [f for f in result.final.findings if f.code.startswith("RUN")]
@@ -112,6 +159,24 @@ def test_recipe_describing_the_older_run_makes_it_the_run(two_runs, tmp_path):
     found = [f for f in api.diagnose(two_runs, recipe).findings if f.code.startswith("RUN")]
     assert [(f.code, f.severity) for f in found] == [("RUN002", Severity.INFO)]
     assert "checkpoint-2, checkpoint-4" in found[0].message
+
+
+def test_fix_with_the_newer_runs_recipe_only_moves_the_other_run(two_runs, tmp_path):
+    # The recipe describes the newer run (seed 1, batch 8): CFG judged against checkpoint-6 (the older run's)
+    # would restore seed 0 and batch 4; once checkpoint-6 is aside the recipe fits checkpoint-4 as it is.
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(GRPO_RECIPE.format(model="unused", dataset="unused", output_dir=two_runs, max_steps=8)
+                      .replace("seed: 0", "seed: 1").replace("per_device_train_batch_size: 4",
+                                                             "per_device_train_batch_size: 8")
+                      + "resume_from_checkpoint: true\n")
+    text = recipe.read_text()
+    assert "RUN001" in {f.code for f in api.diagnose(two_runs, recipe).findings}
+    preview = api.fix(two_runs, recipe, unsafe=True, dry_run=True)
+    assert [type(op).__name__ for op in preview.operations] == ["Quarantine"]
+    result = api.fix(two_runs, recipe, unsafe=True)
+    assert recipe.read_text() == text  # never written, not even written and written back
+    assert result.final.resume_from == str(two_runs / "checkpoint-4") and result.final.exit_code == 0
+    assert last_checkpoint(two_runs) == "checkpoint-4"  # the oracle: transformers resumes the newer run
 
 
 def test_other_run_deleted_by_the_next_rotation_is_a_warning(two_runs, tmp_path):
