@@ -27,6 +27,11 @@ REPO = Path(__file__).resolve().parent.parent
 # and the CLI processes they start import its reward function by name, so both paths need it.
 EXAMPLES = REPO / "examples"
 sys.path.insert(0, str(EXAMPLES))
+# Some test modules share helpers with a sibling folder's (test_fix.tree, test_length_budgets.write_prompts):
+# every test folder is importable, so a file or folder run alone collects as it does in the whole suite.
+for folder in sorted(Path(__file__).resolve().parent.iterdir()):
+    if folder.is_dir() and not folder.name.startswith(("_", ".")) and str(folder) not in sys.path:
+        sys.path.append(str(folder))
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(EXAMPLES), os.environ.get("PYTHONPATH")]))
 
 
