@@ -133,8 +133,12 @@ def read_weights(ctx: RunContext, folder: Path) -> Weights:
 # --- the match -------------------------------------------------------------------------------------
 
 
+MAX_SHOWN_DIMS = 6  # a crafted 64-dimension shape is shown by its start only
+
+
 def _shape(shape: tuple[int, ...]) -> str:
-    return "[" + ", ".join(str(dim) for dim in shape) + "]"
+    shown = ", ".join(str(dim) for dim in shape[:MAX_SHOWN_DIMS])
+    return f"[{shown}, ... {len(shape)} dims]" if len(shape) > MAX_SHOWN_DIMS else f"[{shown}]"
 
 
 # Options of GaLore / APOLLO groups (transformers' trainer_optimizer): their moments are of a projected,
