@@ -42,10 +42,11 @@ LM_HEAD_MISSING = Rule(
 )
 WRAPPED_KEYS = Rule(
     "MODEL002", "wrapped-key-prefix", ERROR,
-    "Every weight name starts with `_orig_mod.` (torch.compile) or `module.` (DDP): no key matches the model.",
+    "Weight names start with `_orig_mod.` (torch.compile) or `module.` (DDP): those keys match nothing in the model.",
     "A state dict taken from a compiled or DDP-wrapped model and saved by hand carries the wrapper's "
-    "prefix. The resume loads it with strict=False: every key is unexpected, every parameter missing, both "
-    "only logged, and training continues from the recipe's base weights as if no checkpoint existed. "
+    "prefix. The resume loads it with strict=False: every prefixed key is unexpected, its parameter missing, "
+    "both only logged, and training continues from the recipe's base weights for those parameters (for all "
+    "of them when every name is prefixed, as if no checkpoint existed). "
     "`resumedoctor fix --auto` strips the prefix from the tensor names (the tensor data is copied unchanged).",
 )
 LAYERS_MISSING = Rule(
@@ -89,8 +90,20 @@ NOT_JUDGED = Rule(
     "what transformers writes. Nothing was judged from it; the resume may fail when it loads the tokenizer.",
 )
 
+TENSORS_MISSING = Rule(
+    "MODEL008", "tensors-missing", ERROR,
+    "A decoder layer lacks tensors every other layer has (or the final norm is missing).",
+    "The checkpoint's layers are built alike: a layer whose tensors are a subset of what every other layer "
+    "holds, short of some of them (q_proj of layer 0, say), lost them in the save. The resume loads with "
+    "strict=False and only logs the missing keys: those parameters keep the recipe's base weights and are "
+    "trained from there, silently. Layers that differ by design (dense and MoE layers, attention and "
+    "linear-attention ones) hold tensors the others lack and are not judged. The final norm is checked for "
+    "the Llama-like model types whose name for it is known (model.norm.weight). Resume from an older "
+    "checkpoint whose weights are whole.",
+)
+
 RULES = (LM_HEAD_MISSING, WRAPPED_KEYS, LAYERS_MISSING, ADAPTER_KEYS_MISSING, TOKENIZER_EXCEEDS_EMBEDDINGS,
-         CHAT_TEMPLATE_CHANGED, NOT_JUDGED)
+         CHAT_TEMPLATE_CHANGED, NOT_JUDGED, TENSORS_MISSING)
 
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 LM_ARCHITECTURE_SUFFIXES = ("ForCausalLM", "LMHeadModel")
@@ -159,19 +172,23 @@ def read_weights(ctx: RunContext, checkpoint: Path) -> Weights | None:
 
 
 def wrapper_prefix(name: str) -> str:
-    """The `_orig_mod.` / `module.` wrappers a tensor name starts with (nested ones too), or ''."""
-    stripped = name
-    while stripped.startswith(WRAPPER_PREFIXES):
-        stripped = stripped.split(".", 1)[1]
-    return name[: len(name) - len(stripped)]
+    """The `_orig_mod.` / `module.` wrappers a tensor name starts with (nested ones too), or ''.
+
+    Scanned with an offset: slicing the name once per wrapper is quadratic in a crafted name's length."""
+    end = 0
+    while True:
+        wrapper = next((prefix for prefix in WRAPPER_PREFIXES if name.startswith(prefix, end)), None)
+        if wrapper is None:
+            return name[:end]
+        end += len(wrapper)
 
 
-def common_wrapper(names: list[str]) -> str | None:
-    """The wrapper prefix when every name has one (the most common, for the message), else None."""
-    prefixes = [wrapper_prefix(name) for name in names]
-    if not names or not all(prefixes):
+def common_wrapper(names: list[str]) -> tuple[str, int] | None:
+    """The most common wrapper prefix and how many names have one; None when none has."""
+    prefixes = [prefix for prefix in map(wrapper_prefix, names) if prefix]
+    if not prefixes:
         return None
-    return max(set(prefixes), key=prefixes.count)
+    return max(set(prefixes), key=prefixes.count), len(prefixes)
 
 
 def model_config(ctx: RunContext, checkpoint: Path) -> dict | None:
@@ -249,6 +266,56 @@ def check_layers(config: dict, names: list[str], where: str) -> Iterator[Finding
             path=where, hint="the save is incomplete: resume from an older checkpoint whose layers are all there")
 
 
+# Model types whose final norm is `model.norm.weight` (Llama's layout); others are not judged.
+LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo2", "granite", "smollm3")
+
+
+def layer_keys(names: list[str]) -> tuple[str, dict[int, set[str]]] | None:
+    """The one layer container and each layer's tensor names relative to it; None for none or several."""
+    per_layer: dict[tuple[str, int], set[str]] = {}
+    for name in names:
+        match = LAYER_NAME.match(name)
+        if match:
+            container = f"{match.group(1)}.{match.group(2)}".lstrip(".")
+            per_layer.setdefault((container, int(match.group(3))), set()).add(name[match.end():])
+    if len({container for container, _ in per_layer}) != 1:
+        return None
+    return next(iter(per_layer))[0], {index: keys for (_, index), keys in per_layer.items()}
+
+
+def missing_in_layers(layers: dict[int, set[str]]) -> list[str]:
+    """`layer.key` for keys every other layer has and a layer whose keys are all shared lacks."""
+    missing = []
+    for index, keys in sorted(layers.items()):
+        others = [other for other_index, other in layers.items() if other_index != index]
+        if not others:
+            break
+        shared = set.intersection(*others)
+        if keys < shared:  # holds nothing of its own: built like the others, short of some tensors
+            missing += [f"{index}.{key}" for key in sorted(shared - keys)]
+    return missing
+
+
+def check_tensors(config: dict, names: list[str], where: str) -> Iterator[Finding]:
+    if not is_causal_lm(config):
+        return
+    found = layer_keys(names)
+    missing = []
+    if found is not None:
+        container, layers = found
+        missing = [f"{container}.{key}" for key in missing_in_layers(layers)]
+        if (container == "model.layers" and config.get("model_type") in LLAMA_LIKE
+                and "model.norm.weight" not in names):
+            missing.append("model.norm.weight")
+    if missing:
+        shown = ", ".join(printable(name, limit=100) for name in missing[:6])
+        yield TENSORS_MISSING.finding(
+            f"{where}: {len(missing)} tensor(s) the model has are not in the weights: {shown}"
+            + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+            + "; the resume keeps the base model's weights for them and trains those", path=where,
+            hint="the save is incomplete: resume from an older checkpoint whose weights are whole")
+
+
 LORA_PART = re.compile(r"^(.*)\.(lora_A|lora_B)(?:\.[^.]+)?\.weight$")
 
 
@@ -319,12 +386,15 @@ def check_adapter(ctx: RunContext, checkpoint: Path, names: list[str], where: st
 def check_keys(ctx: RunContext, checkpoint: Path, weights: Weights) -> Iterator[Finding]:
     names = weights.names
     where = str(weights.files[0] if len(weights.files) == 1 else checkpoint / FULL_INDEX)
-    prefix = common_wrapper(names)
-    if prefix is not None:
+    wrapped = common_wrapper(names)
+    if wrapped is not None:
+        prefix, count = wrapped
+        example = next(name for name in names if wrapper_prefix(name))
+        which = f"all {len(names)}" if count == len(names) else f"{count} of the {len(names)}"
         yield with_extra(WRAPPED_KEYS.finding(
-            f"{where}: all {len(names)} tensor names start with {prefix!r} (e.g. {printable(names[0], limit=80)!r}); "
-            "the resume matches none of them and trains the recipe's base weights",
-            path=where, hint="`resumedoctor fix --auto` renames the tensors without the prefix"),
+            f"{where}: {which} tensor names start with {printable(prefix, limit=40)!r} (e.g. "
+            f"{printable(example, limit=80)!r}); the resume matches none of those and trains the recipe's base "
+            "weights for them", path=where, hint="`resumedoctor fix --auto` renames the tensors without the prefix"),
             checkpoint=checkpoint)
         names = [name[len(wrapper_prefix(name)):] for name in names]
     if weights.adapter:
@@ -334,6 +404,7 @@ def check_keys(ctx: RunContext, checkpoint: Path, weights: Weights) -> Iterator[
     if config is not None:
         yield from check_lm_head(config, names, where)
         yield from check_layers(config, names, where)
+        yield from check_tensors(config, names, where)
 
 
 def with_extra(finding: Finding, **extra: Any) -> Finding:
