@@ -70,8 +70,18 @@ TOKENIZER_EXCEEDS_EMBEDDINGS = Rule(
     "Tokens were added to the tokenizer after the weights were saved (or the embedding was never resized). "
     "A prompt holding one of them indexes past the embedding: IndexError on CPU, a device-side assert on "
     "GPU, after the GPUs are allocated. Resize the model's embeddings to the tokenizer "
-    "(model.resize_token_embeddings(len(tokenizer))) and save it, or resume with the tokenizer saved with "
-    "the checkpoint. Rows beyond the tokenizer are normal padding and not reported.",
+    "(model.resize_token_embeddings(len(tokenizer))) and save it, or point model_name_or_path at a tokenizer "
+    "whose length fits. Reported for the tokenizer the resume uses: the recipe's (model_name_or_path). Rows "
+    "beyond the tokenizer are normal padding and not reported.",
+)
+CHECKPOINT_TOKENIZER_EXCEEDS = Rule(
+    "MODEL009", "checkpoint-tokenizer-exceeds-embeddings", WARNING,
+    "The tokenizer saved in the checkpoint has more tokens than the checkpoint's embedding has rows.",
+    "The resume itself formats its prompts with the recipe's tokenizer (model_name_or_path), not this one, "
+    "so it is not broken by it. But whoever later loads the checkpoint with its own tokenizer (inference, "
+    "evaluation, a resume pointed at the checkpoint) gets token ids past the embedding: IndexError on CPU, a "
+    "device-side assert on GPU. Resize the embeddings to len(tokenizer) and save the model, or save the "
+    "tokenizer the run trained with into the checkpoint.",
 )
 CHAT_TEMPLATE_CHANGED = Rule(
     "MODEL006", "chat-template-changed", WARNING,
@@ -103,7 +113,7 @@ TENSORS_MISSING = Rule(
 )
 
 RULES = (LM_HEAD_MISSING, WRAPPED_KEYS, LAYERS_MISSING, ADAPTER_KEYS_MISSING, TOKENIZER_EXCEEDS_EMBEDDINGS,
-         CHAT_TEMPLATE_CHANGED, NOT_JUDGED, TENSORS_MISSING)
+         CHAT_TEMPLATE_CHANGED, NOT_JUDGED, TENSORS_MISSING, CHECKPOINT_TOKENIZER_EXCEEDS)
 
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 LM_ARCHITECTURE_SUFFIXES = ("ForCausalLM", "LMHeadModel")
@@ -423,31 +433,63 @@ def embedding_rows(weights: Weights) -> tuple[str, int] | None:
     return min(found)
 
 
-def recipe_model_folder(ctx: RunContext, checkpoint: Path) -> Path | None:
-    """The local folder the recipe's tokenizer is loaded from (model_name_or_path), unless it is the checkpoint."""
+def recipe_model(ctx: RunContext) -> str | None:
+    """The recipe's model_name_or_path; None without a recipe (or an unreadable one: LEN001 says so)."""
     if ctx.options.recipe is None:
         return None
     try:
         model = ctx.recipe().get("model_name_or_path")
     except ReasonError:
-        return None  # LEN001 reports an unreadable recipe
-    if not isinstance(model, str) or not model:
         return None
-    folder = Path(model).expanduser()
+    return model if isinstance(model, str) and model else None
+
+
+def _is_dir(folder: Path) -> bool:
     try:
-        if not folder.is_dir() or folder.resolve() == checkpoint.resolve():
-            return None
+        return folder.is_dir()
     except (OSError, RuntimeError):
+        return False
+
+
+def _same(folder: Path, checkpoint: Path) -> bool:
+    try:
+        return folder.resolve() == checkpoint.resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
+def recipe_model_folder(ctx: RunContext, checkpoint: Path) -> Path | None:
+    """The local folder the recipe's tokenizer is loaded from (model_name_or_path), unless it is the checkpoint."""
+    model = recipe_model(ctx)
+    folder = Path(model).expanduser() if model else None
+    if folder is None or not _is_dir(folder) or _same(folder, checkpoint):
         return None
     return folder
 
 
-def tokenizer_folders(ctx: RunContext, checkpoint: Path) -> list[tuple[Path, str]]:
-    """The checkpoint's own tokenizer, then the recipe's (model_name_or_path), each with how to name it."""
-    folders = [(checkpoint, f"{checkpoint.name}'s tokenizer")]
+def recipe_uses_checkpoint(ctx: RunContext, checkpoint: Path) -> bool:
+    """The recipe loads its model and tokenizer from the checkpoint itself."""
+    model = recipe_model(ctx)
+    return model is not None and _same(Path(model).expanduser(), checkpoint)
+
+
+def check_hub_model(ctx: RunContext, checkpoint: Path) -> Iterator[Finding]:
+    """A recipe model that is no local folder (a hub id): its tokenizer cannot be read here."""
+    model = recipe_model(ctx)
+    if model is None or _is_dir(Path(model).expanduser()):
+        return
+    yield NOT_JUDGED.finding(
+        f"the recipe's model_name_or_path {printable(model, limit=120)!r} is not a local folder (a hub id?): "
+        f"its tokenizer's length and chat template were not compared with {checkpoint.name}'s", path=str(checkpoint),
+        hint="to compare them, point model_name_or_path at a local copy of the model")
+
+
+def tokenizer_folders(ctx: RunContext, checkpoint: Path) -> list[tuple[Path, str, bool]]:
+    """The checkpoint's own tokenizer, then the recipe's: each with how to name it and whether the resume uses it."""
+    folders = [(checkpoint, f"{checkpoint.name}'s tokenizer", recipe_uses_checkpoint(ctx, checkpoint))]
     recipe_folder = recipe_model_folder(ctx, checkpoint)
     if recipe_folder is not None:
-        folders.append((recipe_folder, f"the recipe's tokenizer ({recipe_folder})"))
+        folders.append((recipe_folder, f"the recipe's tokenizer ({recipe_folder})", True))
     return folders
 
 
@@ -461,18 +503,25 @@ def check_vocabulary(ctx: RunContext, checkpoint: Path, weights: Weights) -> Ite
     if embedding is None:
         return
     name, rows = embedding
-    for folder, label in tokenizer_folders(ctx, checkpoint):
+    for folder, label, used in tokenizer_folders(ctx, checkpoint):
         try:
             length: TokenizerLength | None = ctx.load(tokenizer_length, folder)
         except TokenizerFileError as exc:
             yield not_judged(f"{label}'s vocabulary", folder, exc.reason)
             continue
-        if length is not None and length.length > rows:
+        if length is None or length.length <= rows:
+            continue
+        what = (f"{label} has {length.length} tokens ({length.source}) but {checkpoint.name}'s {name} has "
+                f"{rows} rows: token ids {rows}..{length.length - 1} are out of range for the embedding")
+        if used:
             yield TOKENIZER_EXCEEDS_EMBEDDINGS.finding(
-                f"{label} has {length.length} tokens ({length.source}) but {checkpoint.name}'s {name} has "
-                f"{rows} rows: token ids {rows}..{length.length - 1} are out of range for the embedding",
-                path=str(folder), hint="resize the model's embeddings to len(tokenizer) and save it, or "
-                "resume with the tokenizer saved in the checkpoint")
+                f"{what}; the resume uses this tokenizer", path=str(folder), hint="resize the model's embeddings "
+                "to len(tokenizer) and save it, or point model_name_or_path at a tokenizer whose length fits")
+        else:
+            yield CHECKPOINT_TOKENIZER_EXCEEDS.finding(
+                f"{what}; the resume uses the recipe's tokenizer, but loading the checkpoint with its own one "
+                "fails on those tokens", path=str(folder), hint="resize the embeddings to len(tokenizer) and "
+                "save the model, or save the tokenizer the run trained with into the checkpoint")
 
 
 def _drop_final_newline(text: str) -> str:
@@ -505,11 +554,14 @@ def check_template(ctx: RunContext, checkpoint: Path) -> Iterator[Finding]:
     recipe_folder = recipe_model_folder(ctx, checkpoint)
     if recipe_folder is None or template_overridden(ctx):
         return
-    try:
-        saved, coming = read_template(ctx, checkpoint), read_template(ctx, recipe_folder)
-    except TokenizerFileError as exc:
-        yield not_judged("the chat template", checkpoint, exc.reason)
-        return
+    templates = []
+    for folder in (checkpoint, recipe_folder):
+        try:
+            templates.append(read_template(ctx, folder))
+        except TokenizerFileError as exc:
+            yield not_judged(f"the chat template of {folder}", folder, exc.reason)
+            return
+    saved, coming = templates
     if saved is None and coming is None:
         return
     if saved is not None and coming is not None:
@@ -541,6 +593,7 @@ def run(ctx: RunContext) -> Iterator[Finding]:
         yield from check_keys(ctx, Path(checkpoint), weights)
         yield from check_vocabulary(ctx, Path(checkpoint), weights)
     yield from check_template(ctx, Path(checkpoint))
+    yield from check_hub_model(ctx, Path(checkpoint))
 
 
 FAMILY = CheckFamily(

@@ -280,8 +280,39 @@ def test_tokens_added_since_the_save(full_run):
     with pytest.raises(IndexError):
         embedding(torch.tensor([reloaded.convert_tokens_to_ids("</tool_call>")]))
 
-    [finding] = by_code(model_findings(full_run), "MODEL005")
+    # The resume formats prompts with the recipe's tokenizer: the checkpoint's own is a warning ...
+    [finding] = by_code(model_findings(full_run), "MODEL009")
+    assert finding.severity.value == "warning"
     assert "322 tokens" in finding.message and "320 rows" in finding.message and "320..321" in finding.message
+    assert "tokenizer saved in the checkpoint" not in finding.hint
+
+
+def test_checkpoint_tokenizer_the_recipe_loads_is_an_error(full_run, launch_inputs, tmp_path, monkeypatch):
+    """... unless the recipe's model_name_or_path is the checkpoint itself: then the resume uses it."""
+    from transformers import AutoTokenizer
+
+    checkpoint = full_run / "checkpoint-6"
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    tokenizer.add_tokens(["<tool_call>"])
+    tokenizer.save_pretrained(checkpoint)
+    recipe = write_recipe(tmp_path, monkeypatch, checkpoint, launch_inputs, full_run)
+    [finding] = by_code(model_findings(full_run, recipe), "MODEL005")
+    assert finding.severity.value == "error" and "the resume uses this tokenizer" in finding.message
+    assert not by_code(model_findings(full_run, recipe), "MODEL009")
+
+
+def test_hub_recipe_model_says_what_was_not_compared(full_run, launch_inputs, tmp_path, monkeypatch):
+    recipe = write_recipe(tmp_path, monkeypatch, "someorg/some-model", launch_inputs, full_run)
+    [finding] = model_findings(full_run, recipe)
+    assert finding.code == "MODEL007" and finding.severity.value == "info"
+    assert "'someorg/some-model'" in finding.message and "not compared" in finding.message
+
+
+def test_a_damaged_recipe_template_names_the_recipe_folder(full_run, recipe_model, launch_inputs, tmp_path, monkeypatch):
+    (recipe_model / "chat_template.jinja").write_bytes(b"\xff\xfe{{")
+    recipe = write_recipe(tmp_path, monkeypatch, recipe_model, launch_inputs, full_run)
+    [finding] = [f for f in model_findings(full_run, recipe) if "chat template" in f.message]
+    assert finding.code == "MODEL007" and finding.path == str(recipe_model) and str(recipe_model) in finding.message
 
 
 @pytest.mark.parametrize("pad_to", [None, 64])
