@@ -214,10 +214,22 @@ def judge(folder: Path, state: OptimizerState, weights: Weights) -> Iterator[Fin
     counts = len(state.param_indices) > len(weights.shapes)  # lost weights explain it as well as another model
     yield SHAPES_MISMATCH.finding(
         f"{folder.name}/{OPTIMIZER} {'does not fit the weights' if counts else 'was saved by another model'}: "
-        f"{why}. A resume either fails in "
-        f"load_state_dict or trains on with moments of the wrong shape.{adapter}", path=path,
-        hint="put back the optimizer.pt saved with these weights, or resume from a checkpoint whose optimizer "
-             "matches its weights")
+        f"{why}. {_consequence(counts)}{adapter}", path=path, hint=_hint(counts))
+
+
+def _consequence(counts: bool) -> str:
+    another = "a resume either fails in load_state_dict or trains on with moments of the wrong shape"
+    if not counts:
+        return another[0].upper() + another[1:] + "."
+    return ("If the weights lost tensors, the resume loads this optimizer but trains those parameters from the "
+            f"base model's weights; if the optimizer is another model's, {another}.")
+
+
+def _hint(counts: bool) -> str:
+    put_back = "put back the optimizer.pt saved with these weights, or resume from a checkpoint whose optimizer matches its weights"
+    if not counts:
+        return put_back
+    return f"if the model-weights family reports missing tensors, resume from a checkpoint whose weights are whole; otherwise {put_back}"
 
 
 # --- the family ------------------------------------------------------------------------------------

@@ -221,6 +221,7 @@ def test_weights_short_of_tensors_do_not_blame_the_optimizer(full_run):
     [finding] = _opt(diagnose(full_run / "checkpoint-6"))
     assert finding.code == "OPT001" and "another model" not in finding.message.split(":")[0]
     assert "lost tensors" in finding.message and f"only {len(state) - 2} tensors" in finding.message
+    assert "missing tensors" in finding.hint
 
 
 def test_crafted_huge_index_and_shape_stay_bounded(full_run):
