@@ -42,10 +42,11 @@ LM_HEAD_MISSING = Rule(
 )
 WRAPPED_KEYS = Rule(
     "MODEL002", "wrapped-key-prefix", ERROR,
-    "Every weight name starts with `_orig_mod.` (torch.compile) or `module.` (DDP): no key matches the model.",
+    "Weight names start with `_orig_mod.` (torch.compile) or `module.` (DDP): those keys match nothing in the model.",
     "A state dict taken from a compiled or DDP-wrapped model and saved by hand carries the wrapper's "
-    "prefix. The resume loads it with strict=False: every key is unexpected, every parameter missing, both "
-    "only logged, and training continues from the recipe's base weights as if no checkpoint existed. "
+    "prefix. The resume loads it with strict=False: every prefixed key is unexpected, its parameter missing, "
+    "both only logged, and training continues from the recipe's base weights for those parameters (for all "
+    "of them when every name is prefixed, as if no checkpoint existed). "
     "`resumedoctor fix --auto` strips the prefix from the tensor names (the tensor data is copied unchanged).",
 )
 LAYERS_MISSING = Rule(
@@ -69,8 +70,18 @@ TOKENIZER_EXCEEDS_EMBEDDINGS = Rule(
     "Tokens were added to the tokenizer after the weights were saved (or the embedding was never resized). "
     "A prompt holding one of them indexes past the embedding: IndexError on CPU, a device-side assert on "
     "GPU, after the GPUs are allocated. Resize the model's embeddings to the tokenizer "
-    "(model.resize_token_embeddings(len(tokenizer))) and save it, or resume with the tokenizer saved with "
-    "the checkpoint. Rows beyond the tokenizer are normal padding and not reported.",
+    "(model.resize_token_embeddings(len(tokenizer))) and save it, or point model_name_or_path at a tokenizer "
+    "whose length fits. Reported for the tokenizer the resume uses: the recipe's (model_name_or_path). Rows "
+    "beyond the tokenizer are normal padding and not reported.",
+)
+CHECKPOINT_TOKENIZER_EXCEEDS = Rule(
+    "MODEL009", "checkpoint-tokenizer-exceeds-embeddings", WARNING,
+    "The tokenizer saved in the checkpoint has more tokens than the checkpoint's embedding has rows.",
+    "The resume itself formats its prompts with the recipe's tokenizer (model_name_or_path), not this one, "
+    "so it is not broken by it. But whoever later loads the checkpoint with its own tokenizer (inference, "
+    "evaluation, a resume pointed at the checkpoint) gets token ids past the embedding: IndexError on CPU, a "
+    "device-side assert on GPU. Resize the embeddings to len(tokenizer) and save the model, or save the "
+    "tokenizer the run trained with into the checkpoint.",
 )
 CHAT_TEMPLATE_CHANGED = Rule(
     "MODEL006", "chat-template-changed", WARNING,
@@ -89,8 +100,20 @@ NOT_JUDGED = Rule(
     "what transformers writes. Nothing was judged from it; the resume may fail when it loads the tokenizer.",
 )
 
+TENSORS_MISSING = Rule(
+    "MODEL008", "tensors-missing", ERROR,
+    "A decoder layer lacks tensors every other layer has (or the final norm is missing).",
+    "The checkpoint's layers are built alike: a layer whose tensors are a subset of what every other layer "
+    "holds, short of some of them (q_proj of layer 0, say), lost them in the save. The resume loads with "
+    "strict=False and only logs the missing keys: those parameters keep the recipe's base weights and are "
+    "trained from there, silently. Layers that differ by design (dense and MoE layers, attention and "
+    "linear-attention ones) hold tensors the others lack and are not judged. The final norm is checked for "
+    "the Llama-like model types whose name for it is known (model.norm.weight). Resume from an older "
+    "checkpoint whose weights are whole.",
+)
+
 RULES = (LM_HEAD_MISSING, WRAPPED_KEYS, LAYERS_MISSING, ADAPTER_KEYS_MISSING, TOKENIZER_EXCEEDS_EMBEDDINGS,
-         CHAT_TEMPLATE_CHANGED, NOT_JUDGED)
+         CHAT_TEMPLATE_CHANGED, NOT_JUDGED, TENSORS_MISSING, CHECKPOINT_TOKENIZER_EXCEEDS)
 
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 LM_ARCHITECTURE_SUFFIXES = ("ForCausalLM", "LMHeadModel")
@@ -159,19 +182,23 @@ def read_weights(ctx: RunContext, checkpoint: Path) -> Weights | None:
 
 
 def wrapper_prefix(name: str) -> str:
-    """The `_orig_mod.` / `module.` wrappers a tensor name starts with (nested ones too), or ''."""
-    stripped = name
-    while stripped.startswith(WRAPPER_PREFIXES):
-        stripped = stripped.split(".", 1)[1]
-    return name[: len(name) - len(stripped)]
+    """The `_orig_mod.` / `module.` wrappers a tensor name starts with (nested ones too), or ''.
+
+    Scanned with an offset: slicing the name once per wrapper is quadratic in a crafted name's length."""
+    end = 0
+    while True:
+        wrapper = next((prefix for prefix in WRAPPER_PREFIXES if name.startswith(prefix, end)), None)
+        if wrapper is None:
+            return name[:end]
+        end += len(wrapper)
 
 
-def common_wrapper(names: list[str]) -> str | None:
-    """The wrapper prefix when every name has one (the most common, for the message), else None."""
-    prefixes = [wrapper_prefix(name) for name in names]
-    if not names or not all(prefixes):
+def common_wrapper(names: list[str]) -> tuple[str, int] | None:
+    """The most common wrapper prefix and how many names have one; None when none has."""
+    prefixes = [prefix for prefix in map(wrapper_prefix, names) if prefix]
+    if not prefixes:
         return None
-    return max(set(prefixes), key=prefixes.count)
+    return max(set(prefixes), key=prefixes.count), len(prefixes)
 
 
 def model_config(ctx: RunContext, checkpoint: Path) -> dict | None:
@@ -249,6 +276,56 @@ def check_layers(config: dict, names: list[str], where: str) -> Iterator[Finding
             path=where, hint="the save is incomplete: resume from an older checkpoint whose layers are all there")
 
 
+# Model types whose final norm is `model.norm.weight` (Llama's layout); others are not judged.
+LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo2", "granite", "smollm3")
+
+
+def layer_keys(names: list[str]) -> tuple[str, dict[int, set[str]]] | None:
+    """The one layer container and each layer's tensor names relative to it; None for none or several."""
+    per_layer: dict[tuple[str, int], set[str]] = {}
+    for name in names:
+        match = LAYER_NAME.match(name)
+        if match:
+            container = f"{match.group(1)}.{match.group(2)}".lstrip(".")
+            per_layer.setdefault((container, int(match.group(3))), set()).add(name[match.end():])
+    if len({container for container, _ in per_layer}) != 1:
+        return None
+    return next(iter(per_layer))[0], {index: keys for (_, index), keys in per_layer.items()}
+
+
+def missing_in_layers(layers: dict[int, set[str]]) -> list[str]:
+    """`layer.key` for keys every other layer has and a layer whose keys are all shared lacks."""
+    missing = []
+    for index, keys in sorted(layers.items()):
+        others = [other for other_index, other in layers.items() if other_index != index]
+        if not others:
+            break
+        shared = set.intersection(*others)
+        if keys < shared:  # holds nothing of its own: built like the others, short of some tensors
+            missing += [f"{index}.{key}" for key in sorted(shared - keys)]
+    return missing
+
+
+def check_tensors(config: dict, names: list[str], where: str) -> Iterator[Finding]:
+    if not is_causal_lm(config):
+        return
+    found = layer_keys(names)
+    missing = []
+    if found is not None:
+        container, layers = found
+        missing = [f"{container}.{key}" for key in missing_in_layers(layers)]
+        if (container == "model.layers" and config.get("model_type") in LLAMA_LIKE
+                and "model.norm.weight" not in names):
+            missing.append("model.norm.weight")
+    if missing:
+        shown = ", ".join(printable(name, limit=100) for name in missing[:6])
+        yield TENSORS_MISSING.finding(
+            f"{where}: {len(missing)} tensor(s) the model has are not in the weights: {shown}"
+            + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+            + "; the resume keeps the base model's weights for them and trains those", path=where,
+            hint="the save is incomplete: resume from an older checkpoint whose weights are whole")
+
+
 LORA_PART = re.compile(r"^(.*)\.(lora_A|lora_B)(?:\.[^.]+)?\.weight$")
 
 
@@ -319,12 +396,15 @@ def check_adapter(ctx: RunContext, checkpoint: Path, names: list[str], where: st
 def check_keys(ctx: RunContext, checkpoint: Path, weights: Weights) -> Iterator[Finding]:
     names = weights.names
     where = str(weights.files[0] if len(weights.files) == 1 else checkpoint / FULL_INDEX)
-    prefix = common_wrapper(names)
-    if prefix is not None:
+    wrapped = common_wrapper(names)
+    if wrapped is not None:
+        prefix, count = wrapped
+        example = next(name for name in names if wrapper_prefix(name))
+        which = f"all {len(names)}" if count == len(names) else f"{count} of the {len(names)}"
         yield with_extra(WRAPPED_KEYS.finding(
-            f"{where}: all {len(names)} tensor names start with {prefix!r} (e.g. {printable(names[0], limit=80)!r}); "
-            "the resume matches none of them and trains the recipe's base weights",
-            path=where, hint="`resumedoctor fix --auto` renames the tensors without the prefix"),
+            f"{where}: {which} tensor names start with {printable(prefix, limit=40)!r} (e.g. "
+            f"{printable(example, limit=80)!r}); the resume matches none of those and trains the recipe's base "
+            "weights for them", path=where, hint="`resumedoctor fix --auto` renames the tensors without the prefix"),
             checkpoint=checkpoint)
         names = [name[len(wrapper_prefix(name)):] for name in names]
     if weights.adapter:
@@ -334,6 +414,7 @@ def check_keys(ctx: RunContext, checkpoint: Path, weights: Weights) -> Iterator[
     if config is not None:
         yield from check_lm_head(config, names, where)
         yield from check_layers(config, names, where)
+        yield from check_tensors(config, names, where)
 
 
 def with_extra(finding: Finding, **extra: Any) -> Finding:
@@ -352,31 +433,63 @@ def embedding_rows(weights: Weights) -> tuple[str, int] | None:
     return min(found)
 
 
-def recipe_model_folder(ctx: RunContext, checkpoint: Path) -> Path | None:
-    """The local folder the recipe's tokenizer is loaded from (model_name_or_path), unless it is the checkpoint."""
+def recipe_model(ctx: RunContext) -> str | None:
+    """The recipe's model_name_or_path; None without a recipe (or an unreadable one: LEN001 says so)."""
     if ctx.options.recipe is None:
         return None
     try:
         model = ctx.recipe().get("model_name_or_path")
     except ReasonError:
-        return None  # LEN001 reports an unreadable recipe
-    if not isinstance(model, str) or not model:
         return None
-    folder = Path(model).expanduser()
+    return model if isinstance(model, str) and model else None
+
+
+def _is_dir(folder: Path) -> bool:
     try:
-        if not folder.is_dir() or folder.resolve() == checkpoint.resolve():
-            return None
+        return folder.is_dir()
     except (OSError, RuntimeError):
+        return False
+
+
+def _same(folder: Path, checkpoint: Path) -> bool:
+    try:
+        return folder.resolve() == checkpoint.resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
+def recipe_model_folder(ctx: RunContext, checkpoint: Path) -> Path | None:
+    """The local folder the recipe's tokenizer is loaded from (model_name_or_path), unless it is the checkpoint."""
+    model = recipe_model(ctx)
+    folder = Path(model).expanduser() if model else None
+    if folder is None or not _is_dir(folder) or _same(folder, checkpoint):
         return None
     return folder
 
 
-def tokenizer_folders(ctx: RunContext, checkpoint: Path) -> list[tuple[Path, str]]:
-    """The checkpoint's own tokenizer, then the recipe's (model_name_or_path), each with how to name it."""
-    folders = [(checkpoint, f"{checkpoint.name}'s tokenizer")]
+def recipe_uses_checkpoint(ctx: RunContext, checkpoint: Path) -> bool:
+    """The recipe loads its model and tokenizer from the checkpoint itself."""
+    model = recipe_model(ctx)
+    return model is not None and _same(Path(model).expanduser(), checkpoint)
+
+
+def check_hub_model(ctx: RunContext, checkpoint: Path) -> Iterator[Finding]:
+    """A recipe model that is no local folder (a hub id): its tokenizer cannot be read here."""
+    model = recipe_model(ctx)
+    if model is None or _is_dir(Path(model).expanduser()):
+        return
+    yield NOT_JUDGED.finding(
+        f"the recipe's model_name_or_path {printable(model, limit=120)!r} is not a local folder (a hub id?): "
+        f"its tokenizer's length and chat template were not compared with {checkpoint.name}'s", path=str(checkpoint),
+        hint="to compare them, point model_name_or_path at a local copy of the model")
+
+
+def tokenizer_folders(ctx: RunContext, checkpoint: Path) -> list[tuple[Path, str, bool]]:
+    """The checkpoint's own tokenizer, then the recipe's: each with how to name it and whether the resume uses it."""
+    folders = [(checkpoint, f"{checkpoint.name}'s tokenizer", recipe_uses_checkpoint(ctx, checkpoint))]
     recipe_folder = recipe_model_folder(ctx, checkpoint)
     if recipe_folder is not None:
-        folders.append((recipe_folder, f"the recipe's tokenizer ({recipe_folder})"))
+        folders.append((recipe_folder, f"the recipe's tokenizer ({recipe_folder})", True))
     return folders
 
 
@@ -390,18 +503,25 @@ def check_vocabulary(ctx: RunContext, checkpoint: Path, weights: Weights) -> Ite
     if embedding is None:
         return
     name, rows = embedding
-    for folder, label in tokenizer_folders(ctx, checkpoint):
+    for folder, label, used in tokenizer_folders(ctx, checkpoint):
         try:
             length: TokenizerLength | None = ctx.load(tokenizer_length, folder)
         except TokenizerFileError as exc:
             yield not_judged(f"{label}'s vocabulary", folder, exc.reason)
             continue
-        if length is not None and length.length > rows:
+        if length is None or length.length <= rows:
+            continue
+        what = (f"{label} has {length.length} tokens ({length.source}) but {checkpoint.name}'s {name} has "
+                f"{rows} rows: token ids {rows}..{length.length - 1} are out of range for the embedding")
+        if used:
             yield TOKENIZER_EXCEEDS_EMBEDDINGS.finding(
-                f"{label} has {length.length} tokens ({length.source}) but {checkpoint.name}'s {name} has "
-                f"{rows} rows: token ids {rows}..{length.length - 1} are out of range for the embedding",
-                path=str(folder), hint="resize the model's embeddings to len(tokenizer) and save it, or "
-                "resume with the tokenizer saved in the checkpoint")
+                f"{what}; the resume uses this tokenizer", path=str(folder), hint="resize the model's embeddings "
+                "to len(tokenizer) and save it, or point model_name_or_path at a tokenizer whose length fits")
+        else:
+            yield CHECKPOINT_TOKENIZER_EXCEEDS.finding(
+                f"{what}; the resume uses the recipe's tokenizer, but loading the checkpoint with its own one "
+                "fails on those tokens", path=str(folder), hint="resize the embeddings to len(tokenizer) and "
+                "save the model, or save the tokenizer the run trained with into the checkpoint")
 
 
 def _drop_final_newline(text: str) -> str:
@@ -434,11 +554,14 @@ def check_template(ctx: RunContext, checkpoint: Path) -> Iterator[Finding]:
     recipe_folder = recipe_model_folder(ctx, checkpoint)
     if recipe_folder is None or template_overridden(ctx):
         return
-    try:
-        saved, coming = read_template(ctx, checkpoint), read_template(ctx, recipe_folder)
-    except TokenizerFileError as exc:
-        yield not_judged("the chat template", checkpoint, exc.reason)
-        return
+    templates = []
+    for folder in (checkpoint, recipe_folder):
+        try:
+            templates.append(read_template(ctx, folder))
+        except TokenizerFileError as exc:
+            yield not_judged(f"the chat template of {folder}", folder, exc.reason)
+            return
+    saved, coming = templates
     if saved is None and coming is None:
         return
     if saved is not None and coming is not None:
@@ -470,6 +593,7 @@ def run(ctx: RunContext) -> Iterator[Finding]:
         yield from check_keys(ctx, Path(checkpoint), weights)
         yield from check_vocabulary(ctx, Path(checkpoint), weights)
     yield from check_template(ctx, Path(checkpoint))
+    yield from check_hub_model(ctx, Path(checkpoint))
 
 
 FAMILY = CheckFamily(

@@ -40,7 +40,8 @@ SHAPES_MISMATCH = Rule(
     "refuse it, and torch's fused AdamW (the default on CPU and GPU) steps with moments of the wrong shape, "
     "reading or writing out of their bounds. The check is certain: every moment must have the shape of some "
     "tensor of the weights (model.safetensors, its shards, or adapter_model.safetensors for PEFT), and the "
-    "optimizer cannot hold more parameters than the weights hold tensors. Frozen parameters (absent from the "
+    "optimizer cannot hold more parameters than the weights hold tensors (when only that count is off, the "
+    "weights may instead have lost tensors in the save: the message says both). Frozen parameters (absent from the "
     "optimizer) and tied embeddings (saved once) are legitimate, and the low-rank moments of GaLore / APOLLO "
     "groups are not compared. Which parameter each moment pairs with is "
     "not judged: the model's parameter order (transformers' decay group, then its no-decay group, each in "
@@ -133,8 +134,12 @@ def read_weights(ctx: RunContext, folder: Path) -> Weights:
 # --- the match -------------------------------------------------------------------------------------
 
 
+MAX_SHOWN_DIMS = 6  # a crafted 64-dimension shape is shown by its start only
+
+
 def _shape(shape: tuple[int, ...]) -> str:
-    return "[" + ", ".join(str(dim) for dim in shape) + "]"
+    shown = ", ".join(str(dim) for dim in shape[:MAX_SHOWN_DIMS])
+    return f"[{shown}, ... {len(shape)} dims]" if len(shape) > MAX_SHOWN_DIMS else f"[{shown}]"
 
 
 # Options of GaLore / APOLLO groups (transformers' trainer_optimizer): their moments are of a projected,
@@ -170,7 +175,9 @@ def mismatch(state: OptimizerState, shapes: dict[int, tuple[int, ...]], weights:
     params, tensors = len(state.param_indices), len(weights.shapes)
     if params > tensors:
         return (f"its {len(state.param_groups)} parameter groups list {params} parameters, but "
-                f"{weights.described} hold{'s' if len(weights.files) == 1 else ''} only {tensors} tensors")
+                f"{weights.described} hold{'s' if len(weights.files) == 1 else ''} only {tensors} tensors: "
+                "either the weights lost tensors in the save (the model-weights family names missing ones) "
+                "or the optimizer was saved by another model")
     unmatched = Counter(shapes.values()) - Counter(weights.shapes.values())
     if not unmatched:
         return None
@@ -204,11 +211,25 @@ def judge(folder: Path, state: OptimizerState, weights: Weights) -> Iterator[Fin
         return
     adapter = (" If the run trained parameters outside the adapter, the adapter checkpoint did not save them "
                "and a resume restarts them from the base model under these moments." if weights.adapter else "")
+    counts = len(state.param_indices) > len(weights.shapes)  # lost weights explain it as well as another model
     yield SHAPES_MISMATCH.finding(
-        f"{folder.name}/{OPTIMIZER} was saved by another model: {why}. A resume either fails in "
-        f"load_state_dict or trains on with moments of the wrong shape.{adapter}", path=path,
-        hint="put back the optimizer.pt saved with these weights, or resume from a checkpoint whose optimizer "
-             "matches its weights")
+        f"{folder.name}/{OPTIMIZER} {'does not fit the weights' if counts else 'was saved by another model'}: "
+        f"{why}. {_consequence(counts)}{adapter}", path=path, hint=_hint(counts))
+
+
+def _consequence(counts: bool) -> str:
+    another = "a resume either fails in load_state_dict or trains on with moments of the wrong shape"
+    if not counts:
+        return another[0].upper() + another[1:] + "."
+    return ("If the weights lost tensors, the resume loads this optimizer but trains those parameters from the "
+            f"base model's weights; if the optimizer is another model's, {another}.")
+
+
+def _hint(counts: bool) -> str:
+    put_back = "put back the optimizer.pt saved with these weights, or resume from a checkpoint whose optimizer matches its weights"
+    if not counts:
+        return put_back
+    return f"if the model-weights family reports missing tensors, resume from a checkpoint whose weights are whole; otherwise {put_back}"
 
 
 # --- the family ------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from resumedoctor.io.safe_pickle import (
 # A shape no real tensor has: more dimensions, or a dimension past what an int64 numel can hold.
 MAX_DIMS = 64
 MAX_DIM = 1 << 62
+MAX_PARAM_INDEX = 1 << 40  # beyond any real model's parameter count: a larger index is crafted
 
 
 class OptimizerStateError(ReasonError):
@@ -189,8 +190,13 @@ def _unpickle(data: bytes) -> Any:
 
 
 def _plain_options(group: dict) -> dict[str, Any]:
-    return {str(key): value for key, value in group.items()
-            if key != "params" and isinstance(value, (int, float, bool, str, type(None), tuple))}
+    return {key: value for key, value in group.items()
+            if isinstance(key, str) and key != "params" and isinstance(value, (int, float, bool, str, type(None), tuple))}
+
+
+def _is_index(value: Any) -> bool:
+    """A parameter index torch could have written (a crafted huge int cannot even be printed)."""
+    return type(value) is int and 0 <= value <= MAX_PARAM_INDEX
 
 
 def _groups(raw: Any) -> tuple[ParamGroup, ...]:
@@ -199,7 +205,7 @@ def _groups(raw: Any) -> tuple[ParamGroup, ...]:
     groups = []
     for group in raw:
         params = group.get("params")
-        if not isinstance(params, list) or not all(type(index) is int for index in params):
+        if not isinstance(params, list) or not all(_is_index(index) for index in params):
             raise UnfamiliarOptimizerState("a parameter group does not list its parameters by index")
         groups.append(ParamGroup(tuple(params), _plain_options(group)))
     return tuple(groups)
@@ -214,9 +220,9 @@ def to_optimizer_state(loaded: Any) -> OptimizerState:
         raise UnfamiliarOptimizerState("its state is not a mapping")
     entries: dict[int, dict[str, Any]] = {}
     for index, values in state.items():
-        if type(index) is not int or not isinstance(values, dict):
+        if not _is_index(index) or not isinstance(values, dict):
             raise UnfamiliarOptimizerState("its state is not keyed by parameter index (FSDP and others key it by name)")
-        entries[index] = {str(key): value for key, value in values.items()}
+        entries[index] = {key: value for key, value in values.items() if isinstance(key, str)}
     return OptimizerState(entries, _groups(loaded["param_groups"]))
 
 

@@ -165,6 +165,61 @@ def test_missing_layer_is_an_error(full_run, built_runs):
     assert "num_hidden_layers=2" in finding.message and "layer 1" in finding.message
 
 
+def test_one_layer_under_a_ddp_prefix_is_an_error_and_fixed(full_run, built_runs):
+    """Only layer 0's tensors renamed `module.model.layers.0.*`: the resume loads every other key and
+    silently restarts layer 0 from the base model."""
+    import torch
+    from safetensors.torch import load_file
+
+    checkpoint = full_run / "checkpoint-6"
+    state = load_file(checkpoint / "model.safetensors")
+    save_state_dict({("module." + k if k.startswith("model.layers.0.") else k): v for k, v in state.items()},
+                    checkpoint / "model.safetensors")
+    expected = trained(built_runs["full"] / "checkpoint-6")
+    assert not torch.equal(resume_weights(checkpoint)[Q_PROJ], expected)  # the oracle
+
+    [finding] = [f for f in model_findings(full_run) if f.severity.value == "error"]
+    assert finding.code == "MODEL002" and "of the" in finding.message and "'module.'" in finding.message
+    fix(full_run, settings=Settings(select=("MODEL",)), environ={})
+    assert model_findings(full_run) == []
+    assert torch.equal(resume_weights(checkpoint)[Q_PROJ], expected)
+
+
+def test_missing_tensors_of_a_layer_and_the_norm_are_an_error(full_run, built_runs):
+    import torch
+    from safetensors.torch import load_file
+
+    checkpoint = full_run / "checkpoint-6"
+    state = load_file(checkpoint / "model.safetensors")
+    save_state_dict({k: v for k, v in state.items() if k not in (Q_PROJ, "model.norm.weight")},
+                    checkpoint / "model.safetensors")
+    resumed = resume_weights(checkpoint)  # the oracle: both keep the base model's weights
+    for name in (Q_PROJ, "model.norm.weight"):
+        assert not torch.equal(resumed[name], trained(built_runs["full"] / "checkpoint-6", name))
+
+    [finding] = by_code(model_findings(full_run), "MODEL008")
+    assert finding.severity.value == "error"
+    assert Q_PROJ in finding.message and "model.norm.weight" in finding.message and "2 tensor(s)" in finding.message
+
+
+def test_layers_built_differently_are_not_missing_tensors():
+    """Dense first layers of an MoE model hold tensors the others lack: not judged."""
+    from resumedoctor.checks.model_weights import missing_in_layers
+
+    dense, moe = {"mlp.up_proj.weight", "attn.q.weight"}, {"mlp.gate.weight", "mlp.experts.0.w.weight", "attn.q.weight"}
+    assert missing_in_layers({0: dense, 1: moe, 2: set(moe)}) == []
+    assert missing_in_layers({0: {"attn.q.weight"}, 1: moe, 2: set(moe)}) == ["0.mlp.experts.0.w.weight", "0.mlp.gate.weight"]
+
+
+def test_a_huge_prefixed_name_is_read_in_linear_time():
+    from resumedoctor.checks.model_weights import wrapper_prefix
+
+    name = "module." * 300_000 + "model.x"
+    started = time.monotonic()
+    assert wrapper_prefix(name) == "module." * 300_000
+    assert time.monotonic() - started < 1.0
+
+
 def test_adapter_missing_a_targeted_module(peft_run):
     import torch
     from demo_run import build_model, build_tokenizer
@@ -225,8 +280,39 @@ def test_tokens_added_since_the_save(full_run):
     with pytest.raises(IndexError):
         embedding(torch.tensor([reloaded.convert_tokens_to_ids("</tool_call>")]))
 
-    [finding] = by_code(model_findings(full_run), "MODEL005")
+    # The resume formats prompts with the recipe's tokenizer: the checkpoint's own is a warning ...
+    [finding] = by_code(model_findings(full_run), "MODEL009")
+    assert finding.severity.value == "warning"
     assert "322 tokens" in finding.message and "320 rows" in finding.message and "320..321" in finding.message
+    assert "tokenizer saved in the checkpoint" not in finding.hint
+
+
+def test_checkpoint_tokenizer_the_recipe_loads_is_an_error(full_run, launch_inputs, tmp_path, monkeypatch):
+    """... unless the recipe's model_name_or_path is the checkpoint itself: then the resume uses it."""
+    from transformers import AutoTokenizer
+
+    checkpoint = full_run / "checkpoint-6"
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    tokenizer.add_tokens(["<tool_call>"])
+    tokenizer.save_pretrained(checkpoint)
+    recipe = write_recipe(tmp_path, monkeypatch, checkpoint, launch_inputs, full_run)
+    [finding] = by_code(model_findings(full_run, recipe), "MODEL005")
+    assert finding.severity.value == "error" and "the resume uses this tokenizer" in finding.message
+    assert not by_code(model_findings(full_run, recipe), "MODEL009")
+
+
+def test_hub_recipe_model_says_what_was_not_compared(full_run, launch_inputs, tmp_path, monkeypatch):
+    recipe = write_recipe(tmp_path, monkeypatch, "someorg/some-model", launch_inputs, full_run)
+    [finding] = model_findings(full_run, recipe)
+    assert finding.code == "MODEL007" and finding.severity.value == "info"
+    assert "'someorg/some-model'" in finding.message and "not compared" in finding.message
+
+
+def test_a_damaged_recipe_template_names_the_recipe_folder(full_run, recipe_model, launch_inputs, tmp_path, monkeypatch):
+    (recipe_model / "chat_template.jinja").write_bytes(b"\xff\xfe{{")
+    recipe = write_recipe(tmp_path, monkeypatch, recipe_model, launch_inputs, full_run)
+    [finding] = [f for f in model_findings(full_run, recipe) if "chat template" in f.message]
+    assert finding.code == "MODEL007" and finding.path == str(recipe_model) and str(recipe_model) in finding.message
 
 
 @pytest.mark.parametrize("pad_to", [None, 64])

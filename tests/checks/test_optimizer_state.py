@@ -116,6 +116,8 @@ def test_output_dir_is_judged_at_its_resume_point(full_run, opt_runs):
 def test_clean_runs_of_other_kinds_get_nothing(opt_runs, name):
     report = diagnose(opt_runs[name])
     assert _family(report).status == "ran" and _opt(report) == []
+    # Tied embeddings and frozen layers hold every tensor: MODEL (lm_head, MODEL008) has nothing to say either.
+    assert [f.code for f in report.findings if f.code.startswith("MODEL")] == []
 
 
 @pytest.mark.parametrize("kind", ["full", "sharded", "peft"])
@@ -208,3 +210,31 @@ def test_low_rank_projected_moments_are_not_compared(full_run):
         state["state"][index]["exp_avg"] = state["state"][index]["exp_avg_sq"] = torch.zeros(4, 32)
     torch.save(state, optimizer)
     assert _opt(diagnose(full_run / "checkpoint-6")) == []
+
+
+def test_weights_short_of_tensors_do_not_blame_the_optimizer(full_run):
+    """q_proj and the final norm deleted from the weights: optimizer.pt is this run's own."""
+    from safetensors.torch import load_file, save_file
+
+    weights = full_run / "checkpoint-6" / "model.safetensors"
+    state = load_file(weights)
+    drop = ("model.layers.0.self_attn.q_proj.weight", "model.norm.weight")
+    save_file({k: v for k, v in state.items() if k not in drop}, str(weights), metadata={"format": "pt"})
+    [finding] = _opt(diagnose(full_run / "checkpoint-6"))
+    assert finding.code == "OPT001" and "another model" not in finding.message.split(":")[0]
+    assert "lost tensors" in finding.message and f"only {len(state) - 2} tensors" in finding.message
+    assert "missing tensors" in finding.hint
+
+
+def test_crafted_huge_index_and_shape_stay_bounded(full_run):
+    import torch
+
+    optimizer = full_run / "checkpoint-6" / "optimizer.pt"
+    state = torch.load(optimizer, weights_only=True)
+    state["state"][0]["exp_avg"] = state["state"][0]["exp_avg_sq"] = torch.empty([1] * 64)
+    torch.save(state, optimizer)
+    [finding] = _opt(diagnose(full_run / "checkpoint-6"))
+    assert finding.code == "OPT001" and "... 64 dims]" in finding.message and len(finding.message) < 1500
+    state["state"] = {1 << 40000: state["state"][0]}
+    torch.save(state, optimizer)
+    assert [f.code for f in _opt(diagnose(full_run / "checkpoint-6"))] == ["OPT003"]

@@ -124,10 +124,21 @@ def test_impossible_shapes_are_refused(shape):
     {"state": [], "param_groups": []},
     [1, 2, 3],
     {"model": 1},
+    {"state": {1 << 40000: {"exp_avg": _Tensor((2,))}}, "param_groups": [{"params": [0]}]},  # LONG4 key
+    {"state": {}, "param_groups": [{"params": [1 << 40000] * 3}]},  # would not even print
+    {"state": {-5: {"exp_avg": _Tensor((9,))}}, "param_groups": [{"params": [-5]}]},
 ])
 def test_other_layouts_are_unfamiliar(value):
     with pytest.raises(UnfamiliarOptimizerState):
         parse_optimizer_pickle(_craft(value))
+
+
+def test_keys_that_are_not_strings_are_dropped_not_printed():
+    value = _state((3,))
+    value["state"][0][1 << 40000] = 1
+    value["param_groups"][0][1 << 40000] = 2
+    read = parse_optimizer_pickle(_craft(value))
+    assert set(read.state[0]) == {"step", "exp_avg", "exp_avg_sq"} and read.param_groups[0].options == {"lr": 0.1}
 
 
 def test_unknown_and_unsafe_globals_are_refused_without_running():
