@@ -7,6 +7,7 @@ with `--deep`, and no pickle is ever loaded (pickles are scanned against an allo
 from __future__ import annotations
 
 import bisect
+import math
 import os
 import re
 import stat
@@ -363,7 +364,8 @@ ENTROPY_STATE_INVALID = Rule(
     "entropy_ctrl_state.json is not a JSON object with numeric entropy_coef and last_world_entropy.",
     "GRPOTrainer writes the file with a plain open()/json.dump (not atomically) and on resume reads "
     "state[\"entropy_coef\"] and state[\"last_world_entropy\"]: a cut-off or edited file fails the resume with a "
-    "JSON or key error, and a non-number fails the first training step.",
+    "JSON or key error, and a non-number fails the first training step. NaN or Infinity (which json reads) "
+    "resumes with a non-finite coefficient or gate: GRPO writes them only from a diverged run or an edit.",
 )
 SCALER_MISSING = Rule(
     "CKPT040", "scaler-state-missing", WARNING,
@@ -969,6 +971,14 @@ class CheckpointInspector:
             what = "is not a JSON object" if not isinstance(state, dict) else f"has no number for {', '.join(bad)}"
             yield self.finding(ENTROPY_STATE_INVALID, f"{ENTROPY_STATE} {what}: GRPO's resume reads "
                                f"{' and '.join(ENTROPY_KEYS)} from it and fails", path,
+                               hint="resume from the previous checkpoint")
+            return
+        infinite = [f"{key}={state[key]!r}" for key in ENTROPY_KEYS
+                    if isinstance(state[key], float) and not math.isfinite(state[key])]
+        if infinite:  # json reads NaN / Infinity; GRPO saves them only from a diverged run or an edit
+            yield self.finding(ENTROPY_STATE_INVALID, f"{ENTROPY_STATE} holds {', '.join(infinite)}: GRPO's resume "
+                               "takes it as it is and trains with a non-finite entropy coefficient or gate (the "
+                               "loss turns NaN, or the entropy bonus is never applied)", path,
                                hint="resume from the previous checkpoint")
 
     def check_scaler(self) -> Iterator[Finding]:
