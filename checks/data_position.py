@@ -147,7 +147,8 @@ def check_data_skip(position: Position) -> Iterator[Finding]:
     plan = position.plan
     again = (f"the first {plan.skipped(epoch.in_epoch)} {plan.unit} of epoch {epoch.epochs_done + 1} "
              f"({plan.shape()}) are trained again" if plan is not None
-             else "the samples of those steps are trained again (the batch values could not be read)")
+             else "the samples of those steps are trained again (how many was not judged: the batch values could "
+             "not be read, or GRPOConfig refuses them)")
     finding = IGNORE_DATA_SKIP.finding(
         f"ignore_data_skip is true ({position.source}): {name} has trained {count(epoch.in_epoch, 'step')} of epoch "
         f"{epoch.epochs_done + 1} ({epoch.per_epoch} steps per epoch), and the resume starts that epoch's data order "

@@ -100,6 +100,19 @@ def test_ignore_data_skip_says_how_many_prompts_come_again(world):
     assert "ignore_data_skip: false" in path.read_text() and data_findings(out / "checkpoint-4", path) == []
 
 
+def test_ignore_data_skip_with_a_plan_grpo_refuses_gives_no_count(world):
+    """per_device_train_batch_size 3 x num_generations 2: GRPOConfig refuses it, so no prompt count is made up."""
+    from trl import GRPOConfig
+
+    with pytest.raises(ValueError, match="divisible"):
+        GRPOConfig(output_dir=str(world["tmp"] / "x"), use_cpu=True, per_device_train_batch_size=3,
+                   num_generations=2)
+    out = copy_run(world, "full")
+    path = recipe(world, out, "ignore_data_skip: true\nper_device_train_batch_size: 3\nnum_generations: 2\n")
+    finding = next(f for f in data_findings(out / "checkpoint-4", path) if f.code == "DATA001")
+    assert "the first 0" not in finding.message and "not judged" in finding.message, finding.message
+
+
 def test_ignore_data_skip_from_the_saved_arguments(tmp_path, world):
     from demo_run import train_demo_run
 
