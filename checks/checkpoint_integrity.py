@@ -799,6 +799,12 @@ class CheckpointInspector:
             present = {optimizer: bool(layout.optimizer_state), "scheduler.pt": "scheduler.pt" in layout.files,
                        "rng_state*.pth": bool(layout.rng_files)}
             if not any(present.values()):
+                if self.lost_training_state():
+                    yield self.finding(RESUME_STATE_INCOMPLETE, "missing optimizer.pt, scheduler.pt and "
+                                       "rng_state.pth, while training_args.bin says save_only_model=False: the save "
+                                       "lost its training state, and a resume restarts the optimizer, the LR "
+                                       "schedule and the random state", hint="resume from the previous checkpoint")
+                    return
                 yield self.finding(
                     MODEL_ONLY,
                     "no optimizer.pt, scheduler.pt or rng_state.pth: a resume restarts the optimizer, the LR schedule and the random state",
@@ -930,6 +936,12 @@ class CheckpointInspector:
                                        f"{_names(map(str, sorted(dp_ranks)))} (model-parallel rank {mp_rank}) but not "
                                        f"{_names(map(str, missing))}{why}: DeepSpeed loads every rank's file",
                                        self.folder / tag)
+
+    def lost_training_state(self) -> bool:
+        """A completed save (trainer_state.json written) whose saved arguments say it is not model-only."""
+        if "trainer_state.json" not in self.layout.files:
+            return False  # cut off mid-save: check_save_completed says so
+        return (self.saved_arguments() or {}).get("save_only_model") is False
 
     def saved_arguments(self) -> dict | None:
         """The checkpoint's saved arguments (restricted unpickler), or None when they cannot be read (reported)."""

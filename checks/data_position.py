@@ -185,9 +185,12 @@ def check_model_only(ctx: RunContext, checkpoint: Path) -> Iterator[Finding]:
         return
     step = ctx.global_step(checkpoint)
     at = f" at step {step}" if step is not None else ""
+    saved = (_saved(ctx, checkpoint) or {}).get("save_only_model")
+    what = ("was saved with save_only_model (weights, no optimizer.pt, scheduler.pt or rng_state.pth)"
+            if saved is True else "holds no optimizer/scheduler/RNG state (weights, no optimizer.pt, scheduler.pt "
+            "or rng_state.pth" + (", though training_args.bin says save_only_model=False)" if saved is False else ")"))
     yield MODEL_ONLY_RESUME.finding(
-        f"{checkpoint.name} was saved with save_only_model (weights, no optimizer.pt, scheduler.pt or "
-        f"rng_state.pth): the resume{at} loads the weights and restarts the optimizer, the learning-rate schedule "
+        f"{checkpoint.name} {what}: the resume{at} loads the weights and restarts the optimizer, the learning-rate schedule "
         "and the random state without a word", path=str(checkpoint),
         hint=f"resume from a checkpoint with its training state, or start a new run with model_name_or_path: "
              f"{checkpoint} (no resume_from_checkpoint)")
