@@ -161,7 +161,7 @@ def test_unset_key_falls_back_to_trl_default_and_that_is_drift(full_run, recipe_
 
 
 def test_cli_override_is_the_source(full_run, recipe_for):
-    report = report_of(full_run, recipe_for(), recipe_args=["--per_device_train_batch_size", "2"])
+    report = report_of(full_run, recipe_for(), recipe_args=["--per_device_train_batch_size", "8"])
     assert "(cli)" in by_code(report, "CFG001")[0].message
 
 
