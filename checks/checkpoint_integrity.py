@@ -7,6 +7,7 @@ with `--deep`, and no pickle is ever loaded (pickles are scanned against an allo
 from __future__ import annotations
 
 import bisect
+import math
 import os
 import re
 import stat
@@ -363,7 +364,8 @@ ENTROPY_STATE_INVALID = Rule(
     "entropy_ctrl_state.json is not a JSON object with numeric entropy_coef and last_world_entropy.",
     "GRPOTrainer writes the file with a plain open()/json.dump (not atomically) and on resume reads "
     "state[\"entropy_coef\"] and state[\"last_world_entropy\"]: a cut-off or edited file fails the resume with a "
-    "JSON or key error, and a non-number fails the first training step.",
+    "JSON or key error, and a non-number fails the first training step. NaN or Infinity (which json reads) "
+    "resumes with a non-finite coefficient or gate: GRPO writes them only from a diverged run or an edit.",
 )
 SCALER_MISSING = Rule(
     "CKPT040", "scaler-state-missing", WARNING,
@@ -797,6 +799,12 @@ class CheckpointInspector:
             present = {optimizer: bool(layout.optimizer_state), "scheduler.pt": "scheduler.pt" in layout.files,
                        "rng_state*.pth": bool(layout.rng_files)}
             if not any(present.values()):
+                if self.lost_training_state():
+                    yield self.finding(RESUME_STATE_INCOMPLETE, "missing optimizer.pt, scheduler.pt and "
+                                       "rng_state.pth, while training_args.bin says save_only_model=False: the save "
+                                       "lost its training state, and a resume restarts the optimizer, the LR "
+                                       "schedule and the random state", hint="resume from the previous checkpoint")
+                    return
                 yield self.finding(
                     MODEL_ONLY,
                     "no optimizer.pt, scheduler.pt or rng_state.pth: a resume restarts the optimizer, the LR schedule and the random state",
@@ -929,6 +937,12 @@ class CheckpointInspector:
                                        f"{_names(map(str, missing))}{why}: DeepSpeed loads every rank's file",
                                        self.folder / tag)
 
+    def lost_training_state(self) -> bool:
+        """A completed save (trainer_state.json written) whose saved arguments say it is not model-only."""
+        if "trainer_state.json" not in self.layout.files:
+            return False  # cut off mid-save: check_save_completed says so
+        return (self.saved_arguments() or {}).get("save_only_model") is False
+
     def saved_arguments(self) -> dict | None:
         """The checkpoint's saved arguments (restricted unpickler), or None when they cannot be read (reported)."""
         if "training_args.bin" not in self.layout.files:
@@ -969,6 +983,14 @@ class CheckpointInspector:
             what = "is not a JSON object" if not isinstance(state, dict) else f"has no number for {', '.join(bad)}"
             yield self.finding(ENTROPY_STATE_INVALID, f"{ENTROPY_STATE} {what}: GRPO's resume reads "
                                f"{' and '.join(ENTROPY_KEYS)} from it and fails", path,
+                               hint="resume from the previous checkpoint")
+            return
+        infinite = [f"{key}={state[key]!r}" for key in ENTROPY_KEYS
+                    if isinstance(state[key], float) and not math.isfinite(state[key])]
+        if infinite:  # json reads NaN / Infinity; GRPO saves them only from a diverged run or an edit
+            yield self.finding(ENTROPY_STATE_INVALID, f"{ENTROPY_STATE} holds {', '.join(infinite)}: GRPO's resume "
+                               "takes it as it is and trains with a non-finite entropy coefficient or gate (the "
+                               "loss turns NaN, or the entropy bonus is never applied)", path,
                                hint="resume from the previous checkpoint")
 
     def check_scaler(self) -> Iterator[Finding]:

@@ -717,21 +717,59 @@ def check_adapter(ctx: RunContext, recipe, checkpoint: Path, recipe_path: str) -
 
 
 def describe_adapter(config: dict) -> str:
-    return (f"r={config.get('r')!r}, lora_alpha={config.get('lora_alpha')!r}, "
+    shown = {key: printable_value(config.get(key)) for key in ("r", "lora_alpha")}
+    return (f"r={shown['r']}, lora_alpha={shown['lora_alpha']}, "
             f"target_modules={_modules(config.get('target_modules'))}")
 
 
+def printable_value(value) -> str:
+    """A short repr: huge numbers and long lists of an untrusted file are cut, never printed whole."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _LARGEST_VALUE:
+        return "a number too large to be a LoRA value"
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
 def _modules(value) -> str:
-    return ", ".join(sorted(map(str, value))) if isinstance(value, list) else repr(value)
+    return ", ".join(sorted(map(str, value))) if isinstance(value, list) else printable_value(value)
+
+
+_LARGEST_VALUE = 1_000_000  # beyond any real LoRA rank or alpha; larger numbers are not compared
+
+
+def _is_number(value) -> bool:
+    """A finite int/float of a plausible size (not a bool): a value the comparison can judge."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) and abs(value) <= _LARGEST_VALUE if isinstance(value, float) \
+        else abs(value) <= _LARGEST_VALUE
+
+
+def _is_names(value) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def judgeable(saved: str, value) -> bool:
+    """Whether an adapter_config.json (or recipe) value has the type PEFT writes for that key."""
+    if saved in ("r", "lora_alpha", "lora_dropout"):
+        return _is_number(value)
+    if saved in ("use_rslora", "use_dora"):
+        return isinstance(value, bool)
+    if saved == "modules_to_save":
+        return value is None or _is_names(value)
+    if saved == "target_modules":
+        return isinstance(value, str) or _is_names(value)
+    return True
 
 
 def adapter_values(config: dict) -> dict:
     """The recipe values that build the adapter adapter_config.json describes (those TRL can express)."""
-    values = {key: config[saved] for key, (saved, _) in LORA_VALUES.items() if saved in config}
+    values = {key: config[saved] for key, (saved, _) in LORA_VALUES.items()
+              if saved in config and judgeable(saved, config[saved])}
     targets = config.get("target_modules")
-    if isinstance(targets, list) and len(targets) > 1:  # TRL turns a one-item list into a regex: not written
+    if _is_names(targets) and len(targets) > 1:  # TRL turns a one-item list into a regex: not written
         values["lora_target_modules"] = sorted(targets)
-    if isinstance(config.get("lora_dropout"), (int, float)):
+    if judgeable("lora_dropout", config.get("lora_dropout")):
         values["lora_dropout"] = config["lora_dropout"]
     return values
 
@@ -739,6 +777,16 @@ def adapter_values(config: dict) -> dict:
 def _same_modules(ours, theirs) -> bool:
     normal = [set(v) if isinstance(v, list) else set() if v is None else v for v in (ours, theirs)]
     return normal[0] == normal[1]
+
+
+def _unjudged_values(recipe, config: dict) -> list[str]:
+    """The LoRA keys whose adapter or recipe value has a type PEFT never writes: not compared."""
+    unjudged = []
+    for key, (saved, _) in LORA_VALUES.items():
+        ours = recipe.resolve(key).value
+        if saved in config and (not judgeable(saved, config[saved]) or ours is not None and not judgeable(saved, ours)):
+            unjudged.append(key)
+    return unjudged
 
 
 def lora_findings(ctx: RunContext, recipe, config: dict, checkpoint: Path, recipe_path: str) -> Iterator[Finding]:
@@ -750,8 +798,14 @@ def lora_findings(ctx: RunContext, recipe, config: dict, checkpoint: Path, recip
                                     hint="resume with the training code that built this adapter")
         return
     differences, restore = [], {}
+    unjudged = _unjudged_values(recipe, config)
+    if unjudged:
+        yield LORA_NOT_JUDGED.finding(f"{name}'s {', '.join(unjudged)} not compared: adapter_config.json or the "
+                                      "recipe holds a value of a type or size PEFT never writes", path=recipe_path)
     for key, (saved, effect) in LORA_VALUES.items():
         ours, theirs = recipe.resolve(key), config.get(saved)
+        if key in unjudged:
+            continue
         if saved in config and not (_same_modules(ours.value, theirs) if key == "lora_modules_to_save"
                                     else _same_value(ours.value, theirs)):
             differences.append(f"{key}: {name}'s adapter has {theirs!r}, the recipe builds {ours.value!r} "
@@ -800,8 +854,9 @@ def target_difference(ctx: RunContext, recipe, config: dict, checkpoint: Path) -
         if ours is None:
             return None, f"PEFT has no default target modules for model_type {model_type!r}"
         how = f"PEFT's default for {model_type}"
-    if not isinstance(ours, list) or not isinstance(theirs, list):
-        return None, (None if ours == theirs else f"{ours!r} and {theirs!r} are not both lists of module names")
+    if not _is_names(ours) or not _is_names(theirs):
+        return None, (None if ours == theirs else f"{printable_value(ours)} and {printable_value(theirs)} are not "
+                      "both lists of module names")
     if set(map(str, ours)) == set(map(str, theirs)):
         return None, None
     effect = ("fails loading optimizer.pt, whose parameter groups hold the adapter's parameters"
@@ -828,7 +883,7 @@ def _model_type(ctx: RunContext, recipe, checkpoint: Path) -> str | None:
 def dropout_finding(recipe, config: dict, name: str, recipe_path: str) -> Iterator[Finding]:
     """Dropout builds the same adapter: a training change (CFG005), never an error."""
     ours, theirs = recipe.resolve("lora_dropout"), config.get("lora_dropout")
-    if not isinstance(theirs, (int, float)) or not isinstance(ours.value, (int, float)) or _same_value(ours.value, theirs):
+    if not _is_number(theirs) or not _is_number(ours.value) or _same_value(ours.value, theirs):
         return
     finding = OTHER_CHANGE.finding(f"lora_dropout: {name}'s adapter was trained with {theirs!r}, the recipe says "
                                    f"{ours.value!r} ({ours.source}): the resumed run trains the adapter with this "

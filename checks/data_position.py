@@ -147,7 +147,8 @@ def check_data_skip(position: Position) -> Iterator[Finding]:
     plan = position.plan
     again = (f"the first {plan.skipped(epoch.in_epoch)} {plan.unit} of epoch {epoch.epochs_done + 1} "
              f"({plan.shape()}) are trained again" if plan is not None
-             else "the samples of those steps are trained again (the batch values could not be read)")
+             else "the samples of those steps are trained again (how many was not judged: the batch values could "
+             "not be read, or GRPOConfig refuses them)")
     finding = IGNORE_DATA_SKIP.finding(
         f"ignore_data_skip is true ({position.source}): {name} has trained {count(epoch.in_epoch, 'step')} of epoch "
         f"{epoch.epochs_done + 1} ({epoch.per_epoch} steps per epoch), and the resume starts that epoch's data order "
@@ -184,9 +185,12 @@ def check_model_only(ctx: RunContext, checkpoint: Path) -> Iterator[Finding]:
         return
     step = ctx.global_step(checkpoint)
     at = f" at step {step}" if step is not None else ""
+    saved = (_saved(ctx, checkpoint) or {}).get("save_only_model")
+    what = ("was saved with save_only_model (weights, no optimizer.pt, scheduler.pt or rng_state.pth)"
+            if saved is True else "holds no optimizer/scheduler/RNG state (weights, no optimizer.pt, scheduler.pt "
+            "or rng_state.pth" + (", though training_args.bin says save_only_model=False)" if saved is False else ")"))
     yield MODEL_ONLY_RESUME.finding(
-        f"{checkpoint.name} was saved with save_only_model (weights, no optimizer.pt, scheduler.pt or "
-        f"rng_state.pth): the resume{at} loads the weights and restarts the optimizer, the learning-rate schedule "
+        f"{checkpoint.name} {what}: the resume{at} loads the weights and restarts the optimizer, the learning-rate schedule "
         "and the random state without a word", path=str(checkpoint),
         hint=f"resume from a checkpoint with its training state, or start a new run with model_name_or_path: "
              f"{checkpoint} (no resume_from_checkpoint)")

@@ -13,7 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resumedoctor.engine.checkpoint_facts import readable_seal
-from resumedoctor.engine.context import RunContext, launch_world_size
+from resumedoctor.engine.context import (
+    RunContext,
+    invalid_world_size,
+    launch_world_size,
+)
 from resumedoctor.engine.findings import Finding, Rule, Severity
 from resumedoctor.engine.registry import CheckFamily
 from resumedoctor.errors import ReasonError
@@ -105,16 +109,16 @@ def check_rng(ranks: SavedRanks, launch: int, checkpoint: Path) -> Iterator[Find
     if saved is None or saved == launch:
         return  # model-only (CKPT012) or the same count (a rank's missing file is CKPT011)
     if launch > 1:
-        fresh = [rank for rank in range(launch) if rank not in ranks.rng_ranks]
+        fresh = _missing_ranks(launch, ranks.rng_ranks)
         looked = "rng_state_<process_index>.pth"
     else:
-        fresh = [] if ranks.rng_single else [0]
+        fresh = (0, []) if ranks.rng_single else (1, [0])
         looked = "rng_state.pth"
-    if not fresh:
+    if not fresh[0]:
         return
     had = "rng_state.pth" if saved == 1 else f"rng_state_0.pth .. rng_state_{saved - 1}.pth"
-    who = (f"all {launch} processes" if len(fresh) == launch and launch > 1 else
-           "the one process" if launch == 1 else f"{len(fresh)} of {launch} processes ({_ranks(fresh)})")
+    who = (f"all {launch} processes" if fresh[0] == launch and launch > 1 else
+           "the one process" if launch == 1 else f"{fresh[0]} of {launch} processes ({_ranks(*fresh)})")
     yield _finding(RNG_NOT_RESTORED, checkpoint,
                    f"{checkpoint.name} was saved by {saved} process{'es' if saved > 1 else ''} ({had}); the launch "
                    f"runs {launch} (WORLD_SIZE) and {'each process looks' if launch > 1 else 'it looks'} for "
@@ -131,7 +135,8 @@ def check_fsdp_rank_files(ranks: SavedRanks, launch: int, checkpoint: Path) -> I
         yield _finding(FSDP_RANK_FILES, checkpoint,
                        f"{checkpoint.name} holds FSDP per-process files (*_rank0.bin .. *_rank{saved - 1}.bin) of "
                        f"{saved} processes; the launch runs {launch} (WORLD_SIZE): "
-                       + (f"{_ranks(range(saved, launch))} {'find' if launch - saved > 1 else 'finds'} no file of "
+                       + (f"{_ranks(launch - saved, range(saved, min(launch, saved + 6)))} "
+                          f"{'find' if launch - saved > 1 else 'finds'} no file of "
                           "its own and the load fails"
                           if launch > saved else f"{launch} processes load shards cut for {saved}: the load fails"),
                        hint=f"launch {saved} processes; {DATA_SKIP}")
@@ -197,11 +202,23 @@ def _universal_tag(checkpoint: Path, names: list[str]) -> str | None:
     return tag if (checkpoint / tag / DEEPSPEED_UNIVERSAL_ZERO).is_dir() else None
 
 
-def _ranks(ranks) -> str:
-    """`rank 2`, `ranks 2, 3`, `ranks 2, 3, 4, 5, 6, 7 and 9 more`."""
-    ranks = list(ranks)
-    shown = ", ".join(map(str, ranks[:6])) + (f" and {len(ranks) - 6} more" if len(ranks) > 6 else "")
-    return f"rank{'s' if len(ranks) > 1 else ''} {shown}"
+def _missing_ranks(launch: int, saved: frozenset[int]) -> tuple[int, list[int]]:
+    """(how many of ranks 0..launch-1 have no file, the first six of them), without listing every rank."""
+    count = launch - sum(1 for rank in saved if rank < launch)
+    first = []
+    for rank in range(launch):  # at most len(saved) + 6 steps
+        if len(first) == 6:
+            break
+        if rank not in saved:
+            first.append(rank)
+    return count, first
+
+
+def _ranks(count: int, first) -> str:
+    """`rank 2`, `ranks 2, 3`, `ranks 2, 3, 4, 5, 6, 7 and 9 more`: `first` holds the first (up to) six."""
+    first = list(first)[:6]
+    shown = ", ".join(map(str, first)) + (f" and {count - len(first)} more" if count > len(first) else "")
+    return f"rank{'s' if count > 1 else ''} {shown}"
 
 
 def _finding(rule: Rule, checkpoint: Path, message: str, hint: str) -> Finding:
@@ -226,6 +243,9 @@ def run(ctx: RunContext) -> Iterator[Finding]:
 
 
 def _not_applicable(ctx: RunContext) -> str | None:
+    invalid = invalid_world_size(ctx.environ)
+    if invalid is not None:
+        return f"WORLD_SIZE={invalid} is not a process count: not judged"
     if not launch_world_size(ctx.environ):
         return "no coming launch known (WORLD_SIZE is unset: run under torchrun / accelerate launch, or set it)"
     if ctx.resume_point() is None:

@@ -18,6 +18,7 @@ from resumedoctor.io.bounded_read import (
     open_regular,
     read_json_file,
 )
+from resumedoctor.io.printable import printable
 from resumedoctor.io.safetensors_header import (
     SafetensorsHeader,
     read_safetensors_header,
@@ -72,10 +73,26 @@ def trainer_state_problem(state: Any) -> str | None:
     return None
 
 
+LARGEST_WORLD_SIZE = 1_000_000  # far beyond any launch; a larger WORLD_SIZE is no process count
+
+
 def launch_world_size(environ: Mapping[str, str]) -> int | None:
-    """The number of processes the coming launch runs (torchrun/accelerate set WORLD_SIZE); None when unset."""
-    world = environ.get("WORLD_SIZE", "")
-    return int(world) if world.isdigit() else None
+    """The number of processes the coming launch runs (torchrun/accelerate set WORLD_SIZE).
+
+    None when unset or not a process count (see `invalid_world_size`): callers then judge as if not given."""
+    world = environ.get("WORLD_SIZE", "").strip()
+    if not world or not world.isascii() or not world.isdigit() or len(world) > len(str(LARGEST_WORLD_SIZE)):
+        return None
+    count = int(world)
+    return count if 0 < count <= LARGEST_WORLD_SIZE else None
+
+
+def invalid_world_size(environ: Mapping[str, str]) -> str | None:
+    """WORLD_SIZE's value, printable and short, when it is set but is no process count; None otherwise."""
+    world = environ.get("WORLD_SIZE")
+    if world is None or launch_world_size(environ) is not None or not world.strip():
+        return None
+    return printable(world, limit=40)
 
 
 def _json_kind(value: Any) -> str:

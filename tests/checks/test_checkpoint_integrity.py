@@ -12,6 +12,7 @@ import pytest
 from conftest import codes
 
 from resumedoctor.engine.context import Options, RunContext
+from resumedoctor.engine.findings import Severity
 from resumedoctor.engine.registry import load_registry
 from resumedoctor.engine.runner import diagnose, run_checks
 from resumedoctor.engine.settings import Settings
@@ -53,6 +54,18 @@ def test_model_only_checkpoint_is_a_warning_not_an_error(built_runs):
     report = diagnose(built_runs["model_only"], settings=Settings())
     assert codes(report) == ["CKPT012"]
     assert report.exit_code == 0
+
+
+def test_a_full_save_that_lost_all_its_training_state_is_an_error(full_run):
+    """save_only_model=False in training_args.bin, yet no optimizer, scheduler or RNG file: not a model-only save."""
+    checkpoint = full_run / "checkpoint-6"
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        (checkpoint / name).unlink()
+    report = diagnose(full_run, settings=Settings())
+    assert "CKPT012" not in codes(report) and "CKPT011" in codes(report)
+    finding = next(f for f in report.findings if f.code == "CKPT011")
+    assert finding.severity is Severity.ERROR and "save_only_model=False" in finding.message
+    assert report.exit_code == 1
 
 
 def test_truncated_weights_of_newest_checkpoint(full_run):

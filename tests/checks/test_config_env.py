@@ -161,7 +161,7 @@ def test_unset_key_falls_back_to_trl_default_and_that_is_drift(full_run, recipe_
 
 
 def test_cli_override_is_the_source(full_run, recipe_for):
-    report = report_of(full_run, recipe_for(), recipe_args=["--per_device_train_batch_size", "2"])
+    report = report_of(full_run, recipe_for(), recipe_args=["--per_device_train_batch_size", "8"])
     assert "(cli)" in by_code(report, "CFG001")[0].message
 
 
@@ -526,3 +526,21 @@ def test_a_recipe_fix_journaled_with_another_key_blocks_neither_fix_nor_a_clear_
     assert refused.returncode == 2 and "per_device_train_batch_size: 4" in recipe.read_text()
     assert str(tmp_path / "state-b") in refused.stderr and "backup" in refused.stderr, refused.stderr
     assert run_cli("undo", full_run, env=here).returncode == 0 and recipe.read_text() == original
+
+
+def test_a_recipe_number_python_cannot_build_is_an_unreadable_recipe_not_a_crash(full_run, tmp_path):
+    """PyYAML (TrlParser's reader) raises ValueError on an int of over 4300 digits: the recipe is refused."""
+    import yaml
+
+    from resumedoctor.integrations.trl.recipe import RecipeError, load_values, load_yaml
+
+    recipe = tmp_path / "huge.yaml"
+    recipe.write_text(f"output_dir: {full_run}\nlora_r: {'9' * 5000}\n")
+    with pytest.raises(ValueError):
+        yaml.safe_load(recipe.read_text())  # the oracle: TrlParser cannot read it either
+    for reader in (load_values, load_yaml):
+        with pytest.raises(RecipeError, match="too long to read"):
+            reader(recipe)
+    report = diagnose(full_run, settings=Settings(), options=Options(recipe=recipe), environ={})
+    assert report.exit_code in (0, 1)
+    assert not [f for f in report.findings if "internal" in f.message.lower()]

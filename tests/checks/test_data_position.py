@@ -72,6 +72,7 @@ def test_model_only_resume_is_an_error_with_a_recipe_and_really_restarts_the_sch
     (finding,) = data_findings(out, recipe(world, out, max_steps=4))
     assert (finding.code, finding.severity) == ("DATA004", Severity.ERROR)
     assert "checkpoint-2" in finding.message and "restarts the optimizer" in finding.message
+    assert "saved with save_only_model" in finding.message
     # The oracle: the real resume from checkpoint-2 logs step 3 at the schedule's first rate, where a resume
     # of the same run with its training state logs the rate the schedule has reached.
     full = copy_run(world, "full")
@@ -80,6 +81,15 @@ def test_model_only_resume_is_an_error_with_a_recipe_and_really_restarts_the_sch
         assert resume_for_real(run, run / "checkpoint-2", max_steps=4) == [2, 3, 4]
     restarted, continued = logged_rates(out / "checkpoint-4"), logged_rates(full / "checkpoint-4")
     assert restarted[3] == pytest.approx(restarted[1]) and continued[3] < restarted[3]
+
+
+def test_a_stripped_full_save_is_not_called_save_only_model(world):
+    out = copy_run(world, "full")
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        (out / "checkpoint-6" / name).unlink()
+    (finding,) = data_findings(out / "checkpoint-6", recipe(world, out, max_steps=8))
+    assert finding.code == "DATA004" and "saved with save_only_model" not in finding.message
+    assert "holds no optimizer/scheduler/RNG state" in finding.message and "save_only_model=False" in finding.message
 
 
 def test_launch_refuses_a_model_only_resume(world):
@@ -98,6 +108,19 @@ def test_ignore_data_skip_says_how_many_prompts_come_again(world):
     assert "4 steps of epoch 1 (64 steps per epoch)" in finding.message and "the first 4 prompts" in finding.message
     fix(out / "checkpoint-4", unsafe=True, options=Options(recipe=path), environ={})
     assert "ignore_data_skip: false" in path.read_text() and data_findings(out / "checkpoint-4", path) == []
+
+
+def test_ignore_data_skip_with_a_plan_grpo_refuses_gives_no_count(world):
+    """per_device_train_batch_size 3 x num_generations 2: GRPOConfig refuses it, so no prompt count is made up."""
+    from trl import GRPOConfig
+
+    with pytest.raises(ValueError, match="divisible"):
+        GRPOConfig(output_dir=str(world["tmp"] / "x"), use_cpu=True, per_device_train_batch_size=3,
+                   num_generations=2)
+    out = copy_run(world, "full")
+    path = recipe(world, out, "ignore_data_skip: true\nper_device_train_batch_size: 3\nnum_generations: 2\n")
+    finding = next(f for f in data_findings(out / "checkpoint-4", path) if f.code == "DATA001")
+    assert "the first 0" not in finding.message and "not judged" in finding.message, finding.message
 
 
 def test_ignore_data_skip_from_the_saved_arguments(tmp_path, world):

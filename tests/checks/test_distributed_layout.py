@@ -210,3 +210,26 @@ def test_crafted_latest_files_are_no_crash(ddp_copy, latest):
     (ddp_copy / "checkpoint-2" / "latest").write_bytes(latest)
     report = diagnose(ddp_copy, environ={"WORLD_SIZE": "4"})
     assert "DIST002" not in codes(report)  # the tag is not judged; CKPT024 says `latest` is broken
+
+
+@pytest.mark.parametrize("world", ["abc", "²", "9" * 5000, "0", "-1", "2000000", "1e3"])
+def test_a_world_size_that_is_no_process_count_is_not_judged(ddp_run, world):
+    report = diagnose(ddp_run, environ={"WORLD_SIZE": world})
+    assert report.exit_code == 0, [(f.code, f.message) for f in report.findings]
+    family = next(f for f in report.families if f.prefix == "DIST")
+    assert family.status == "skipped" and "is not a process count: not judged" in family.reason
+    assert len(family.reason) < 200  # the value is shown cut, never whole
+
+
+def test_a_world_size_with_spaces_is_a_process_count(ddp_run):
+    assert diagnose(ddp_run, environ={"WORLD_SIZE": " 2 "}).findings == ()
+
+
+def test_the_largest_world_size_is_described_without_listing_every_rank(ddp_run):
+    import time
+
+    start = time.monotonic()
+    report = diagnose(ddp_run, environ={"WORLD_SIZE": "1000000"})
+    assert codes(report) == ["DIST001"]
+    assert "999998 of 1000000 processes (ranks 2, 3, 4, 5, 6, 7 and 999992 more)" in report.findings[0].message
+    assert time.monotonic() - start < 10

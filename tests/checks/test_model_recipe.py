@@ -126,6 +126,24 @@ def test_a_damaged_adapter_config_is_no_crash(world):
         assert all(f.code != "CFG014" for f in found)  # the adapter is there, its values are not readable
 
 
+@pytest.mark.parametrize("values", [{"r": 10 ** 400}, {"modules_to_save": [["lm_head"]]},
+                                    {"target_modules": ["q_proj", 1]}, {"lora_alpha": float("nan")}])
+def test_adapter_values_of_a_type_peft_never_writes_are_not_judged(world, values):
+    config = world["runs"]["peft"] / "checkpoint-2" / "adapter_config.json"
+    saved = json.loads(config.read_text())
+    for use_peft in (LORA, "learning_rate: 0.001\n"):  # the LoRA comparison, and the "adapter without use_peft" fix
+        config.write_text(json.dumps({**saved, **values}))
+        found, report = findings(world, "peft", recipe(world, "peft", use_peft))
+        assert report.exit_code in (0, 1), [(f.code, f.message) for f in found]
+    config.write_text(json.dumps(saved))
+    if "target_modules" not in values:  # a bad target list is reported by the target comparison instead
+        config.write_text(json.dumps({**saved, **values}))
+        found, _ = findings(world, "peft", recipe(world, "peft", LORA))
+        assert any(f.code == "CFG017" and "not compared" in f.message for f in found)
+        assert not any(f.code == "CFG016" for f in found), [(f.code, f.message) for f in found]
+        config.write_text(json.dumps(saved))
+
+
 def test_a_matching_peft_recipe_resumes_the_peft_run_without_error(world):
     path = recipe(world, "peft", LORA)
     report = diagnose(world["runs"]["peft"], options=Options(recipe=path), environ={}, settings=Settings())

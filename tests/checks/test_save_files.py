@@ -112,6 +112,35 @@ def test_damaged_entropy_state_is_an_error(entropy_copy, content):
     assert "CKPT039" in codes(report) and "CKPT018" in codes(report)
 
 
+@pytest.mark.parametrize("content", ['{"entropy_coef": NaN, "last_world_entropy": 0.5}',
+                                     '{"entropy_coef": 0.1, "last_world_entropy": -Infinity}'])
+def test_non_finite_entropy_state_is_an_error(entropy_copy, content):
+    (entropy_copy / "checkpoint-2" / ENTROPY_STATE).write_text(content)
+    report = diagnose(entropy_copy, environ={})
+    assert "CKPT039" in codes(report) and report.exit_code == 1
+    assert "non-finite" in next(f.message for f in report.findings if f.code == "CKPT039")
+
+
+def test_a_nan_entropy_coefficient_is_resumed_as_nan(entropy_copy):
+    """The oracle: GRPO takes the NaN as it is and logs a NaN coefficient after the resume."""
+    import math
+
+    from demo_run import train_demo_run
+    from transformers import TrainerCallback
+
+    logged = []
+
+    class Record(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "entropy_coef" in logs:
+                logged.append(logs["entropy_coef"])
+
+    (entropy_copy / "checkpoint-2" / ENTROPY_STATE).write_text('{"entropy_coef": NaN, "last_world_entropy": 0.0}')
+    train_demo_run(entropy_copy, max_steps=3, save_steps=100, use_adaptive_entropy=True, callbacks=[Record()],
+                   resume_from_checkpoint=str(entropy_copy / "checkpoint-2"))
+    assert len(logged) == 1 and (logged[0] is None or math.isnan(logged[0])), logged  # the log writes NaN as None
+
+
 def test_cut_off_entropy_state_fails_the_real_resume(entropy_copy):
     (entropy_copy / "checkpoint-2" / ENTROPY_STATE).write_text('{"entropy_coef": 0.0, "last_wor')
     assert "CKPT039" in codes(diagnose(entropy_copy, environ={}))

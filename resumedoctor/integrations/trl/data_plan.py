@@ -85,6 +85,8 @@ def recipe_plan(get: Values, world: int, grpo: bool) -> DataPlan | None:
     generations, iterations = get("num_generations"), get("num_iterations") or 1
     if not positive_ints(generations, iterations, steps, batch):
         return None
+    if batch % generations or batch % (per_device * world):
+        return None  # GRPOConfig refuses it (no whole prompt groups per generation): no plan to count with
     return DataPlan(per_device, accumulation, world, generations, iterations, steps, batch)
 
 

@@ -209,7 +209,14 @@ def load_values(path: Path, text: str | None = None) -> dict:
         raise RecipeError(f"{path.name} is not valid YAML{_where(exc.problem_mark)}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path.name} is not valid YAML: {exc}") from None
+    except ValueError as exc:  # a value YAML parses but Python cannot build: an int of over 4300 digits
+        raise RecipeError(f"{path.name} is not valid YAML: {_too_large(exc)}") from None
     return _mapping(path, values)
+
+
+def _too_large(exc: ValueError) -> str:
+    """Why a value could not be built, short (never the value itself): what TrlParser would fail on too."""
+    return "a number is too long to read (over 4300 digits)" if "digits" in str(exc) else "a value cannot be read"
 
 
 def _mapping(path: Path, values: Any) -> dict:
@@ -234,6 +241,8 @@ def load_yaml(path: Path, text: str | None = None):
         raise RecipeError(f"{path.name} cannot be edited{_where(exc.problem_mark)}: {exc.problem}") from None
     except YAMLError as exc:
         raise RecipeError(f"{path.name} cannot be edited: {exc}") from None
+    except ValueError as exc:
+        raise RecipeError(f"{path.name} cannot be edited: {_too_large(exc)}") from None
     except RecursionError:
         raise RecipeError(f"{path.name} is nested too deeply to be a recipe") from None
     if data is None:
