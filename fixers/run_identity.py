@@ -19,7 +19,7 @@ def plan_quarantine_other_run(ctx: RunContext, finding: Finding) -> list[Operati
     folders = [Path(folder) for folder in finding.extra.get("quarantine") or ()]
     if not folders or any(folder.is_symlink() or held_back(ctx, folder) for folder in folders):
         return []
-    return [Quarantine(folder, f"a checkpoint of another run ({finding.code})") for folder in folders]
+    return [Quarantine(folder, "a checkpoint of another run") for folder in folders]
 
 
 FIXERS = (
