@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from resumedoctor.engine.checkpoint_facts import readable_seal
 from resumedoctor.engine.context import RunContext
 from resumedoctor.engine.findings import Finding, Rule, Severity
 from resumedoctor.engine.registry import CheckFamily
+from resumedoctor.engine.target import checkpoint_step
 from resumedoctor.errors import ReasonError
 from resumedoctor.integrations.trl.saved_arguments import normalize
 from resumedoctor.io.printable import printable
@@ -428,12 +430,11 @@ def rotation_findings(ctx: RunContext, target: Saved, other_run: set[str]) -> It
         f"the rotation after the next save ({new}, save_total_limit={limit}) orders the folders by mtime and "
         f"deletes {', '.join(wrong)} while it keeps {', '.join(older) or 'older ones'}: the mtimes are not in step "
         f"order ({_mtimes_in_words(output_dir, wrong + older)})", path=str(output_dir),
-        hint=f"cd {output_dir} && for c in {in_order}; do touch -m $c; sleep 1; done")
+        hint=f"cd {shlex.quote(str(output_dir))} && for c in {in_order}; do touch -m $c; sleep 1; done")
 
 
 def _step(name: str) -> int | None:
-    match = re.match(r"^checkpoint-(\d+)$", name)
-    return int(match.group(1)) if match else None
+    return checkpoint_step(Path(name))
 
 
 def _mtimes_in_words(output_dir: Path, names: list[str]) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 from resumedoctor.engine.context import RunContext
 from resumedoctor.errors import ReasonError
 from resumedoctor.integrations.seal.record import SEAL_FILE, read_seal
+from resumedoctor.integrations.trl.save_files import RNG_NAME
 from resumedoctor.io.bounded_read import TEXT_LIMIT, JsonFileError, read_bytes_bounded
 
 # The model card transformers writes (`- Transformers: 5.24.0`) -> the package it names.
@@ -45,7 +46,7 @@ def saved_world_size(ctx: RunContext, checkpoint: Path) -> int:
         # The highest rank + 1, not the file count: a save that lost a rank's file still had that rank.
         # A process index in the name means a multi-process save (one process writes rng_state.pth).
         ranks = [int(match.group(1)) for path in Path(checkpoint).glob("rng_state_*.pth")
-                 if (match := re.fullmatch(r"rng_state_(\d{1,6})\.pth", path.name))]
+                 if (match := RNG_NAME.match(path.name)) and match.group(1)]
         return max(max(ranks) + 1, 2) if ranks else 1
     return ctx.memo(("world-size", Path(checkpoint)), detect)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,13 @@ def write_docs() -> None:
 
 if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
     write_docs()
+
+
+def test_a_crafted_rank_number_is_no_rank_file(full_run):
+    """rng_state_<200 digits>.pth: once a range of 10**200 ranks to walk (diagnose hung); now not a rank file."""
+    checkpoint = full_run / "checkpoint-6"
+    shutil.copy(checkpoint / "rng_state.pth", checkpoint / f"rng_state_{'9' * 200}.pth")
+    started = time.monotonic()
+    report = diagnose(full_run, environ={})
+    assert time.monotonic() - started < 60
+    assert not [f for f in report.findings if f.severity.value == "error"]

@@ -145,7 +145,9 @@ def markdown() -> str:
 
 
 # ---- the per-process names, as the savers spell them (read by CKPT and DIST alike) -----------------------------
-RNG_NAME = re.compile(r"^rng_state(?:_(\d+))?\.pth$")  # rng_state.pth: one process; rng_state_<rank>.pth: each of many
+# rng_state.pth: one process; rng_state_<rank>.pth: each of many. A rank has at most 6 digits (the launch
+# counts up to 1,000,000 processes): a crafted 200-digit "rank" is no rank file, not a range to walk.
+RNG_NAME = re.compile(r"^rng_state(?:_(\d{1,6}))?\.pth$")
 DEEPSPEED_TAG = re.compile(r"^global_step\d+$")
 DEEPSPEED_OPTIM = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
 DEEPSPEED_ZERO3_MODEL = re.compile(r"^zero_pp_rank_(\d+)_mp_rank_(\d+)_model_states\.pt$")
