@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # annotations only: importing the API costs the CLI's start-up nothing
     from collections.abc import Iterable, Mapping
@@ -131,8 +131,8 @@ def _settings_file(path: Path, settings_file: Path | None) -> Settings:
     return settings
 
 
-def check_inputs(path: PathLike, recipe: PathLike | None = None) -> None:
-    """PATH must be a readable folder and a named recipe must exist."""
+def check_inputs(path: PathLike, recipe: PathLike | None = None, *, ledger: bool = False) -> None:
+    """PATH must be a readable folder (or a results file) and a named recipe must exist."""
     import os
 
     from resumedoctor.engine.target import TargetError, resolve_target
@@ -141,7 +141,7 @@ def check_inputs(path: PathLike, recipe: PathLike | None = None) -> None:
         raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
 
     try:
-        resolve_target(path)
+        resolve_target(path, ledger=ledger)
     except TargetError as exc:
         raise ResumeDoctorError(str(exc)) from None
     if recipe is not None:
@@ -162,32 +162,49 @@ def _options(recipe: PathLike | None, recipe_args: Iterable[str], wandb_dir: Pat
                    wandb_dir=None if wandb_dir is None else Path(wandb_dir), **more)
 
 
+def _ledger_options(flags: Mapping[str, Any] | None, settings: Settings) -> dict[str, Any]:
+    """Options.ledger / ledger_asked from the ledger flags over the settings' ledger table."""
+    from resumedoctor.integrations.ledger.config import LedgerConfigError, ledger_config
+
+    if flags is None and not settings.ledger:
+        return {}
+    try:
+        config = ledger_config(flags, settings.ledger, settings.source)
+    except LedgerConfigError as exc:
+        raise ResumeDoctorError(str(exc)) from None
+    return {"ledger": config, "ledger_asked": flags is not None}
+
+
 # ------------------------------------------------------------------ diagnose, resume_point
 
 
 def diagnose(path: PathLike, recipe: PathLike | None = None, *, recipe_args: Iterable[str] = (),
              wandb_dir: PathLike | None = None, deep: bool = False, select: Codes = None, ignore: Codes = None,
-             settings_file: PathLike | None = None, environ: Mapping[str, str] | None = None) -> Report:
+             settings_file: PathLike | None = None, environ: Mapping[str, str] | None = None,
+             ledger: Mapping[str, Any] | None = None) -> Report:
     """Judge a `checkpoint-N` folder or an output_dir before a resume: `resumedoctor diagnose PATH`.
 
     `recipe` is the run's TRL recipe (YAML) and `recipe_args` its `trl grpo` command-line overrides.
+    PATH may also be a result ledger (a results file, a folder of worker shards): `ledger` holds how to
+    read it (`id_field`, `task_field`, `inputs`, `quota`, `success`, `token_budget`, `tokenizer`,
+    `text_field`) over `[tool.resumedoctor.ledger]`; any of them makes a plain folder a ledger.
     The report holds the findings, `resume_from` (the checkpoint the resume loads) and `exit_code`
     (1 when a finding is an error); `verdict(report)` is the verdict as one word.
     """
     return _judge(path, recipe, recipe_args=recipe_args, wandb_dir=wandb_dir, deep=deep, select=select,
-                  ignore=ignore, settings_file=settings_file, environ=environ)[1]
+                  ignore=ignore, settings_file=settings_file, environ=environ, ledger=ledger)[1]
 
 
 def _judge(path: PathLike, recipe: PathLike | None, *, recipe_args: Iterable[str], wandb_dir: PathLike | None,
            deep: bool, select: Codes, ignore: Codes, settings_file: PathLike | None,
-           environ: Mapping[str, str] | None) -> tuple[RunContext, Report]:
+           environ: Mapping[str, str] | None, ledger: Mapping[str, Any] | None = None) -> tuple[RunContext, Report]:
     from resumedoctor.engine.registry import PluginError
     from resumedoctor.engine.runner import diagnose_with_context
 
-    check_inputs(path, recipe)
+    check_inputs(path, recipe, ledger=ledger is not None)
     registry = load_registry()
     settings = settings_for(path, settings_file, select, ignore, registry)
-    options = _options(recipe, recipe_args, wandb_dir, deep=deep)
+    options = _options(recipe, recipe_args, wandb_dir, deep=deep, **_ledger_options(ledger, settings))
     try:
         return diagnose_with_context(path, settings=settings, options=options, registry=registry, environ=environ)
     except PluginError as exc:  # a fixer plugin that fails to load when a finding needs it
@@ -289,7 +306,8 @@ def _at_least(report: Report, severity: Severity) -> tuple[Finding, ...]:
 def fix(path: PathLike, recipe: PathLike | None = None, *, unsafe: bool = False, dry_run: bool = False,
         recipe_args: Iterable[str] = (), wandb_dir: PathLike | None = None, select: Codes = None, ignore: Codes = None,
         settings_file: PathLike | None = None, strategy: str | None = None, create_fresh: bool = False,
-        deep: bool = False, environ: Mapping[str, str] | None = None) -> FixResult:
+        deep: bool = False, environ: Mapping[str, str] | None = None,
+        ledger: Mapping[str, Any] | None = None) -> FixResult:
     """Apply the safe fixes, then judge again: `resumedoctor fix PATH --auto`.
 
     `unsafe=True` adds the fixes that change what training computes (quarantine a broken checkpoint,
@@ -299,10 +317,11 @@ def fix(path: PathLike, recipe: PathLike | None = None, *, unsafe: bool = False,
     from resumedoctor.fixing.planner import FixError
     from resumedoctor.fixing.planner import fix as run_fix
 
-    check_inputs(path, recipe)
+    check_inputs(path, recipe, ledger=ledger is not None)
     registry = load_registry(fixers_now=True)
     settings = settings_for(path, settings_file, select, ignore, registry)
-    options = _options(recipe, recipe_args, wandb_dir, strategy=strategy, create_fresh=create_fresh, deep=deep)
+    options = _options(recipe, recipe_args, wandb_dir, strategy=strategy, create_fresh=create_fresh, deep=deep,
+                       **_ledger_options(ledger, settings))
     try:
         return run_fix(path, unsafe=unsafe, dry_run=dry_run, settings=settings, options=options, registry=registry,
                        environ=environ)

@@ -30,6 +30,34 @@ def _codes_option(name: str, help_text: str):
     return click.option(name, metavar="CODES", default=None, help=help_text)
 
 
+def _ledger_options(command):
+    """How to read a result ledger (PATH a results file or a folder of worker shards); over
+    `[tool.resumedoctor.ledger]`. Collected into one `ledger` dict for the API."""
+    options = [
+        click.option("--ledger", "ledger_folder", is_flag=True, help="PATH is a result ledger (a folder of shards)."),
+        click.option("--id-field", help="Ledger: the field naming one result / input (default: id)."),
+        click.option("--task-field", help="Ledger: the field naming a result's task (quota per task)."),
+        click.option("--inputs", type=click.Path(path_type=Path), help="Ledger: the whole work list (a file)."),
+        click.option("--quota", type=int, help="Ledger: successes each task needs (default 1)."),
+        click.option("--success", metavar="JMESPATH", help="Ledger: when a record is a success, e.g. "
+                     "\"!starts_with(prediction, '[ERROR]')\"."),
+        click.option("--token-budget", type=int, help="Ledger: report inputs longer than this many tokens."),
+        click.option("--tokenizer", type=click.Path(path_type=Path), help="Ledger: local tokenizer folder."),
+        click.option("--text-field", help="Ledger: the input field whose tokens count (default: prompt)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _ledger_flags(kwargs: dict) -> dict | None:
+    """Pop the ledger options out of a command's arguments: None when none was given."""
+    keys = ("id_field", "task_field", "inputs", "quota", "success", "token_budget", "tokenizer", "text_field")
+    flags = {key: kwargs.pop(key) for key in keys}
+    folder = kwargs.pop("ledger_folder")
+    return flags if folder or any(value is not None for value in flags.values()) else None
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="resumedoctor", message="%(prog)s %(version)s")
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
@@ -66,12 +94,14 @@ def _color(fmt: str = "text", output: Path | None = None) -> bool:
 @click.option("--settings", "settings_file", type=click.Path(path_type=Path),
               help="Settings file (default: nearest resumedoctor.toml or pyproject.toml).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the report to a file.")
+@_ledger_options
 @click.argument("recipe_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- TRL OVERRIDES]")
 @one_line_errors
 def diagnose(path: Path, recipe: Path | None, wandb_dir: Path | None, fmt: str, select: str | None,
              ignore: str | None, deep: bool, settings_file: Path | None, output: Path | None,
-             recipe_args: tuple[str, ...]) -> int:
-    """Check a checkpoint-N folder or an output_dir before resuming it.
+             recipe_args: tuple[str, ...], **ledger_options) -> int:
+    """Check a checkpoint-N folder or an output_dir before resuming it, or a result ledger
+    (a results file or a folder of worker shards) before resuming the job that writes it.
 
     Recipe overrides go after `--`, as `trl grpo` takes them: -- --max_completion_length 256
     """
@@ -79,7 +109,7 @@ def diagnose(path: Path, recipe: Path | None, wandb_dir: Path | None, fmt: str, 
     from resumedoctor.report import render
 
     report = api.diagnose(path, recipe, recipe_args=recipe_args, wandb_dir=wandb_dir, deep=deep, select=select,
-                          ignore=ignore, settings_file=settings_file)
+                          ignore=ignore, settings_file=settings_file, ledger=_ledger_flags(ledger_options))
     _write_output(render(report, fmt, color=_color(fmt, output)), output)
     return report.exit_code
 
@@ -100,18 +130,19 @@ def diagnose(path: Path, recipe: Path | None, wandb_dir: Path | None, fmt: str, 
 @click.option("--create-fresh", is_flag=True,
               help="With --unsafe: rebuild curriculum state by replaying its rule over log_history.")
 @click.option("--deep", is_flag=True, help="Judge with the --deep checks (tensor data, zip CRCs, seal hashes).")
+@_ledger_options
 @click.argument("recipe_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- TRL OVERRIDES]")
 @one_line_errors
 def fix(path: Path, auto: bool, unsafe: bool, dry_run: bool, recipe: Path | None, wandb_dir: Path | None,
         fmt: str, select: str | None, ignore: str | None, settings_file: Path | None, strategy: str | None,
-        create_fresh: bool, deep: bool, recipe_args: tuple[str, ...]) -> int:
+        create_fresh: bool, deep: bool, recipe_args: tuple[str, ...], **ledger_options) -> int:
     """Fix what can be fixed without losing a byte; every change is backed up and undoable."""
     from resumedoctor import api
     from resumedoctor.report.fix_format import render_fix
 
     result = api.fix(path, recipe, unsafe=unsafe, dry_run=dry_run or not auto, recipe_args=recipe_args,
                      wandb_dir=wandb_dir, select=select, ignore=ignore, settings_file=settings_file,
-                     strategy=strategy, create_fresh=create_fresh, deep=deep)
+                     strategy=strategy, create_fresh=create_fresh, deep=deep, ledger=_ledger_flags(ledger_options))
     click.echo(render_fix(result, fmt, color=_color(fmt), asked_to_apply=auto), nl=False)
     return result.final.exit_code
 

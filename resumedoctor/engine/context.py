@@ -28,6 +28,8 @@ from resumedoctor.io.torch_archive import ArchiveReport, inspect_torch_archive
 T = TypeVar("T")
 
 # Names of the shared verdicts a family can offer (CheckFamily.services).
+# (ctx) -> the work left in a result ledger as plain data (a dict: the per-task table and the totals)
+LEDGER_SUMMARY = "ledger_summary"
 CHECKPOINT_FINDINGS = "checkpoint_findings"  # (ctx, folder) -> every finding about one checkpoint folder
 # Fields only GRPOConfig-like arguments hold: how a run's own subclass (training-args-custom-class) is known as GRPO.
 GRPO_FIELDS = ("num_generations", "max_completion_length", "beta")
@@ -147,6 +149,10 @@ class Options:
     strategy: str | None = None  # how `fix` re-allocates a length budget
     create_fresh: bool = False  # `fix --create-fresh`: rebuild curriculum state by replaying log_history
     launching: bool = False  # the checks gate `resumedoctor launch` (which loads local dataset files itself)
+    # How to read a result ledger (integrations/ledger/config.py LedgerConfig); None: the defaults.
+    ledger: Any = None
+    # A ledger option was given on the command line: PATH is a ledger even when it is a plain folder.
+    ledger_asked: bool = False
 
 
 class RunContext:

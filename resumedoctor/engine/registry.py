@@ -57,6 +57,8 @@ class CheckFamily:
     # (`ctx.services`, keyed by constants such as engine.context.CHECKPOINT_FINDINGS): families
     # never import each other.
     services: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    # The kinds of target (engine.target.TRAINING, LEDGER) the family judges; others never list it.
+    applies_to: tuple[str, ...] = ("training",)
 
     def missing_requirements(self) -> list[str]:
         return [name for name in self.requires if not _importable(name)]

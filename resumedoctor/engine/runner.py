@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resumedoctor.engine.context import Options, Progress, RunContext
+from resumedoctor.engine.context import LEDGER_SUMMARY, Options, Progress, RunContext
 from resumedoctor.engine.findings import (
     Finding,
     FixInfo,
@@ -70,6 +70,8 @@ class Report:
     # Where the resume checkpoint stands in its run (None: no checkpoint, or its state is unreadable).
     progress: Progress | None = None
     deep: bool = False  # judged with --deep: a fix must be asked to judge the same way
+    # A result ledger's work left (the LEDGER_SUMMARY service's dict), None for a training run.
+    ledger: dict | None = None
 
     @property
     def summary(self) -> dict[str, int]:
@@ -89,6 +91,7 @@ class Report:
                 "finished": self.progress.finished},
             "findings": [finding.to_dict() for finding in self.findings],
             "summary": self.summary,
+            **({"ledger": self.ledger} if self.ledger is not None else {}),
         }
 
 
@@ -159,6 +162,8 @@ def run_checks(ctx: RunContext, registry: Registry) -> Report:
         ctx.services.update(family.services)
     results = []
     for family in registry.families:
+        if ctx.target.kind not in family.applies_to:
+            continue  # a ledger is not a training run, and the other way round: nothing to say
         if not any(ctx.settings.is_enabled(rule.code) for rule in family.rules):
             reason = "ignored" if all(ctx.settings.is_ignored(rule.code) for rule in family.rules) else "not selected"
             results.append(FamilyResult(family.name, family.prefix, family.title, "skipped", reason))
@@ -179,8 +184,10 @@ def run_checks(ctx: RunContext, registry: Registry) -> Report:
         RuleInfo(rule.code, rule.name, family.name, ctx.settings.severity_for(rule.code, rule.severity),
                  rule.summary, rule.explanation)
         for family, rule in registry.rules()
-        if ctx.settings.is_enabled(rule.code)
+        if ctx.settings.is_enabled(rule.code) and ctx.target.kind in family.applies_to
     )
+    if ctx.target.is_ledger:
+        return _ledger_report(ctx, results, findings, rules)
     checkpoint = ctx.resume_point() if ctx.explicit_resume_path() is not None else ctx.target.checkpoint
     return Report(
         target=str(ctx.target.path),
@@ -191,6 +198,16 @@ def run_checks(ctx: RunContext, registry: Registry) -> Report:
         progress=ctx.progress(checkpoint),
         deep=ctx.options.deep,
     )
+
+
+def _ledger_report(ctx: RunContext, results: list[FamilyResult], findings: list[Finding],
+                   rules: tuple[RuleInfo, ...]) -> Report:
+    """A ledger resumes from itself; its report carries the work left when a family offers it."""
+    summary = ctx.services.get(LEDGER_SUMMARY)
+    ran = any(result.status == "ran" for result in results)
+    return Report(target=str(ctx.target.path), resume_from=str(ctx.target.path), families=tuple(results),
+                  findings=tuple(findings), rules=rules, deep=ctx.options.deep,
+                  ledger=summary(ctx) if summary is not None and ran else None)
 
 
 def new_context(target: Target, settings: Settings | None = None, options: Options | None = None,
@@ -223,9 +240,10 @@ def diagnose_with_context(
     environ: Mapping[str, str] | None = None,
 ) -> tuple[RunContext, Report]:
     """`diagnose`, with the run context its verdicts were computed in (the resume point, say)."""
-    target = resolve_target(path)
+    options = options or Options()
+    target = resolve_target(path, ledger=options.ledger_asked)
     if settings is None:
         settings = user_settings(Path(path))
     registry = registry or load_registry()
-    ctx = new_context(target, settings, options or Options(), environ, registry)
+    ctx = new_context(target, settings, options, environ, registry)
     return ctx, run_checks(ctx, registry)

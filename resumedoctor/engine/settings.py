@@ -1,7 +1,8 @@
 """User settings: `[tool.resumedoctor]` in pyproject.toml or a `resumedoctor.toml`.
 
 Keys: `select` and `ignore` (codes or code prefixes, like ruff) and `severity` (a table of code or
-prefix to error / warning / info). The command line's `--select` replaces `select`, `--ignore` adds.
+prefix to error / warning / info); the table `ledger` tells how to read a result ledger (its keys are
+checked by integrations/ledger/config.py). The command line's `--select` replaces `select`, `--ignore` adds.
 A code or prefix that no registered rule code starts with is refused (`check_known`): a typo must not
 switch a check off in silence.
 
@@ -26,7 +27,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-KNOWN_KEYS = {"select", "ignore", "severity"}
+KNOWN_KEYS = {"select", "ignore", "severity", "ledger"}
 SETTINGS_FILES = ("resumedoctor.toml", "pyproject.toml")
 
 
@@ -74,6 +75,8 @@ class Settings:
     ignore: tuple[str, ...] = ()
     severity: dict[str, Severity] = field(default_factory=dict)
     source: Path | None = None
+    # `[tool.resumedoctor.ledger]` as written (relative paths are relative to `source`'s folder).
+    ledger: dict = field(default_factory=dict)
 
     def is_enabled(self, code: str) -> bool:
         selected = _longest_prefix(code, self.select) if self.select else ""
@@ -118,6 +121,9 @@ def _settings_from_table(table: dict, source: Path) -> Settings:
     unknown = set(table) - KNOWN_KEYS
     if unknown:
         raise SettingsError(f"{source}: unknown key(s) {', '.join(sorted(unknown))} in resumedoctor settings")
+    ledger = table.get("ledger", {})
+    if not isinstance(ledger, dict):
+        raise SettingsError(f"{source}: 'ledger' must be a table ([tool.resumedoctor.ledger])")
     severity_table = table.get("severity", {})
     if not isinstance(severity_table, dict):
         raise SettingsError(f"{source}: 'severity' must be a table of CODE = \"error|warning|info\"")
@@ -133,6 +139,7 @@ def _settings_from_table(table: dict, source: Path) -> Settings:
             ignore=parse_codes(table.get("ignore")),
             severity=severities,
             source=source,
+            ledger=ledger,
         )
     except SettingsError as exc:
         raise SettingsError(f"{source}: {exc}") from None

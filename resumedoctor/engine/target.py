@@ -7,6 +7,10 @@ transformers writes two kinds of folder, and the difference decides everything d
   `trainer.save_model(output_dir)` writes beside them (weights, config, tokenizer,
   `training_args.bin`, model card) — never a training state.
 A finished output_dir therefore holds model files and is still an output_dir.
+
+The jobs around training (generation, batch inference) leave a third kind of PATH: a result ledger, one
+results file (JSONL, JSON, CSV, Parquet, an inference `checkpoint.json`) or a folder of worker shards
+and their state files (integrations/ledger/layout.py). Only the GEN family judges a ledger.
 """
 
 from __future__ import annotations
@@ -15,6 +19,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from resumedoctor.integrations.ledger.layout import (
+    LEDGER_SUFFIXES,
+    is_ledger_file_name,
+    looks_like_worker_folder,
+)
 
 # transformers.trainer_utils._re_checkpoint: only these names are resume candidates.
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -38,6 +48,10 @@ FINAL_MODEL_FILES = (
     "pytorch_model.bin.index.json",
 )
 
+
+# What a target is: a training run (a checkpoint or an output_dir), or a result ledger.
+TRAINING = "training"
+LEDGER = "ledger"
 
 # Where resumedoctor keeps its own state inside an output_dir (journal, quarantine, decisions).
 STATE_DIR = ".resumedoctor"
@@ -69,6 +83,13 @@ class Target:
     final_model: tuple[str, ...] = ()
     # The output_dir's entries (name -> is a folder) from the one listing of the run; None: not listed.
     listing: dict[str, bool] | None = field(default=None, compare=False, hash=False)
+    # TRAINING, or LEDGER: `path` is a results file or a folder of worker shards; `output_dir` is the
+    # folder that holds it, where fixes keep their journal and write their files.
+    kind: str = TRAINING
+
+    @property
+    def is_ledger(self) -> bool:
+        return self.kind == LEDGER
 
     @property
     def subfolders(self) -> list[str]:
@@ -135,19 +156,26 @@ def looks_like_checkpoint(folder: Path, listing: dict[str, bool] | None = None) 
     return holds_training_state(names) or "trainer_state.json" in names
 
 
-def resolve_target(path: str | os.PathLike) -> Target:
-    """Resolve PATH; raises TargetError with a one-line reason for unusable input."""
+def resolve_target(path: str | os.PathLike, *, ledger: bool = False) -> Target:
+    """Resolve PATH; raises TargetError with a one-line reason for unusable input.
+
+    `ledger`: the user said PATH is a result ledger (a ledger option was given), so a folder is one
+    even without worker files in it.
+    """
     given = Path(path)
     if not given.exists():
         raise TargetError(f"{given}: no such file or directory")
     if not given.is_dir():
-        raise TargetError(f"{given}: not a directory (give a checkpoint-N folder or an output_dir)")
+        return _ledger_file(given, ledger)
     if not os.access(given, os.R_OK | os.X_OK):
         raise TargetError(f"{given}: permission denied")
     if CHECKPOINT_NAME.match(given.name) or looks_like_checkpoint(given, listing := scan(given)):
         return Target(path=given, output_dir=given.parent, checkpoint=given, checkpoints=(given,),
                       is_output_dir=False)
     checkpoints = list_checkpoints(given, listing)
+    if not checkpoints and (ledger or looks_like_worker_folder(list(listing))):
+        return Target(path=given, output_dir=given, checkpoint=None, checkpoints=(), is_output_dir=False,
+                      listing=listing, kind=LEDGER)
     return Target(
         path=given,
         output_dir=given,
@@ -157,3 +185,25 @@ def resolve_target(path: str | os.PathLike) -> Target:
         final_model=tuple(name for name in FINAL_MODEL_FILES if name in listing),
         listing=listing,
     )
+
+
+def _is_checkpoint_folder(folder: Path) -> bool:
+    try:
+        return looks_like_checkpoint(folder)
+    except TargetError:
+        return False
+
+
+def _ledger_file(given: Path, ledger: bool) -> Target:
+    if not given.is_file():
+        raise TargetError(f"{given}: not a regular file or a directory")
+    if not (ledger or is_ledger_file_name(given.name)):
+        raise TargetError(f"{given}: not a directory (give a checkpoint-N folder, an output_dir, or a results "
+                          f"file: {', '.join(LEDGER_SUFFIXES)})")
+    if not os.access(given, os.R_OK):
+        raise TargetError(f"{given}: permission denied")
+    parent = given.parent if given.parent.name else Path(os.path.realpath(given)).parent
+    if CHECKPOINT_NAME.match(parent.name) or (not ledger and _is_checkpoint_folder(parent)):
+        raise TargetError(f"{given}: a file of the checkpoint {parent}; give the checkpoint folder or its output_dir")
+    return Target(path=given, output_dir=given.parent, checkpoint=None, checkpoints=(), is_output_dir=False,
+                  kind=LEDGER)

@@ -75,7 +75,7 @@ class FixResult:
 
 def _diagnose(path: Path, settings: Settings, options: Options, registry: Registry,
               environ: Mapping[str, str] | None) -> tuple[RunContext, Report]:
-    ctx = new_context(resolve_target(path), settings, options, environ, registry)
+    ctx = new_context(resolve_target(path, ledger=options.ledger_asked), settings, options, environ, registry)
     return ctx, run_checks(ctx, registry)
 
 
@@ -274,9 +274,9 @@ def fix(
     for `undo`. Applying holds the output_dir's writer lock from the first read to the last write.
     """
     path = Path(path)
-    target = resolve_target(path)
-    settings = settings if settings is not None else user_settings(path)
     options = options or Options()
+    target = resolve_target(path, ledger=options.ledger_asked)
+    settings = settings if settings is not None else user_settings(path)
     registry = registry or load_registry()
     if dry_run:
         return _preview(path, unsafe, settings, options, registry, environ)

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import GRPO_RECIPE, run_cli
@@ -58,6 +59,9 @@ def test_bad_input_is_one_line_on_stderr_and_exit_2(args, needle):
 
 def test_a_file_where_a_folder_is_expected(full_run):
     result = run_cli("diagnose", full_run / "checkpoint-6" / "config.json")
+    assert result.returncode == 2
+    assert "a file of the checkpoint" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    result = run_cli("diagnose", Path(__file__))  # not a results file either
     assert result.returncode == 2
     assert "not a directory" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
