@@ -131,8 +131,12 @@ def _settings_file(path: Path, settings_file: Path | None) -> Settings:
     return settings
 
 
-def check_inputs(path: PathLike, recipe: PathLike | None = None, *, ledger: bool = False) -> None:
-    """PATH must be a readable folder (or a results file) and a named recipe must exist."""
+def check_inputs(path: PathLike, recipe: PathLike | None = None, *, ledger: bool = False,
+                 training_only: str | None = None) -> None:
+    """PATH must be a readable folder (or a results file) and a named recipe must exist.
+
+    `training_only`: the command needs a training run (`env`, `seal`...), so a result ledger is refused.
+    """
     import os
 
     from resumedoctor.engine.target import TargetError, resolve_target
@@ -141,9 +145,12 @@ def check_inputs(path: PathLike, recipe: PathLike | None = None, *, ledger: bool
         raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
 
     try:
-        resolve_target(path, ledger=ledger)
+        target = resolve_target(path, ledger=ledger)
     except TargetError as exc:
         raise ResumeDoctorError(str(exc)) from None
+    if training_only and target.is_ledger:
+        raise ResumeDoctorError(f"{path} is a result ledger, not a training run: {training_only} works on a "
+                                "checkpoint-N folder or an output_dir (`resumedoctor diagnose` and `fix` read ledgers)")
     if recipe is not None:
         check_recipe(recipe)
 
@@ -238,6 +245,7 @@ def resume_point(output_dir: PathLike, recipe: PathLike | None = None, *, recipe
     path = Path(output_dir)
     if not path.exists() and not path.is_symlink():
         return None
+    check_inputs(path, training_only="`resume_point`")
     options = dict(recipe_args=tuple(recipe_args), wandb_dir=wandb_dir, deep=deep, select=None, ignore=None,
                    settings_file=settings_file, environ=environ)  # judged twice below: not an iterator
     ctx, report = _judge(path, recipe, **options)
@@ -347,7 +355,7 @@ def seal(path: PathLike) -> SealResult:
     from resumedoctor.fixing.journal import JournalError
     from resumedoctor.integrations.seal.existing import seal_existing
 
-    check_inputs(path)
+    check_inputs(path, training_only="`seal`")
     try:
         return seal_existing(path, settings=settings_for(path))
     except OSError as exc:
@@ -366,7 +374,7 @@ def shell_environment(path: PathLike, recipe: PathLike | None = None, *, wandb_d
     """The W&B run the next start logs to, as shell lines (`.render()`): `resumedoctor env PATH`."""
     from resumedoctor.integrations.wandb.shell_env import shell_environment as decide
 
-    check_inputs(path, recipe)
+    check_inputs(path, recipe, training_only="`env`")
     return decide(path, wandb_dir=None if wandb_dir is None else Path(wandb_dir), environ=environ,
                   recipe=None if recipe is None else Path(recipe))
 
@@ -434,7 +442,7 @@ def resolved_config(recipe: PathLike, path: PathLike | None = None, recipe_args:
 
     check_recipe(recipe)
     if path is not None:
-        check_inputs(path)
+        check_inputs(path, training_only="`config`")
     notes: list[str] = []
     try:
         rows = config_rows(Path(recipe), None if path is None else Path(path), tuple(recipe_args), notes=notes)

@@ -1,0 +1,93 @@
+"""A result ledger is a third kind of PATH: what `diagnose` takes as one, and how it is configured."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from resumedoctor.engine.target import LEDGER, TRAINING, TargetError, resolve_target
+
+
+def run_cli(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "resumedoctor", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "prediction": f"answer {i}"}) + "\n" for i in range(5)))
+    return path
+
+
+def test_a_results_file_is_a_ledger_and_its_folder_holds_the_fixes(results):
+    target = resolve_target(results)
+    assert target.kind == LEDGER and target.is_ledger
+    assert target.output_dir == results.parent and target.checkpoint is None and target.checkpoints == ()
+
+
+def test_a_folder_is_a_ledger_by_its_worker_files_or_when_asked(tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert resolve_target(plain).kind == TRAINING  # an output_dir before its first save
+    assert resolve_target(plain, ledger=True).kind == LEDGER
+    workers = tmp_path / "workers"
+    workers.mkdir()
+    (workers / "worker_args_0.json").write_text("{}")
+    assert resolve_target(workers).kind == LEDGER
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "gen_data_0_to_250_w0.csv").write_text("id\n")
+    assert resolve_target(shards).kind == LEDGER
+
+
+def test_an_output_dir_with_checkpoints_stays_a_training_run_even_when_asked(tmp_path):
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "worker_args_0.json").write_text("{}")
+    assert resolve_target(tmp_path, ledger=True).kind == TRAINING
+
+
+def test_files_that_are_not_ledgers_are_refused_in_one_line(tmp_path):
+    checkpoint = tmp_path / "checkpoint-4"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text("{}")
+    with pytest.raises(TargetError, match="a file of the checkpoint"):
+        resolve_target(checkpoint / "trainer_state.json")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("x")
+    with pytest.raises(TargetError, match="not a directory"):
+        resolve_target(notes)
+
+
+def test_training_only_commands_refuse_a_ledger(results):
+    for command in ("env", "seal"):
+        result = run_cli(command, results)
+        assert result.returncode == 2, result
+        assert "is a result ledger, not a training run" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_the_json_report_of_a_ledger_lists_only_the_ledger_family(results):
+    result = run_cli("diagnose", results, "--format", "json")
+    assert result.returncode in (0, 1), result.stderr
+    report = json.loads(result.stdout)
+    assert report["resume_from"] == str(results)
+    assert {check["prefix"] for check in report["checks"]} == {"GEN"}
+    assert "ledger" in report
+
+
+def test_ledger_settings_and_flags_are_checked(results, tmp_path):
+    bad = run_cli("diagnose", results, "--success", "!!((")
+    assert bad.returncode == 2 and "not JMESPath" in bad.stderr and "Traceback" not in bad.stderr
+    bad = run_cli("diagnose", results, "--quota", "0")
+    assert bad.returncode == 2 and "at least 1" in bad.stderr
+    (tmp_path / "pyproject.toml").write_text('[tool.resumedoctor.ledger]\nid_feld = "id"\n')
+    bad = run_cli("diagnose", results, cwd=tmp_path)
+    assert bad.returncode == 2 and "did you mean 'id_field'" in bad.stderr, bad.stderr
+    (tmp_path / "pyproject.toml").write_text('[tool.resumedoctor.ledger]\nid_field = "id"\nquota = 2\n')
+    good = run_cli("diagnose", results, "--format", "json", cwd=tmp_path)
+    assert good.returncode in (0, 1), good.stderr
