@@ -429,6 +429,13 @@ def _finished_worker_findings(layout: WorkerLayout, worker: Worker, shards: _Wor
             yield NOT_JUDGED.finding(f"{worker.label} says done but names no shard and no range: its shard "
                                      f"cannot be looked for", path=path)
             return
+        near = [s.name for s in layout.orphans if worker.has_range and s.start < worker.end and worker.start < s.end]
+        if worker.declared_shard is None and near:  # another naming of the same rows: not a missing shard
+            yield NOT_JUDGED.finding(
+                f"{worker.label}{_span(worker)} {_says_done(worker)}; no shard is named for exactly its rows, and "
+                f"which of {_listed([printable(n) for n in near])} is its own is not judged", path=path,
+                hint="name the shard in the worker's state file (\"shard\": \"<file name>\")")
+            return
         expected = (f"its shard {printable(worker.declared_shard)} is not" if worker.declared_shard is not None
                     else f"no shard named for rows [{worker.start}, {worker.end}) is")
         yield DONE_SHARD_MISSING.finding(

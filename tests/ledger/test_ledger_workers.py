@@ -333,3 +333,14 @@ def test_work_list_named_by_the_states_inside_the_folder(tmp_path):
     make_worker(outside, 0, 0, 20, rows=range(0, 20), inputs="../tasks.jsonl")
     report, found = diagnose(outside)
     assert "GEN008" not in found and "without gaps" in found["GEN016"].message
+
+
+def test_shard_named_another_way_is_no_missing_shard(tmp_path):
+    """A shard named with an inclusive end: claimed by the worker's name in it, or not judged; never GEN010."""
+    (tmp_path / "worker_args_0.json").write_text(json.dumps({"start": 0, "end": 10, "status": "done"}))
+    write_csv(tmp_path / "out_data_0_to_9_w0.csv", range(0, 10))
+    (tmp_path / "worker_args_1.json").write_text(json.dumps({"start": 10, "end": 20, "status": "done"}))
+    write_csv(tmp_path / "out_data_11_to_20.csv", range(10, 20))
+    report, found = diagnose(tmp_path)
+    assert "GEN010" not in found and "GEN011" not in found
+    assert any("which of out_data_11_to_20.csv is its own is not judged" in f.message for f in report.findings)

@@ -293,7 +293,8 @@ def _claim_shards(folder: Path, worker: Worker, shards: list[Shard], files: list
     mine = [s for s in shards if _names_worker(s.name, worker.key)]
     if worker.has_range:
         same = [s for s in shards if (s.start, s.end) == (worker.start, worker.end)]
-        chosen = [s for s in same if s in mine] or same
+        # A shard named for this worker over another range (an inclusive end, 1-based rows) is still its own.
+        chosen = [s for s in same if s in mine] or same or mine
     else:  # no (usable) range in the state: a shard named for this worker carries it
         chosen = mine[:1]
         if chosen:
