@@ -344,3 +344,23 @@ def test_shard_named_another_way_is_no_missing_shard(tmp_path):
     report, found = diagnose(tmp_path)
     assert "GEN010" not in found and "GEN011" not in found
     assert any("which of out_data_11_to_20.csv is its own is not judged" in f.message for f in report.findings)
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "csv"])
+def test_finished_and_merged_job_is_clean(tmp_path, suffix):
+    """Every worker done, every shard complete, the merge newer and whole: nothing to say, exit 0."""
+    inputs = write_inputs(tmp_path, 30)
+    for k in range(3):
+        shard = f"gen_data_{k * 10}_to_{k * 10 + 10}_worker{k}.{suffix}"
+        make_worker(tmp_path, k, k * 10, k * 10 + 10, shard=shard)
+        write_results(tmp_path / shard, range(k * 10, k * 10 + 10))
+    write_results(tmp_path / f"gen_merged.{suffix}", range(30))
+    report, _ = diagnose(tmp_path, inputs=str(inputs))
+    assert mine(report) == [] and report.exit_code == 0
+
+
+def write_results(path: Path, ids) -> None:
+    if path.suffix == ".csv":
+        write_csv(path, ids)
+    else:
+        path.write_text("".join(json.dumps({"id": i, "output": f"answer {i}"}) + "\n" for i in ids))
