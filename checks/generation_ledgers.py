@@ -273,7 +273,7 @@ class _WorkerShards:
         for name in names:
             tally = self.tally(name)
             if isinstance(tally, str):
-                return f"{printable(name)} {tally}"
+                return f"{printable(name)}: {tally}"
             for key, (successes, failures) in tally.units.items():
                 counts = units.setdefault(key, [0, 0])
                 counts[0] += successes
@@ -445,7 +445,7 @@ def _finished_worker_findings(layout: WorkerLayout, worker: Worker, shards: _Wor
         return
     units = shards.units(worker.shards)
     if isinstance(units, str):
-        yield NOT_JUDGED.finding(f"{worker.label}'s shard {units}: whether it is complete is not judged", path=path)
+        yield NOT_JUDGED.finding(f"{worker.label}'s shard {units}; whether it is complete is not judged", path=path)
         return
     if worker.has_range:
         yield from _short_shard(layout, worker, shards, units)
@@ -522,7 +522,7 @@ def _stale_merged(layout: WorkerLayout, shards: _WorkerShards, name: str, names:
     newer = [shard for shard in names if _mtime(layout.folder / shard) > _mtime(path)]
     merged = shards.units([name])
     if isinstance(merged, str):
-        yield NOT_JUDGED.finding(f"the merged file {merged}: whether it holds the shards' results is not judged",
+        yield NOT_JUDGED.finding(f"the merged file {merged}; whether it holds the shards' results is not judged",
                                  path=str(path))
         return
     older = f" and is older than {_listed([printable(n) for n in newer])}" if newer else ""
