@@ -7,12 +7,31 @@ the LedgerConfig (flags over `[tool.resumedoctor.ledger]`). Only successes count
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from resumedoctor.engine.context import LEDGER_SUMMARY, RunContext
 from resumedoctor.engine.findings import Finding, Rule, Severity
 from resumedoctor.engine.registry import CheckFamily
+from resumedoctor.errors import ReasonError
 from resumedoctor.integrations.ledger.config import LedgerConfig
+from resumedoctor.integrations.ledger.layout import SHARD_RANGE_NAME
+from resumedoctor.integrations.ledger.tally import Tally, tally_files
+from resumedoctor.integrations.ledger.workers import (
+    DONE,
+    Worker,
+    WorkerLayout,
+    read_layout,
+)
+from resumedoctor.io.printable import printable
+from resumedoctor.io.records import (
+    JSON_OBJECT,
+    RecordsError,
+    detect_format,
+    iter_entries,
+)
 
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 
@@ -142,13 +161,37 @@ WORKER_NOT_FINISHED = Rule(
     "GEN017", "worker-not-finished", INFO,
     "Workers whose state says failed or still running: a resume reruns their ranges.",
     "Part of the work left; their partial shards are kept and only their missing or failed inputs need "
-    "to run again.",
+    "to run again. A state that says running cannot be told apart here from a worker killed while it ran "
+    "(SIGKILL, preemption: nothing rewrote its state): if no process of the job is alive, it is dead.",
+)
+WORKER_STATE_DAMAGED = Rule(
+    "GEN030", "worker-state-damaged", WARNING,
+    "A worker's state file is damaged or holds a range that is no range: its worker cannot be judged.",
+    "A state file that is not a JSON object (a write killed halfway, hand edits), or whose range has the "
+    "wrong type, ends before it starts or is a number no work list has. A resume that reads it fails, or "
+    "treats the worker as never started and reruns its range; whether its inputs are covered and done is "
+    "not known. Rewrite the state file (or delete it and rerun that worker).",
+)
+SHARD_WITHOUT_STATE = Rule(
+    "GEN031", "shard-without-state", INFO,
+    "A result shard whose range no worker state file claims.",
+    "A leftover of an earlier split, or a worker whose state file was lost. Its results count for the work "
+    "left and its range as covered; a resume that goes by the state files neither skips nor reruns it, "
+    "and a merge includes it.",
+)
+FINISHED_WORKER_FAILURES = Rule(
+    "GEN032", "finished-worker-failures", WARNING,
+    "A worker's state says done but some inputs of its shard have only failed results.",
+    "A resume that skips finished workers never retries these inputs: they stay failures although a "
+    "rerun could answer them. Intended when the failures are final (a content filter); otherwise mark the "
+    "worker not done, or write the remaining work (`fix --auto`) and run it.",
 )
 
 RULES = (TORN_LAST_RECORD, UNPARSEABLE_RECORDS, DUPLICATE_RESULTS, FAILURES_MARKED_DONE,
          SUCCESSES_NOT_MARKED_DONE, WORK_LEFT, NEVER_ATTEMPTED, RANGE_GAP, RANGE_OVERLAP, DONE_SHARD_MISSING,
          DONE_SHARD_SHORT, SHARDS_NOT_MERGED, MERGED_STALE, OVER_TOKEN_BUDGET, RECORDS_WITHOUT_ID, NOT_JUDGED,
          WORKER_NOT_FINISHED, FAILURE_RECORDS, ERRORS_COUNTED_AS_SUCCESS)
+RULES += (WORKER_STATE_DAMAGED, SHARD_WITHOUT_STATE, FINISHED_WORKER_FAILURES)
 
 
 def config_of(ctx: RunContext) -> LedgerConfig:
@@ -162,8 +205,17 @@ def record_findings(ctx: RunContext) -> Iterator[Finding]:
 
 
 def worker_findings(ctx: RunContext) -> Iterator[Finding]:
-    """GEN008-013, GEN017: worker ranges, their state files and shards, the merged file."""
-    return iter(())
+    """GEN008-013, GEN017, GEN030-032: worker ranges, their state files and shards, the merged file."""
+    layout = worker_layout(ctx)
+    if layout is None or not layout.is_worker_job:
+        return
+    shards = _WorkerShards(ctx, layout)
+    yield from _state_findings(layout)
+    yield from _range_findings(ctx, layout)
+    for worker in layout.workers:
+        yield from _finished_worker_findings(layout, worker, shards)
+    yield from _unfinished_findings(layout, shards)
+    yield from _merge_findings(layout, shards)
 
 
 def ledger_summary(ctx: RunContext) -> dict:
@@ -185,3 +237,344 @@ FAMILY = CheckFamily(
     applies_to=("ledger",),
     services={LEDGER_SUMMARY: ledger_summary},
 )
+
+
+# --- worker shards: helpers of worker_findings --------------------------------------------------------
+MAX_LISTED = 5  # ranges, workers or ids named in one message
+
+
+def worker_layout(ctx: RunContext) -> WorkerLayout | None:
+    """The workers, shards and merged files of a folder ledger (None: the target is one results file)."""
+    target = ctx.target
+    if not target.is_ledger or target.listing is None or not target.path.is_dir():
+        return None
+    return ctx.memo(("ledger-workers", target.path), lambda: read_layout(target.path, target.listing),
+                    "read_worker_layout")
+
+
+class _WorkerShards:
+    """What the shards hold, read once each (integrations/ledger/tally.py): per worker and for the merge."""
+
+    def __init__(self, ctx: RunContext, layout: WorkerLayout):
+        self.ctx, self.layout, self.config = ctx, layout, config_of(ctx)
+
+    def tally(self, name: str) -> Tally | str:
+        """The tally of one file of the folder, or why it cannot be read."""
+        def read() -> Tally | str:
+            try:
+                return tally_files([self.layout.folder / name], self.config)
+            except (ReasonError, OSError) as exc:
+                return exc.reason if isinstance(exc, ReasonError) else str(exc)
+        return self.ctx.memo(("ledger-shard-tally", self.layout.folder, name), read, "tally_files")
+
+    def units(self, names: Iterable[str]) -> dict[str, list[int]] | str:
+        """unit key -> [successes, failures] over these files, or why one cannot be read."""
+        units: dict[str, list[int]] = {}
+        for name in names:
+            tally = self.tally(name)
+            if isinstance(tally, str):
+                return f"{printable(name)}: {tally}"
+            for key, (successes, failures) in tally.units.items():
+                counts = units.setdefault(key, [0, 0])
+                counts[0] += successes
+                counts[1] += failures
+        return units
+
+    def records(self, names: Iterable[str]) -> tuple[int, int, int]:
+        """(usable records, records without the unit field, unusable lines) over these (readable) files."""
+        tallies = [t for t in map(self.tally, names) if not isinstance(t, str)]
+        files = [f for t in tallies for f in t.files]
+        return sum(f.records for f in files), sum(f.without_key for f in files), sum(f.problem_count for f in files)
+
+
+def _state_findings(layout: WorkerLayout) -> Iterator[Finding]:
+    """GEN030 damaged state files, GEN016 what is not read, GEN031 shards no state file claims."""
+    for worker in layout.workers:
+        path = str(layout.folder / worker.state_files[0])
+        if worker.problem:
+            yield WORKER_STATE_DAMAGED.finding(
+                f"{worker.label}: {worker.problem}; "
+                f"{'whether it finished' if worker.has_range else 'its range and status'} not judged", path=path,
+                hint="rewrite the state file with the worker's range and status, or delete it and rerun that worker")
+        if worker.outside:
+            yield NOT_JUDGED.finding(
+                f"{worker.label}'s state names its shard {worker.outside!r}, outside {layout.folder}: not read, "
+                f"so its results are not judged", path=path,
+                hint="diagnose the folder that holds the shards, or move the shard beside its state file")
+    for name in layout.outside:
+        yield NOT_JUDGED.finding(f"{printable(name)} leads outside {layout.folder} (a link): not read",
+                                 path=str(layout.folder / name))
+    if layout.unread_states:
+        yield NOT_JUDGED.finding(f"{_count(layout.unread_states, 'worker state file')} beyond the first "
+                                 f"{len(layout.workers)} were not read", path=str(layout.folder))
+    if layout.workers:
+        for shard in layout.orphans:
+            yield SHARD_WITHOUT_STATE.finding(
+                f"{printable(shard.name)} (rows [{shard.start}, {shard.end})) has no worker state file: its "
+                f"results count, its range counts as covered", path=str(layout.folder / shard.name))
+    elif layout.orphans:
+        yield NOT_JUDGED.finding(
+            f"{_count(len(layout.orphans), 'result shard')} and no worker state files: whether each worker finished is "
+            f"not judged (only the ranges in the shards' names are)", path=str(layout.folder))
+
+
+def _spans(layout: WorkerLayout) -> list[tuple[int, int, str]]:
+    """(start, end, who) of every known range: the workers', and the shards no state file claims."""
+    spans = [(w.start, w.end, w.label) for w in layout.workers if w.has_range]
+    spans += [(s.start, s.end, printable(s.name)) for s in layout.orphans]
+    return sorted(span for span in spans if span[1] > span[0])
+
+
+def _range_findings(ctx: RunContext, layout: WorkerLayout) -> Iterator[Finding]:
+    """GEN008 rows no range covers (up to the work list's end when it is given), GEN009 overlaps."""
+    spans = _spans(layout)
+    inputs = config_of(ctx).inputs or layout.inputs
+    total, why = _work_list_rows(ctx, inputs)
+    if why:
+        yield NOT_JUDGED.finding(f"the work list {why}: the ranges are checked only against each other",
+                                 path=str(inputs))
+    gaps = _gaps(spans, total)
+    unknown = [w.label for w in layout.workers if not w.has_range]
+    if gaps and unknown:
+        yield NOT_JUDGED.finding(
+            f"rows {_rows(gaps)} are in no known range, but the range of {_listed(unknown)} is not known: "
+            f"the gaps are not judged", path=str(layout.folder))
+    elif gaps:
+        yield _gap_finding(layout, gaps, total, inputs)
+    elif spans and total is None:
+        yield NOT_JUDGED.finding(
+            f"the worker ranges cover rows [0, {max(end for _, end, _ in spans)}) without gaps; whether the work "
+            f"list has more rows is not judged", path=str(layout.folder),
+            hint="give --inputs (the work list) to check that the last range reaches its end")
+    overlaps = _overlaps(spans)
+    if overlaps:
+        shared = sum(end - start for start, end, _, _ in overlaps)
+        named = "; ".join(f"rows [{a}, {b}): {one} and {two}" for a, b, one, two in overlaps[:MAX_LISTED])
+        yield RANGE_OVERLAP.finding(
+            f"{_count(len(overlaps), 'overlap')} of worker ranges, {shared} rows processed twice ({named}"
+            f"{'; ...' if len(overlaps) > MAX_LISTED else ''})", path=str(layout.folder),
+            hint="merge with deduplication (`resumedoctor fix --auto`); fix the split before the next run")
+
+
+def _gap_finding(layout: WorkerLayout, gaps: list[tuple[int, int]], total: int | None, inputs: Path | None) -> Finding:
+    missing = sum(end - start for start, end in gaps)
+    of = f" of the {total} inputs ({printable(str(inputs))})" if total is not None else ""
+    return RANGE_GAP.finding(
+        f"rows {_rows(gaps)}{of} are in no worker range: {missing} inputs no worker will ever process",
+        path=str(layout.folder),
+        hint=f"run a worker for {_rows(gaps[:1])} (and each other gap), or redo the split")
+
+
+def _work_list_rows(ctx: RunContext, inputs: Path | None) -> tuple[int | None, str | None]:
+    """The rows of the inputs file (the work list), or why they cannot be counted; (None, None): none given."""
+    if inputs is None:
+        return None, None
+
+    def count() -> int:
+        fmt = detect_format(Path(inputs))
+        if fmt == JSON_OBJECT:
+            raise RecordsError("is one JSON object, not a list of inputs")
+        return sum(1 for _ in iter_entries(Path(inputs), fmt))
+    try:
+        return ctx.memo(("ledger-input-rows", str(inputs)), count, "count_inputs"), None
+    except ReasonError as exc:
+        return None, f"{printable(str(inputs))} {exc.reason}"
+    except OSError as exc:
+        return None, f"{printable(str(inputs))} cannot be read: {exc.strerror or exc}"
+
+
+def _gaps(spans: list[tuple[int, int, str]], total: int | None) -> list[tuple[int, int]]:
+    """Rows no span covers: from row 0, between spans, and up to `total` when it is known."""
+    gaps, reached = [], 0
+    for start, end, _ in spans:
+        if start > reached:
+            gaps.append((reached, start))
+        reached = max(reached, end)
+    if total is not None:
+        gaps = [(start, min(end, total)) for start, end in gaps if start < total]
+        if reached < total:
+            gaps.append((reached, total))
+    return gaps
+
+
+def _overlaps(spans: list[tuple[int, int, str]], limit: int = 1000) -> list[tuple[int, int, str, str]]:
+    """(start, end, one, other) for each pair of spans that share rows (sorted spans; at most `limit`)."""
+    found: list[tuple[int, int, str, str]] = []
+    active: list[tuple[int, int, str]] = []
+    for start, end, who in spans:
+        active = [span for span in active if span[1] > start]
+        found += [(start, min(end, other_end), other, who) for _, other_end, other in active]
+        if len(found) >= limit:
+            return found[:limit]
+        active.append((start, end, who))
+    return found
+
+
+def _rows(gaps: list[tuple[int, int]]) -> str:
+    named = ", ".join(f"[{start}, {end})" for start, end in gaps[:MAX_LISTED])
+    return named + (f" and {len(gaps) - MAX_LISTED} more gaps" if len(gaps) > MAX_LISTED else "")
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:MAX_LISTED]) + (f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
+
+
+def _finished_worker_findings(layout: WorkerLayout, worker: Worker, shards: _WorkerShards) -> Iterator[Finding]:
+    """GEN010 a done worker without its shard, GEN011 with a short one, GEN032 with failed inputs."""
+    if worker.status != DONE or worker.outside or worker.problem:  # a damaged state is GEN030, nothing more
+        return
+    path = str(layout.folder / worker.state_files[0])
+    if not worker.shards:
+        if worker.declared_shard is None and not worker.has_range:
+            yield NOT_JUDGED.finding(f"{worker.label} says done but names no shard and no range: its shard "
+                                     f"cannot be looked for", path=path)
+            return
+        near = [s.name for s in layout.orphans if worker.has_range and s.start < worker.end and worker.start < s.end]
+        if worker.declared_shard is None and near:  # another naming of the same rows: not a missing shard
+            yield NOT_JUDGED.finding(
+                f"{worker.label}{_span(worker)} {_says_done(worker)}; no shard is named for exactly its rows, and "
+                f"which of {_listed([printable(n) for n in near])} is its own is not judged", path=path,
+                hint="name the shard in the worker's state file (\"shard\": \"<file name>\")")
+            return
+        expected = (f"its shard {printable(worker.declared_shard)} is not" if worker.declared_shard is not None
+                    else f"no shard named for rows [{worker.start}, {worker.end}) is")
+        yield DONE_SHARD_MISSING.finding(
+            f"{worker.label}{_span(worker)} {_says_done(worker)} but {expected} in the folder: a "
+            f"resume skips it and {_inputs(worker)} are lost", path=path,
+            hint='mark the worker not done ("status": "failed") so the resume reruns its range, or restore its shard')
+        return
+    units = shards.units(worker.shards)
+    if isinstance(units, str):
+        yield NOT_JUDGED.finding(f"{worker.label}'s shard {units}; whether it is complete is not judged", path=path)
+        return
+    if worker.has_range:
+        yield from _short_shard(layout, worker, shards, units)
+    failed = [key for key, (successes, failures) in units.items() if not successes and failures]
+    if failed:
+        yield FINISHED_WORKER_FAILURES.finding(
+            f"{worker.label}{_span(worker)} says done but {len(failed)} `{shards.config.unit_field}` values of its "
+            f"shard have only failed results (e.g. {_listed([printable(k) for k in failed])}): a resume that "
+            f"skips finished workers never retries them", path=path,
+            hint="mark the worker not done, or write the remaining work (`resumedoctor fix --auto`) and run it")
+
+
+def _short_shard(layout: WorkerLayout, worker: Worker, shards: _WorkerShards,
+                 units: dict[str, list[int]]) -> Iterator[Finding]:
+    """A done worker owes one record (success or failure) per input of its range; fewer: some were never run."""
+    records, without_key, unusable = shards.records(worker.shards)
+    field_name = shards.config.unit_field
+    if records and without_key == records:
+        answered, counted = records, f"records (none has a `{field_name}` field: rows counted)"
+    else:  # records without the field may each answer one more input: never say short for them
+        answered, counted = len(units) + without_key, f"distinct `{field_name}` values"
+    if answered >= worker.size:
+        return
+    lines = f" and {unusable} unusable lines" if unusable else ""
+    yield DONE_SHARD_SHORT.finding(
+        f"{worker.label} {_says_done(worker)} but {_listed([printable(n) for n in worker.shards])} "
+        f"holds {answered} {counted}{lines} for the {worker.size} inputs of its range [{worker.start}, "
+        f"{worker.end}): {worker.size - answered} inputs have no result, and a resume that skips finished "
+        f"workers never runs them", path=str(layout.folder / worker.state_files[0]),
+        hint='mark the worker not done ("status": "failed") so the resume reruns the inputs its shard lacks')
+
+
+def _unfinished_findings(layout: WorkerLayout, shards: _WorkerShards) -> Iterator[Finding]:
+    """GEN017: workers failed, running or not started, and the work their ranges still have."""
+    workers = [w for w in layout.workers if w.status != DONE and not w.problem and not w.outside]
+    if not workers:
+        return
+    parts, remaining = [], {}
+    for worker in workers:
+        units = shards.units(worker.shards)
+        succeeded = None if isinstance(units, str) else sum(1 for successes, _ in units.values() if successes)
+        held = "its shard is unreadable" if succeeded is None else f"{succeeded} of {worker.size} inputs succeeded"
+        if succeeded is not None and worker.has_range:
+            remaining[worker.key] = max(worker.size - succeeded, 0)
+        parts.append(f"{worker.label}{_span(worker)} {worker.status_text}, {held}{_age(layout, worker)}")
+    left = f": {sum(remaining.values())} inputs of their ranges have no successful result" if remaining else ""
+    finding = WORKER_NOT_FINISHED.finding(
+        f"{_count(len(workers), 'worker')} not finished ({'; '.join(parts[:MAX_LISTED])}"
+        f"{'; ...' if len(parts) > MAX_LISTED else ''}){left}", path=str(layout.folder),
+        hint="a state that says running may be a worker killed while it ran (nothing rewrote its state): "
+             "if no process of the job is alive, resume it; it reruns these ranges and keeps what their shards hold")
+    finding.extra["remaining"] = remaining
+    yield finding
+
+
+def _merge_findings(layout: WorkerLayout, shards: _WorkerShards) -> Iterator[Finding]:
+    """GEN012 every worker done and nothing merged, GEN013 a merged file older than a shard or lacking results."""
+    names = layout.shard_names
+    if not layout.merged:
+        workers = layout.workers
+        if names and workers and all(w.status == DONE and w.shards and not w.problem for w in workers):
+            stem = SHARD_RANGE_NAME.split(names[0])[0] or "results"
+            yield SHARDS_NOT_MERGED.finding(
+                f"all {len(workers)} workers are done but their {len(names)} shards are not merged (no "
+                f"{printable(stem)}_merged{Path(names[0]).suffix} in the folder)", path=str(layout.folder),
+                hint="merge them (`resumedoctor fix --auto`): one deduplicated file, a success winning over an error")
+        return
+    for name in layout.merged:
+        yield from _stale_merged(layout, shards, name, names)
+
+
+def _stale_merged(layout: WorkerLayout, shards: _WorkerShards, name: str, names: list[str]) -> Iterator[Finding]:
+    path = layout.folder / name
+    newer = [shard for shard in names if _mtime(layout.folder / shard) > _mtime(path)]
+    merged = shards.units([name])
+    if isinstance(merged, str):
+        yield NOT_JUDGED.finding(f"the merged file {merged}; whether it holds the shards' results is not judged",
+                                 path=str(path))
+        return
+    older = f" and is older than {_listed([printable(n) for n in newer])}" if newer else ""
+    hint = "merge the shards again (`resumedoctor fix --auto`) before anything reads the merged file"
+    held = shards.units(names)
+    if isinstance(held, str):
+        if newer:
+            yield MERGED_STALE.finding(f"{printable(name)} is older than {_listed(newer)} (records not compared: "
+                                       f"{held}): it may lack their newer results", path=str(path), hint=hint)
+        return
+    lacking = [key for key, (successes, _) in held.items() if successes and not merged.get(key, (0, 0))[0]]
+    if lacking:
+        yield MERGED_STALE.finding(
+            f"{printable(name)} lacks a successful result for {len(lacking)} `{shards.config.unit_field}` values "
+            f"the shards hold (e.g. {_listed([printable(k) for k in lacking])}){older}: whatever reads it "
+            f"(training, a dataset build) runs without them", path=str(path), hint=hint)
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 0
+
+
+def _age(layout: WorkerLayout, worker: Worker) -> str:
+    """', last written N s ago': how long its state and shards have been still (a dead worker goes still)."""
+    newest = max((_mtime(layout.folder / name) for name in (*worker.state_files, *worker.shards)), default=0)
+    if not newest:
+        return ""
+    seconds = max(0, int(time.time() - newest / 1e9))
+    return f", last written {_duration(seconds)} ago"
+
+
+def _duration(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
+def _span(worker: Worker) -> str:
+    return f" [{worker.start}, {worker.end})" if worker.has_range else ""
+
+
+def _inputs(worker: Worker) -> str:
+    return f"the {worker.size} inputs of its range" if worker.has_range else "the inputs of its range"
+
+
+def _says_done(worker: Worker) -> str:
+    return "says done" if worker.status_text.lower() == "done" else f"says done ({worker.status_text})"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
