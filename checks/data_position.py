@@ -285,7 +285,7 @@ def check_dataset_rows(ctx: RunContext, position: Position) -> Iterator[Finding]
     before, now, change, label = compared
     max_steps = position.get("max_steps")
     if change.same or (positive_ints(max_steps) and position.step >= max_steps):
-        return  # the same rows, or a resume that trains no further step
+        return  # the same rows, or a finished run (CFG011 speaks of the one step a resume at the horizon adds)
     yield _row_finding(ctx, position, before, now, change, label)
 
 
@@ -337,7 +337,7 @@ def _row_finding(ctx: RunContext, position: Position, before, now, change, label
     pin = pin_rows(before, now)
     rule = ROWS_ADDED if change.only_added else ROWS_CHANGED
     finding = rule.finding(f"{what}: the resume at step {position.step} {walk}: {effect}", path=str(position.checkpoint),
-                           hint=_row_hint(pin, len(before), change.added, label))
+                           hint=_row_hint(pin, len(before), change.added, label, position.epoch))
     if pin is not None:
         finding.extra["pin"] = {"rows": pin, "sealed": len(before)}
     finding.extra["change"], finding.extra["reshuffle"] = change, shuffle
@@ -362,14 +362,18 @@ def _effect_text(shuffle: Reshuffle) -> str:
             f"skipped{new}{moved}")
 
 
-def _row_hint(pin: list[int] | None, sealed: int, added: int, label: str) -> str:
+def _row_hint(pin: list[int] | None, sealed: int, added: int, label: str, epoch: EpochPosition | None) -> str:
     if pin is None:
         return (f"rows the run started with are gone or edited and cannot be rebuilt from their digests: restore the "
                 f"original {label} to continue exactly, or resume on purpose knowing the numbers above")
     joins = (f"; the {count(added, 'new row')} join when dataset_name points at {label} again, at an epoch "
              "boundary or in a new run" if added else "")
+    # TRL 1.16 seeds RepeatSampler's generator once, when it is built: a resumed sampler walks the first
+    # epoch's permutation whatever epoch it resumes in (seen on a real resume in epoch 2).
+    later = (" (past the first epoch, as far as TRL allows: a resumed RepeatSampler walks its first permutation "
+             "again, not the one of the epoch the run was in)" if epoch is not None and epoch.epochs_done else "")
     return (f"fix pins the dataset to the {sealed} rows the run started with, in their order (a copy inside the "
-            f"output_dir, dataset_name pointed at it): the resume continues as the run would have{joins}")
+            f"output_dir, dataset_name pointed at it): the resume continues as the run would have{later}{joins}")
 
 
 def _reshuffle(position: Position, before, now) -> Reshuffle | str:

@@ -51,6 +51,8 @@ def plan_pin_dataset(ctx: RunContext, finding: Finding) -> list[Operation]:
             comment=f"resumedoctor: the {pin['sealed']} rows of {source} the run started with")
     if "dataset_train_split" in data:
         set_key(data, "dataset_train_split", "train")
+    if data.get("dataset_config") is not None:
+        set_key(data, "dataset_config", None)  # the copy is one plain Parquet split: no configuration to pick
     return [
         WriteFile(folder / "train.parquet", buffer.getvalue(),
                   f"the {pin['sealed']} rows {source.name} held when the run started, in their order"),

@@ -21,6 +21,7 @@ from resumedoctor.engine.findings import Severity
 from resumedoctor.engine.runner import diagnose
 from resumedoctor.engine.settings import Settings
 from resumedoctor.fixing.planner import fix
+from resumedoctor.fixing.planner import preview as planned_changes
 from resumedoctor.integrations.seal.record import SEAL_FILE
 from resumedoctor.integrations.trl.dataset_rows import MAGIC
 
@@ -149,7 +150,7 @@ def test_the_same_rows_get_no_finding(world, checkpoint, max_steps):
     """Mid-epoch, at the epoch boundary, extended and finished: the dataset as it was -> nothing, no error."""
     path = recipe(world, checkpoint, max_steps)
     assert findings(world, path) == []
-    report = diagnose(world["run"], options=Options(recipe=path), environ={}, settings=Settings(select=("DATA",)))
+    report = diagnose(world["run"], options=Options(recipe=path), environ={})  # every family: the manifest is no debris
     assert not [f for f in report.findings if f.severity is Severity.ERROR]
 
 
@@ -176,6 +177,7 @@ def test_the_pin_fix_resumes_exactly_where_the_run_was(world):
     before, settings, options = path.read_text(), Settings(select=("DATA",)), Options(recipe=path)
     preview = fix(world["run"], dry_run=True, options=options, environ={}, settings=settings)
     assert [op.fixer for op in preview.operations] == ["pin-dataset", "pin-dataset"]
+    assert "(binary, " in planned_changes(preview.operations, world["run"])  # the Parquet copy: no byte dump
     assert path.read_text() == before and not (world["run"] / ".resumedoctor" / "datasets").exists()
     result = fix(world["run"], options=options, environ={}, settings=settings)
     assert result.transactions and not [f for f in result.final.findings if f.code in NEW_CODES]
