@@ -6,6 +6,10 @@ gradient_accumulation_steps batches of the seeded order, unless ignore_data_skip
 (integrations/trl/data_plan, shared with CFG) turns those steps into prompts or samples. The recipe is
 read through ctx.recipe() where one is given; otherwise the checkpoint's saved arguments say what a
 resume with the same arguments does.
+
+With a recipe and a sealed checkpoint, the rows the run started with (the seal's row manifest) are
+compared with the recipe's local dataset as it is now: rows added, removed, changed or reordered,
+and what that does to the resumed epoch, from the real permutations TRL's RepeatSampler draws.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resumedoctor.engine.checkpoint_facts import saved_world_size
+from resumedoctor.engine.checkpoint_facts import readable_seal, saved_world_size
 from resumedoctor.engine.context import RunContext, launch_world_size
 from resumedoctor.engine.findings import Finding, Rule, Severity
 from resumedoctor.engine.registry import CheckFamily
@@ -25,9 +29,19 @@ from resumedoctor.integrations.trl.data_plan import (
     EpochPosition,
     count,
     epoch_position,
+    positive_ints,
     recipe_plan,
     saved_plan,
 )
+from resumedoctor.integrations.trl.dataset_rows import (
+    RowsError,
+    compare,
+    current_rows,
+    permutation,
+    pin_rows,
+    sealed_rows,
+)
+from resumedoctor.integrations.trl.prompt_lengths import DatasetError, looks_local
 from resumedoctor.io.safe_pickle import PickleReadError, UnsafePickleError
 
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
@@ -68,7 +82,50 @@ MODEL_ONLY_RESUME = Rule(
     "from a checkpoint with its training state. `diagnose` without a recipe reports it as CKPT012 (warning).",
 )
 
-RULES = (IGNORE_DATA_SKIP, EPOCH_BOUNDARY, STREAMING_SKIP, MODEL_ONLY_RESUME)
+ROWS_CHANGED = Rule(
+    "DATA005", "dataset-rows-changed-mid-epoch", ERROR,
+    "The dataset lost, changed or reordered rows since the run started, and the resume lands inside an epoch.",
+    "The Trainer resumes the data by arithmetic: it skips the first (steps trained in the epoch) batches of the "
+    "order the new sampler draws. GRPO's RepeatSampler draws torch.randperm(len(dataset)) from a generator seeded "
+    "with `seed`, so another row set (or the same rows in another order) is another order: the resumed epoch "
+    "trains prompts the run already trained this epoch a second time and passes over others it never trained, "
+    "and no error or log says so. The message gives the row counts (from the seal's row manifest) and the "
+    "numbers from the real permutation. When only the order changed, `fix` pins the dataset to the rows the "
+    "run started with; rows that were removed or edited cannot be brought back from their digests: restore the "
+    "original file, or start the epoch again on purpose.",
+)
+ROWS_ADDED = Rule(
+    "DATA006", "dataset-grew-mid-epoch", WARNING,
+    "Rows were appended to the dataset since the run started, and the resume lands inside an epoch.",
+    "New rows change len(dataset), so the resumed sampler draws another permutation and the skip passes over "
+    "another set of prompts: some the run already trained this epoch come again, some it never trained are "
+    "skipped (the message counts both, and how many new rows the skip passes over). An incremental pipeline "
+    "may want the new rows at once; to continue exactly, `fix` pins the dataset to the rows the run started with "
+    "(a copy inside the output_dir, the recipe pointed at it) and the new rows join at the next epoch or run.",
+)
+ROWS_CHANGED_AT_BOUNDARY = Rule(
+    "DATA007", "dataset-changed-between-epochs", WARNING,
+    "The dataset lost, changed or reordered rows since the run started; the resume begins a new epoch.",
+    "Nothing of the current epoch is skipped or repeated, but the run goes on training on other rows than it "
+    "started with: removed rows are not trained again, edited rows are trained as edited. The message says how "
+    "many rows of each.",
+)
+ROWS_ADDED_AT_BOUNDARY = Rule(
+    "DATA008", "dataset-grew-between-epochs", INFO,
+    "Rows were appended to the dataset; the resume begins a new epoch, where they join the shuffled order.",
+    "The resume starts a new epoch over the grown dataset: nothing trained is repeated, nothing skipped, and the "
+    "new rows are part of the next permutation, as an incremental pipeline intends.",
+)
+ROWS_NOT_JUDGED = Rule(
+    "DATA009", "dataset-change-not-judged", INFO,
+    "Whether the dataset changed since the run started was not judged.",
+    "The comparison needs the seal's row manifest (SealCallback writes it in the output_dir; older seals have "
+    "none), a local dataset (json, jsonl, csv, parquet or a save_to_disk folder: nothing is downloaded), and "
+    "rows that can be loaded here. The message says which one was missing.",
+)
+
+RULES = (IGNORE_DATA_SKIP, EPOCH_BOUNDARY, STREAMING_SKIP, MODEL_ONLY_RESUME, ROWS_CHANGED, ROWS_ADDED,
+         ROWS_CHANGED_AT_BOUNDARY, ROWS_ADDED_AT_BOUNDARY, ROWS_NOT_JUDGED)
 
 TRAINING_STATE = ("optimizer", "scheduler.pt", "rng_state", "global_step")  # name prefixes of the state a resume restores
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
@@ -97,6 +154,7 @@ def run(ctx: RunContext) -> Iterator[Finding]:
         return
     yield from check_data_skip(position)
     yield from check_streaming(position)
+    yield from check_dataset_rows(ctx, position)
 
 
 def _recipe(ctx: RunContext):
@@ -194,6 +252,166 @@ def check_model_only(ctx: RunContext, checkpoint: Path) -> Iterator[Finding]:
         "and the random state without a word", path=str(checkpoint),
         hint=f"resume from a checkpoint with its training state, or start a new run with model_name_or_path: "
              f"{checkpoint} (no resume_from_checkpoint)")
+
+
+@dataclass
+class Reshuffle:
+    """What the resumed epoch does to the prompts of the current epoch, from the real permutations."""
+
+    trained_epoch: int  # the run's current epoch, 1-based
+    epoch: int  # the epoch the resume begins in, 1-based (another one when the steps per epoch changed)
+    trained: int  # prompts the run trained in its current epoch before the checkpoint
+    skip: int  # prompts of the new order the resume's data skip passes
+    again: int  # of them, trained a second time by the resume in the rest of the epoch
+    passed: int  # prompts not trained this epoch that the resume's skip passes over
+    passed_new: int  # of them, rows the run did not have
+
+
+def check_dataset_rows(ctx: RunContext, position: Position) -> Iterator[Finding]:
+    """The seal's rows against the recipe's dataset as it is now (DATA005-DATA009)."""
+    if position.source != "the recipe":
+        return
+    seal = readable_seal(ctx, position.checkpoint)
+    if seal is None:
+        return  # unsealed: nothing recorded to compare with (the seal checks speak of sealing)
+    recipe, where = ctx.recipe(), str(position.checkpoint)
+    compared = _compared_rows(ctx, recipe, seal, position.checkpoint)
+    if isinstance(compared, str):
+        yield ROWS_NOT_JUDGED.finding(f"whether {position.checkpoint.name}'s dataset changed was not judged: {compared}",
+                                      path=where)
+        return
+    if compared is None:
+        return
+    before, now, change, label = compared
+    max_steps = position.get("max_steps")
+    if change.same or (positive_ints(max_steps) and position.step >= max_steps):
+        return  # the same rows, or a finished run (CFG011 speaks of the one step a resume at the horizon adds)
+    yield _row_finding(ctx, position, before, now, change, label)
+
+
+def _compared_rows(ctx: RunContext, recipe, seal: dict, checkpoint: Path):
+    """(sealed rows, rows now, change, dataset label); a reason when not judged; None when there is nothing to say."""
+    record, name = seal.get("dataset_rows"), recipe.get("dataset_name")
+    if record is None:
+        return ("the seal has no row manifest (sealed by an older resumedoctor)"
+                if seal.get("dataset_fingerprint") else None)
+    if not isinstance(name, str) or not name or (looks_local(name) and not Path(name).expanduser().exists()):
+        return None  # no dataset, or a missing one: the LEN family reports it
+    if not looks_local(name):
+        return f"dataset_name {name!r} is not a local dataset (nothing is downloaded)"
+    location, split = Path(name).expanduser(), recipe.get("dataset_train_split") or "train"
+    try:
+        before = sealed_rows(checkpoint.parent, record)
+        now = ctx.memo(("dataset-rows", location, split, before.row_hash),
+                       lambda: current_rows(location, split, before.row_hash), "dataset_rows")
+    except (RowsError, DatasetError) as exc:
+        return exc.reason
+    if now.columns != before.columns:
+        return (f"{location.name} has the columns {', '.join(now.columns)}, the run's dataset had "
+                f"{', '.join(before.columns)} (the training script may transform the rows)")
+    change = compare(before, now)
+    if len(before) and change.removed + change.changed == len(before) and len(now):
+        return (f"none of the {len(before)} rows the run started with is in {location.name} (another dataset, "
+                "or the training script transforms the rows)")
+    return before, now, change, location.name
+
+
+def _row_finding(ctx: RunContext, position: Position, before, now, change, label: str) -> Finding:
+    counts = _change_text(change)
+    what = f"{label} has {len(now)} rows, the run started with {len(before)} ({counts})"
+    shuffle = _reshuffle(position, before, now)
+    boundary = position.epoch is not None and position.epoch.at_boundary and (
+        isinstance(shuffle, str) or not (shuffle.again or shuffle.passed))
+    if boundary:
+        if change.only_added:
+            return ROWS_ADDED_AT_BOUNDARY.finding(f"{what}: the resume at step {position.step} begins a new epoch, "
+                                                  "where the new rows join the order", path=str(position.checkpoint))
+        return ROWS_CHANGED_AT_BOUNDARY.finding(
+            f"{what}: the resume at step {position.step} begins a new epoch on the rows as they are now",
+            path=str(position.checkpoint),
+            hint=f"if the change was not meant, restore the rows {label} had when the run started before resuming")
+    effect = (f"the order of the rest of the epoch was not judged ({shuffle})" if isinstance(shuffle, str)
+              else _effect_text(shuffle))
+    walk = (f"begins epoch {shuffle.epoch} in a new order over {len(now)} rows" if not isinstance(shuffle, str)
+            and not shuffle.skip else f"draws a new order over {len(now)} rows and skips into it")
+    pin = pin_rows(before, now)
+    rule = ROWS_ADDED if change.only_added else ROWS_CHANGED
+    finding = rule.finding(f"{what}: the resume at step {position.step} {walk}: {effect}", path=str(position.checkpoint),
+                           hint=_row_hint(pin, len(before), change.added, label, position.epoch))
+    if pin is not None:
+        finding.extra["pin"] = {"rows": pin, "sealed": len(before)}
+    finding.extra["change"], finding.extra["reshuffle"] = change, shuffle
+    return finding
+
+
+def _change_text(change) -> str:
+    parts = [f"{number} {name}" for number, name in ((change.added, "added"), (change.removed, "removed"),
+                                                      (change.changed, "changed")) if number]
+    if change.reordered:
+        parts.append("the rows kept are in another order")
+    return ", ".join(parts)
+
+
+def _effect_text(shuffle: Reshuffle) -> str:
+    new = f" (of them {count(shuffle.passed_new, 'new row')})" if shuffle.passed_new else ""
+    moved = (f" (the steps per epoch changed with the row count: the resume counts it as epoch {shuffle.epoch})"
+             if shuffle.epoch != shuffle.trained_epoch else "")
+    return (f"of the {count(shuffle.trained, 'prompt')} the run trained in epoch {shuffle.trained_epoch}, "
+            f"{shuffle.again} {'is' if shuffle.again == 1 else 'are'} trained again before the resumed epoch ends, "
+            f"and {count(shuffle.passed, 'prompt')} not trained in it {'is' if shuffle.passed == 1 else 'are'} "
+            f"skipped{new}{moved}")
+
+
+def _row_hint(pin: list[int] | None, sealed: int, added: int, label: str, epoch: EpochPosition | None) -> str:
+    if pin is None:
+        return (f"rows the run started with are gone or edited and cannot be rebuilt from their digests: restore the "
+                f"original {label} to continue exactly, or resume on purpose knowing the numbers above")
+    joins = (f"; the {count(added, 'new row')} join when dataset_name points at {label} again, at an epoch "
+             "boundary or in a new run" if added else "")
+    # TRL 1.16 seeds RepeatSampler's generator once, when it is built: a resumed sampler walks the first
+    # epoch's permutation whatever epoch it resumes in (seen on a real resume in epoch 2).
+    later = (" (past the first epoch, as far as TRL allows: a resumed RepeatSampler walks its first permutation "
+             "again, not the one of the epoch the run was in)" if epoch is not None and epoch.epochs_done else "")
+    return (f"fix pins the dataset to the {sealed} rows the run started with, in their order (a copy inside the "
+            f"output_dir, dataset_name pointed at it): the resume continues as the run would have{later}{joins}")
+
+
+def _reshuffle(position: Position, before, now) -> Reshuffle | str:
+    """The resumed epoch over the rows of now against what the run trained; a reason when not judged."""
+    plan, epoch, get = position.plan, position.epoch, position.get
+    if plan is None or not plan.generations or epoch is None:
+        return "the recipe's batch plan or the checkpoint's epoch cannot be read"
+    if epoch_steps(plan, len(before)) != epoch.per_epoch:
+        return "the recipe's batch plan does not give the steps per epoch the run had"
+    unique, per_now = plan.generation_batch // plan.generations, epoch_steps(plan, len(now))
+    skip = 0 if get("ignore_data_skip") is True else plan.skipped(position.step % per_now)
+    try:
+        # The run walked its current epoch in its sampler's epoch-th permutation; a resumed sampler draws its first.
+        walked = _order(get, len(before), epoch.epochs_done)
+        resumed = _order(get, len(now), 0)
+    except ReasonError as exc:
+        return exc.reason
+    old, new = before.keys(), now.keys()
+    trained = {old[i] for i in walked[:plan.skipped(epoch.in_epoch)]}
+    again = {new[i] for i in resumed[skip:len(now) // unique * unique]} & trained
+    passed = {new[i] for i in resumed[:skip]} - trained
+    return Reshuffle(epoch.epochs_done + 1, position.step // per_now + 1, len(trained), skip, len(again),
+                     len(passed), len(passed - set(old)))
+
+
+def _order(get, size: int, draw: int):
+    if get("shuffle_dataset") is False:
+        return range(size)
+    seed = get("seed")
+    return permutation(seed if isinstance(seed, int) else 42, size, draw)
+
+
+def epoch_steps(plan: DataPlan, rows: int) -> int:
+    """Optimizer steps per epoch of a GRPO run over `rows` prompts (RepeatSampler drops the last partial
+    generation; transformers counts max(ceil(batches / accumulation), 1))."""
+    unique = plan.generation_batch // plan.generations
+    batches = rows // unique * plan.iterations * plan.steps_per_generation
+    return max(batches // plan.accumulation + int(batches % plan.accumulation > 0), 1)
 
 
 FAMILY = CheckFamily(

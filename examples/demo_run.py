@@ -112,18 +112,21 @@ def train_demo_run(
     seed: int = 0,
     resume_from_checkpoint: str | bool | None = None,
     save_final_model: bool = False,
+    dataset: Any = None,
     **config_overrides: Any,
 ) -> Path:
     """Train a few GRPO steps with TRL on CPU; returns the output_dir holding checkpoint-N folders.
 
-    `save_final_model` ends the run as `trl grpo` does: `trainer.save_model(output_dir)`.
+    `save_final_model` ends the run as `trl grpo` does: `trainer.save_model(output_dir)`. `dataset`: the
+    train dataset (a `datasets.Dataset`, e.g. loaded from a local file) instead of the 64 built prompts.
     """
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
     tokenizer = build_tokenizer(seed=seed)
     model = build_model(tokenizer, seed=seed)
-    dataset = Dataset.from_list(build_prompt_rows(64, seed=seed))
+    if dataset is None:
+        dataset = Dataset.from_list(build_prompt_rows(64, seed=seed))
     peft_config = None
     if peft:
         from peft import LoraConfig

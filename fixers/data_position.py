@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from resumedoctor.checks.data_position import IGNORE_DATA_SKIP
+import copy
+import io
+from pathlib import Path
+
+from resumedoctor.checks.data_position import IGNORE_DATA_SKIP, ROWS_ADDED, ROWS_CHANGED
 
 from resumedoctor.engine.context import RunContext
 from resumedoctor.engine.findings import Finding, FixSafety
-from resumedoctor.engine.operations import Operation
+from resumedoctor.engine.operations import Operation, WriteFile
 from resumedoctor.engine.registry import Fixer
-from resumedoctor.integrations.trl.recipe_edit import recipe_change
+from resumedoctor.engine.target import state_dir
+from resumedoctor.integrations.trl.prompt_lengths import (
+    DatasetError,
+    load_local_dataset,
+)
+from resumedoctor.integrations.trl.recipe import RecipeError, dump_yaml
+from resumedoctor.integrations.trl.recipe_edit import recipe_change, set_key
 
 FAMILY = "data-position"
 
@@ -19,8 +29,43 @@ def plan_data_skip(ctx: RunContext, finding: Finding) -> list[Operation]:
     return recipe_change(ctx, "ignore_data_skip", False, "ignore_data_skip: false (the resume skips what was trained)")
 
 
+def plan_pin_dataset(ctx: RunContext, finding: Finding) -> list[Operation]:
+    """A Parquet copy of the rows the run started with, in their order, inside the output_dir's state folder
+    (Parquet keeps the Arrow types, so the copy digests as the original rows did), and dataset_name pointed at
+    its folder (a folder: `trl grpo` loads folders, not files)."""
+    pin = finding.extra.get("pin")
+    if not pin:
+        return []  # rows are gone or edited: nothing to pin them to
+    try:
+        recipe = ctx.recipe()
+        source = Path(str(recipe.get("dataset_name"))).expanduser()
+        dataset = load_local_dataset(source, recipe.get("dataset_train_split") or "train")
+    except (RecipeError, DatasetError):
+        return []
+    buffer = io.BytesIO()
+    dataset.select(pin["rows"]).to_parquet(buffer)
+    stem = source.stem if source.is_file() else source.name
+    folder = state_dir(ctx.target.output_dir) / "datasets" / f"{stem}-pinned-{pin['sealed']}-rows"
+    data = copy.deepcopy(recipe.data)
+    set_key(data, "dataset_name", str(folder.resolve()),
+            comment=f"resumedoctor: the {pin['sealed']} rows of {source} the run started with")
+    if "dataset_train_split" in data:
+        set_key(data, "dataset_train_split", "train")
+    if data.get("dataset_config") is not None:
+        set_key(data, "dataset_config", None)  # the copy is one plain Parquet split: no configuration to pick
+    return [
+        WriteFile(folder / "train.parquet", buffer.getvalue(),
+                  f"the {pin['sealed']} rows {source.name} held when the run started, in their order"),
+        WriteFile(recipe.path, dump_yaml(data), f"dataset_name -> {folder.name}", key="dataset_name"),
+    ]
+
+
 FIXERS = (
     Fixer("restore-data-skip", FAMILY, (IGNORE_DATA_SKIP,), FixSafety.UNSAFE,
           "set ignore_data_skip: false in the recipe, so that the resume skips the samples the run already trained",
           plan_data_skip),
+    Fixer("pin-dataset", FAMILY, (ROWS_ADDED, ROWS_CHANGED), FixSafety.SAFE,
+          "write the rows the run started with (the seal's row manifest), in their order, as a copy inside the "
+          "output_dir and point the recipe's dataset_name at it, so that the resume continues exactly; rows added "
+          "since join when dataset_name points at the original again", plan_pin_dataset),
 )

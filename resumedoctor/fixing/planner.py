@@ -407,7 +407,9 @@ def preview(operations: list[Operation], output_dir: Path) -> str:
     chunks = []
     for operation in operations:
         chunks.append(f"# {describe_operation(operation, output_dir)}")
-        if isinstance(operation, WriteFile):
+        if isinstance(operation, WriteFile) and b"\0" in operation.content:
+            chunks.append(f"  (binary, {len(operation.content)} bytes)")  # a Parquet copy: no text diff to read
+        elif isinstance(operation, WriteFile):
             where = _shown_path(operation.path, output_dir)
             old = operation.path.read_text(encoding="utf-8", errors="replace") if operation.path.exists() else ""
             new = operation.content.decode("utf-8", errors="replace")

@@ -234,6 +234,27 @@ def data_skip_ignored(ws: Workspace) -> Setup:
     return Setup(run, Options(recipe=ws.recipe(run, extra="ignore_data_skip: true\n")))
 
 
+def dataset_grew(ws: Workspace) -> Setup:
+    """The demo run's 64 prompts, sealed with their row manifest as SealCallback seals; 4 rows appended since."""
+    from datasets import Dataset
+    from demo_run import build_prompt_rows
+
+    from resumedoctor.integrations.seal.record import SEAL_FILE, build_seal, seal_bytes
+    from resumedoctor.integrations.trl.dataset_rows import write_manifest
+
+    run = ws.run(keep_up_to=4)
+    trained = Dataset.from_list(build_prompt_rows(64))  # what train_demo_run trains on
+    record = write_manifest(trained, run)
+    for checkpoint in sorted(run.glob("checkpoint-*")):
+        seal = build_seal(checkpoint, global_step=int(checkpoint.name.split("-")[1]), world_size=1, arguments={},
+                          dataset_fingerprint=trained._fingerprint, dataset_rows=record)
+        (checkpoint / SEAL_FILE).write_bytes(seal_bytes(seal))
+    recipe = ws.recipe(run)
+    rows = build_prompt_rows(68)
+    (ws.root / "prompts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return Setup(run, Options(recipe=recipe))
+
+
 def horizon_at_the_checkpoint(ws: Workspace) -> Setup:
     """Resuming checkpoint-4 with max_steps 4: nothing left to train (the checkpoint's horizon was 6)."""
     run = ws.run(keep_up_to=4)
@@ -370,6 +391,7 @@ CASES = [
     Case("restore-horizon", horizon_at_the_checkpoint),
     Case("set-lora-values", lora_rank_changed),
     Case("restore-data-skip", data_skip_ignored),
+    Case("pin-dataset", dataset_grew),
     Case("restore-training-values", completion_budget_changed),
     Case("restore-live-curriculum", killed_while_saving),
     Case("restore-live-curriculum", live_state_missing),

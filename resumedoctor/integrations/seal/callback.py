@@ -9,6 +9,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from resumedoctor.integrations.seal.record import SEAL_FILE, build_seal, seal_bytes
+from resumedoctor.integrations.trl.dataset_rows import write_manifest
 from resumedoctor.io.atomic_write import atomic_write
 
 
@@ -30,6 +31,7 @@ class SealCallback(TrainerCallback):
     def __init__(self, background: bool = True):
         self.background = background
         self._pending: threading.Thread | None = None
+        self._rows: dict[str, dict | None] = {}  # dataset fingerprint -> its seal record, one manifest each
 
     def on_save(self, args, state, control, **kwargs):
         wait_for_every_process(args)
@@ -44,7 +46,7 @@ class SealCallback(TrainerCallback):
         # Everything that describes the moment of the save is taken now; only hashing waits.
         inputs = dict(global_step=state.global_step, world_size=getattr(args, "world_size", 1),
                       arguments=args.to_dict(), dataset_fingerprint=getattr(dataset, "_fingerprint", None),
-                      wandb=wandb_position())
+                      dataset_rows=self.dataset_rows(dataset, Path(args.output_dir)), wandb=wandb_position())
         if self.background:
             # Sizes now (milliseconds): the save is marked finished before training goes on.
             atomic_write(folder / SEAL_FILE, seal_bytes(build_seal(folder, with_hashes=False, **inputs)))
@@ -53,6 +55,19 @@ class SealCallback(TrainerCallback):
             self._pending.start()
         else:
             seal_checkpoint(folder, inputs, pipelined=True)
+
+    def dataset_rows(self, dataset, output_dir: Path) -> dict | None:
+        """The row manifest of the dataset, written into output_dir once per distinct dataset."""
+        fingerprint = getattr(dataset, "_fingerprint", None)
+        if not isinstance(fingerprint, str):
+            return None
+        if fingerprint not in self._rows:
+            try:
+                self._rows[fingerprint] = write_manifest(dataset, output_dir)
+            except Exception as exc:  # noqa: BLE001 - a manifest must never stop a save; the seal says none
+                print(f"resumedoctor: no row manifest for the dataset: {type(exc).__name__}: {exc}", file=sys.stderr)
+                self._rows[fingerprint] = None
+        return self._rows[fingerprint]
 
     def on_train_end(self, args, state, control, **kwargs):
         self.wait()

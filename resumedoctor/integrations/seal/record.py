@@ -3,8 +3,10 @@
 The seal lists every file of the checkpoint with its size and a fast content hash (xxh3-128 from
 the `xxhash` wheel, which ran at ~10 GiB/s here, against ~4.7 for BLAKE3 and ~1.6 for sha256;
 sha256 when xxhash is not installed), plus what a resume depends on: global_step, world size, the
-library versions, the arguments that govern the data skip and the budgets, the dataset fingerprint,
-the W&B run id and the `_step` at the moment of the save, and the curriculum state's hash.
+library versions, the arguments that govern the data skip and the budgets, the dataset fingerprint
+and its rows (`dataset_rows`: the row count, the columns and the name and sha256 of the row manifest
+the output_dir holds, integrations/trl/dataset_rows), the W&B run id and the `_step` at the moment of
+the save, and the curriculum state's hash.
 
 A save killed before its end has no seal. A seal makes every later diagnosis exact: sizes are always
 compared, hashes with --deep (a flipped byte that keeps the size is caught too).
@@ -67,7 +69,7 @@ def installed_versions() -> dict[str, str]:
 
 
 def build_seal(folder: Path, *, global_step: int, world_size: int, arguments: dict[str, Any],
-               dataset_fingerprint: str | None = None, wandb: dict | None = None,
+               dataset_fingerprint: str | None = None, dataset_rows: dict | None = None, wandb: dict | None = None,
                versions: dict[str, str] | None = None, after_the_fact: bool = False, pipelined: bool = True,
                with_hashes: bool = True, after_the_fact_reason: str | None = None) -> dict:
     if after_the_fact_reason is not None and after_the_fact_reason not in AFTER_THE_FACT_REASONS:
@@ -93,6 +95,7 @@ def build_seal(folder: Path, *, global_step: int, world_size: int, arguments: di
         "versions": versions if versions is not None else installed_versions(),
         "arguments": {key: arguments[key] for key in RESUME_ARGUMENTS if key in arguments},
         "dataset_fingerprint": dataset_fingerprint,
+        "dataset_rows": dataset_rows,  # checked where it is used (dataset_rows.sealed_rows): a bad one is not judged
         "wandb": wandb,
         "curriculum_sha256": file_digest(curriculum) if is_regular_file(curriculum) else None,
     }
