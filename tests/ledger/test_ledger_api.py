@@ -342,3 +342,18 @@ def test_importing_the_ledger_stays_light():
             "print(sorted(m for m in ('torch', 'numpy', 'pandas', 'transformers', 'pyarrow') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_readme_gen_table_matches_the_declared_rules():
+    """The README's table of GEN codes says what the registry says (a severity changed there shows here)."""
+    import re
+
+    from resumedoctor.checks.generation_ledgers import RULES
+
+    declared = {rule.code: rule.severity.value for rule in RULES}
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Resume the jobs around training"):]
+    rows = re.findall(r"^\| (GEN\d{3}(?: / GEN\d{3})*) \| (\w+) \|", section, re.MULTILINE)
+    listed = {code: severity for codes, severity in rows for code in codes.split(" / ")}
+    assert listed == {code: declared[code] for code in listed}
+    assert set(listed) >= set(declared) - {code for code in declared if int(code[3:]) >= 20}
