@@ -122,10 +122,10 @@ class Ledger:
     def _repair_tail(self, fd: int, last) -> None:
         """Make the file end with a newline: move a torn last line to `<name>.torn`, end a whole one."""
         size = os.fstat(fd).st_size
-        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        if size == 0 or _read_at(self.path, size - 1, 1) == b"\n":
             return
         if last is not None and last.problem and last.problem.startswith(TORN) and last.offset >= 0:
-            torn = os.pread(fd, size - last.offset, last.offset)
+            torn = _read_at(self.path, last.offset, size - last.offset)
             side = self.path.with_name(self.path.name + ".torn")
             with open(side, "ab") as handle:  # several tears over several restarts: all kept
                 handle.write(torn + b"\n")
@@ -357,6 +357,12 @@ def _relative(path: Path, folder: Path) -> str:
         return os.path.relpath(path, folder.absolute())
     except ValueError:  # another drive (Windows)
         return str(path)
+
+
+def _read_at(path: Path, offset: int, size: int) -> bytes:
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        return handle.read(size)
 
 
 def _short(value: Any) -> str:

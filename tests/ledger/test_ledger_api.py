@@ -58,7 +58,7 @@ def run_example(out: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_example_killed_mid_run_resumes_to_exactly_the_quota(tmp_path):
     out = tmp_path / "gen"
-    killed = run_example(out, "--kill-after", "25")
+    killed = run_example(out, "--kill-after", "25", "--delay", "0.02")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     shards = out / "shards"
     states = {path.name: json.loads(path.read_text()) for path in shards.glob("worker_args_*.json")}
@@ -139,6 +139,18 @@ def test_a_last_record_without_its_newline_is_kept_and_ended(tmp_path):
         ledger.record(id=3)
     assert [record["id"] for record in lines_of(path)] == [1, 2, 3]
     assert not (tmp_path / "results.jsonl.torn").exists()
+
+
+def test_damaged_lines_are_counted_not_fatal(tmp_path):
+    """Garbage inside the file (binary, a JSON array, a half line) is passed over; the records still count."""
+    path = tmp_path / "results.jsonl"
+    path.write_bytes(b'{"id": 1}\n\x00\xff\xfe garbage\n[1, 2]\n{"id": 2, "error": "x"}\n\x89PNG\x00\x01')
+    with Ledger(path) as ledger:
+        assert (ledger.records, ledger.problems) == (2, 2) and ledger.torn_bytes == 6
+        assert ledger.remaining([1, 2]) == [Todo(2, 1)]
+        ledger.record(id=2)
+    assert path.read_bytes().endswith(b'"error": "x"}\n{"id": 2}\n')
+    assert (tmp_path / "results.jsonl.torn").read_bytes() == b"\x89PNG\x00\x01\n"
 
 
 def test_a_recorded_result_survives_a_sigkill_before_any_fsync(tmp_path):
