@@ -26,7 +26,12 @@ from resumedoctor.integrations.ledger.layout import (
     SHARD_RANGE_NAME,
     looks_like_worker_folder,
 )
-from resumedoctor.integrations.ledger.merge import merge_records, write_records
+from resumedoctor.integrations.ledger.merge import (
+    encode_records,
+    format_of,
+    merge_records,
+    write_records,
+)
 from resumedoctor.ledger import Ledger, LedgerBusy, Todo
 
 REPO = Path(__file__).resolve().parents[2]
@@ -335,6 +340,13 @@ def test_merged_file_in_each_format_reads_back(tmp_path, suffix):
         assert [row["v"] for row in rows] == [r["v"] for r in EXPECTED_MERGE]
         assert rows[4]["error"] == "e2" and rows[0]["error"] is None
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+    encoded = encode_records(merge_records(shards, LedgerConfig()), format_of(out))  # the fixers' bytes
+    if suffix == ".parquet":
+        import io
+
+        assert pq.read_table(io.BytesIO(encoded)).to_pylist() == rows
+    else:
+        assert encoded == out.read_bytes()
 
 
 def test_merge_of_csv_shards_from_a_merge(tmp_path):

@@ -7,17 +7,19 @@ Unusable entries (a torn tail, an unparseable line) are not records and are left
 the shards, so memory is one small entry per id, never the records.
 
 `write_records` writes any record stream as JSONL, a JSON array, CSV or (with pyarrow) Parquet, through
-a temporary file renamed over the target: a reader never sees half a merged file.
+a temporary file renamed over the target: a reader never sees half a merged file. `encode_records`
+gives the same bytes for a journaled write (the GEN fixers).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, TextIO
 
 from resumedoctor.integrations.ledger.config import LedgerConfig
 from resumedoctor.integrations.ledger.layout import SHARD_RANGE_NAME
@@ -114,17 +116,17 @@ def format_of(path: Path) -> str:
 def write_records(records: Iterable[dict], path: Path, fmt: str | None = None) -> int:
     """Write RECORDS to PATH atomically (temporary, fsync, rename, folder fsync); the number written.
 
-    JSONL and JSON arrays are streamed; CSV holds the records to learn the header (the union of their
-    keys, in first-seen order; a value that is not a string is written as JSON); Parquet needs pyarrow.
+    JSONL and JSON arrays are streamed; CSV and Parquet hold the records to learn their columns (the
+    union of the keys, in first-seen order); a CSV value that is not a string is written as JSON.
     """
     path = Path(path)
     fmt = fmt or format_of(path)
-    writers = {JSONL: _write_jsonl, JSON_ARRAY: _write_json_array, CSV: _write_csv, PARQUET: _write_parquet}
-    if fmt not in writers:
-        raise ValueError(f"cannot write {fmt} records (known: {', '.join(writers)})")
     temporary = temporary_path(path, unique=True)
     try:
-        count = writers[fmt](records, temporary)
+        with open(temporary, "xb") as handle:
+            count = _write(records, handle, fmt)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
@@ -133,41 +135,56 @@ def write_records(records: Iterable[dict], path: Path, fmt: str | None = None) -
     return count
 
 
+def encode_records(records: Iterable[dict], fmt: str) -> bytes:
+    """RECORDS as the bytes of a FMT file, for a journaled WriteFile (the fixers)."""
+    buffer = io.BytesIO()
+    _write(records, buffer, fmt)
+    return buffer.getvalue()
+
+
+def _write(records: Iterable[dict], handle: BinaryIO, fmt: str) -> int:
+    if fmt == PARQUET:
+        return _write_parquet(records, handle)
+    writers = {JSONL: _write_jsonl, JSON_ARRAY: _write_json_array, CSV: _write_csv}
+    if fmt not in writers:
+        raise ValueError(f"cannot write {fmt} records (known: {', '.join([*writers, PARQUET])})")
+    text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
+    try:
+        return writers[fmt](records, text)
+    finally:
+        text.flush()
+        text.detach()  # the caller's handle stays open
+
+
 def _dumps(record: dict) -> str:
     return json.dumps(record, ensure_ascii=False)
 
 
-def _write_jsonl(records: Iterable[dict], temporary: Path) -> int:
+def _write_jsonl(records: Iterable[dict], handle: TextIO) -> int:
     count = 0
-    with open(temporary, "x", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(_dumps(record) + "\n")
-            count += 1
-        _sync(handle)
+    for record in records:
+        handle.write(_dumps(record) + "\n")
+        count += 1
     return count
 
 
-def _write_json_array(records: Iterable[dict], temporary: Path) -> int:
+def _write_json_array(records: Iterable[dict], handle: TextIO) -> int:
     count = 0
-    with open(temporary, "x", encoding="utf-8") as handle:
-        handle.write("[")
-        for record in records:
-            handle.write(("," if count else "") + "\n" + _dumps(record))
-            count += 1
-        handle.write("\n]\n")
-        _sync(handle)
+    handle.write("[")
+    for record in records:
+        handle.write(("," if count else "") + "\n" + _dumps(record))
+        count += 1
+    handle.write("\n]\n")
     return count
 
 
-def _write_csv(records: Iterable[dict], temporary: Path) -> int:
+def _write_csv(records: Iterable[dict], handle: TextIO) -> int:
     rows = list(records)
     header = list(dict.fromkeys(key for row in rows for key in row))
-    with open(temporary, "x", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(header)
-        for row in rows:
-            writer.writerow([_csv_value(row.get(key)) for key in header])
-        _sync(handle)
+    writer = csv.writer(handle, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([_csv_value(row.get(key)) for key in header])
     return len(rows)
 
 
@@ -177,7 +194,7 @@ def _csv_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-def _write_parquet(records: Iterable[dict], temporary: Path) -> int:
+def _write_parquet(records: Iterable[dict], handle: BinaryIO) -> int:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -191,12 +208,5 @@ def _write_parquet(records: Iterable[dict], temporary: Path) -> int:
         if len(kinds) > 1 and not kinds <= {int, float}:
             columns[key] = [None if value is None else _csv_value(value) for value in values]
     table = pa.table(columns)
-    pq.write_table(table, temporary)
-    with open(temporary, "rb+") as handle:
-        os.fsync(handle.fileno())
+    pq.write_table(table, handle)
     return table.num_rows
-
-
-def _sync(handle) -> None:
-    handle.flush()
-    os.fsync(handle.fileno())
