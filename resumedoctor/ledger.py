@@ -258,7 +258,9 @@ class Ledger:
     def for_worker(cls, folder: str | os.PathLike, *, worker: int, start: int, end: int,
                    inputs: str | os.PathLike | None = None, stem: str = "results", **options: Any) -> WorkerLedger:
         """The shard of worker K for input rows [start, end): `<stem>_data_<a>_to_<b>_w<k>.jsonl` in FOLDER,
-        with its state file `worker_args_<k>.json` (running now; done on a clean exit, failed on an exception)."""
+        with its state file `worker_args_<k>.json`: running now; on leaving the `with` block, failed on an
+        exception, else done, unless the worker said otherwise (`set_status("failed")`: inputs left with
+        only failures, which a resume must rerun)."""
         return WorkerLedger(Path(folder), worker=worker, start=start, end=end, inputs=inputs, stem=stem, **options)
 
     @staticmethod
@@ -307,7 +309,8 @@ class WorkerLedger(Ledger):
                 yield row
 
     def __exit__(self, exc_type, *rest) -> None:
-        if self._fd is not None:
+        if self._fd is not None and (exc_type is not None or self.status == "running"):
+            # A status the worker set itself (failed: inputs left with only failures) stands.
             self.set_status("failed" if exc_type is not None else "done")
         self.close()
 

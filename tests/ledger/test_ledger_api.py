@@ -280,6 +280,10 @@ def test_worker_shard_and_state_follow_the_folder_convention(tmp_path):
         with Ledger.for_worker(folder, worker=2, start=8, end=10) as ledger:
             raise RuntimeError("server 500")
     assert json.loads((folder / "worker_args_2.json").read_text())["status"] == "failed"
+    with Ledger.for_worker(folder, worker=3, start=10, end=12) as ledger:
+        ledger.record(id=10, error="[ERROR] OOM")
+        ledger.set_status("failed")  # a failure left: the worker says so, a clean exit keeps it
+    assert json.loads((folder / "worker_args_3.json").read_text())["status"] == "failed"
 
 
 # ---- merge: one record per id, a success wins, a fixed order ------------------------------------------
@@ -379,5 +383,7 @@ def test_readme_gen_table_matches_the_declared_rules():
     section = text[text.index("## Resume the jobs around training"):]
     rows = re.findall(r"^\| (GEN\d{3}(?: / GEN\d{3})*) \| (\w+) \|", section, re.MULTILINE)
     listed = {code: severity for codes, severity in rows for code in codes.split(" / ")}
-    assert listed == {code: declared[code] for code in listed}
-    assert set(listed) >= set(declared) - {code for code in declared if int(code[3:]) >= 20}
+    # Rows for codes other branches of this issue declare are compared once they are declared here.
+    assert {code: severity for code, severity in listed.items() if code in declared} == \
+        {code: declared[code] for code in listed if code in declared}
+    assert set(listed) >= set(declared)
