@@ -130,3 +130,14 @@ def csv_shards(folder: Path) -> dict[str, list[dict]]:
         (folder / f"worker_args_{k}.json").write_text(json.dumps(
             {"worker": k, "start": int(start), "end": int(end), "status": "done", "shard": name}))
     return shards
+
+
+def ledger_options(**flags):
+    """The Options the CLI's ledger flags give (the stand-in GEN checks installed while they are stubs)."""
+    import g3_standin_checks
+
+    from resumedoctor.engine.context import Options
+    from resumedoctor.integrations.ledger.config import ledger_config
+
+    g3_standin_checks.install()
+    return Options(ledger=ledger_config({key: value for key, value in flags.items()}), ledger_asked=bool(flags))
