@@ -221,3 +221,37 @@ def test_the_stand_in_is_only_used_while_the_checks_are_stubs():
     import resumedoctor.checks.generation_ledgers as gen
 
     assert gen.record_findings.__module__ == "g3_standin_checks"
+
+
+# -- damaged and crafted input: no plan, never a crash ----------------------------------------------------
+CRAFTED = {
+    "garbage.jsonl": os.urandom(3000),
+    "garbage.csv": b"\x00\xff" * 500,
+    "empty.jsonl": b"",
+    "checkpoint.json": b'{"results": "not a list", "processed_ids": {"a": 1}}',
+    "wrong.json": b'{"results": [1, [2], null, {"id": {"nested": []}, "prediction": 5}], "processed_ids": [[1], null]}',
+    "array.json": b"[1, 2, ",
+    "deep.jsonl": b"[" * 100000,
+}
+
+
+@pytest.mark.parametrize("name", sorted(CRAFTED))
+def test_crafted_files_give_every_fixer_no_plan_or_a_sane_one_never_an_exception(tmp_path, name):
+    from resumedoctor.fixers.generation_ledgers import FIXERS
+
+    from resumedoctor.engine.context import Options
+    from resumedoctor.engine.findings import Finding, Severity
+    from resumedoctor.engine.runner import new_context
+    from resumedoctor.engine.target import resolve_target
+    from resumedoctor.integrations.ledger.config import ledger_config
+
+    path = tmp_path / name
+    path.write_bytes(CRAFTED[name])
+    options = Options(ledger=ledger_config({"inputs": str(path), "quota": 2}))
+    ctx = new_context(resolve_target(path), options=options)
+    for fixer in FIXERS:
+        for rule in fixer.rules:
+            finding = Finding(rule.code, Severity.ERROR, "generation-ledgers", "crafted", path=str(path))
+            for operation in fixer.changes(ctx, finding):
+                assert operation.path.parent == tmp_path  # inside the ledger's folder
+                assert fixer.name != "write-remaining-work" or operation.path != path  # never the inputs
