@@ -174,6 +174,21 @@ def test_remaining_work_of_csv_inputs_keeps_each_rows_bytes(tmp_path):
     assert all(line.rsplit(",", 1)[0] in original for line in (tmp_path / "results.remaining.csv").read_text().splitlines())
 
 
+def test_remaining_work_of_parquet_inputs_is_parquet_with_the_inputs_schema(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    jsonl_inputs, results = generation_job(tmp_path)
+    inputs = tmp_path / "tasks.parquet"
+    pq.write_table(pa.Table.from_pylist(lines(jsonl_inputs)), inputs)
+    api.fix(results, ledger={"task_field": "task_id", "inputs": str(inputs), "quota": QUOTA})
+    table = pq.read_table(tmp_path / "results.remaining.parquet")
+    done = successes_by_task(results)
+    assert table.to_pylist() == [{**task, "remaining": QUOTA - done.get(task["task_id"], 0)}
+                                 for task in lines(jsonl_inputs) if done.get(task["task_id"], 0) < QUOTA]
+    assert table.schema.field("difficulty").type == pq.read_table(inputs).schema.field("difficulty").type
+
+
 def test_without_inputs_only_the_units_seen_below_quota_are_listed(tmp_path):
     _, results = generation_job(tmp_path)
     result = api.fix(results, ledger={"task_field": "task_id", "quota": QUOTA})
