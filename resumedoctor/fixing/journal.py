@@ -27,7 +27,7 @@ import shutil
 import time
 from pathlib import Path
 
-from resumedoctor.engine.operations import Operation, WriteFile
+from resumedoctor.engine.operations import Operation, ReplaceTail, WriteFile
 from resumedoctor.engine.target import state_dir
 from resumedoctor.errors import ReasonError
 from resumedoctor.fixing.confinement import (
@@ -43,7 +43,7 @@ from resumedoctor.fixing.confinement import (
 from resumedoctor.fixing.journal_schema import ID, JournalInvalid, validate_journal
 from resumedoctor.io.atomic_write import atomic_write, fsync_dir, temporary_path
 from resumedoctor.io.bounded_read import JSON_CONFIG_LIMIT, read_json_file
-from resumedoctor.io.hashing import sha256_bytes, sha256_file
+from resumedoctor.io.hashing import new_hasher, sha256_bytes, sha256_file
 
 TRANSACTIONS = "transactions"
 QUARANTINE = "quarantine"
@@ -150,16 +150,20 @@ class Transaction:
                 raise UntrustedJournalError(self.journal_path, exc.reason) from None
 
     def _paths(self, entry: dict) -> tuple[Path, Path]:
-        """(path, new bytes file) of a write; (source, destination) of a move."""
+        """(path, new bytes file) of a write or a tail edit; (source, destination) of a move."""
         if entry["kind"] == "write":
             target = check_outside(self.id, entry) if "mac" in entry else resolve_inside(self.output_dir, entry["path"])
             return target, resolve_inside(self.folder, entry["new"])
+        if entry["kind"] == "tail":
+            return resolve_inside(self.output_dir, entry["path"]), resolve_inside(self.folder, entry["new"])
         return (resolve_inside(self.output_dir, entry["src"], final_may_be_folder=True),
                 resolve_inside(self.output_dir, entry["dst"], final_may_be_folder=True))
 
     # ---- reading the tree ----------------------------------------------------------------------
     def _state(self, entry: dict) -> str:
-        """'old', 'new', or raise JournalError when the tree is neither."""
+        """'old', 'new', or raise JournalError when the tree is neither ('partial': a tail edit cut short)."""
+        if entry["kind"] == "tail":
+            return _tail_state(self._paths(entry)[0], entry)
         if entry["kind"] == "write":
             path, _ = self._paths(entry)
             current = sha256_file(path)
@@ -185,6 +189,13 @@ class Transaction:
             debris = real_folder(self.folder / "debris", create=True)
             os.replace(temporary, debris / f"{len(os.listdir(debris))}-{temporary.name}")
 
+    @staticmethod
+    def _verified(path: Path, sha256: str) -> Path:
+        """PATH (new/<i> or backup/<i>) when its bytes are the ones the journal names."""
+        if sha256_file(path) != sha256:
+            raise JournalError(f"{path} is missing or damaged")
+        return path
+
     def _bytes(self, relative: str, sha256: str) -> bytes:
         """The bytes of new/<i> or backup/<i>, only when they are the ones the journal names."""
         path = resolve_inside(self.folder, relative)
@@ -195,6 +206,9 @@ class Transaction:
     # ---- doing ---------------------------------------------------------------------------------
     def _back_up(self) -> None:
         for entry in self.journal["operations"]:
+            if entry["kind"] == "tail":
+                self._back_up_tail(entry)
+                continue
             if entry["kind"] != "write" or entry["old_sha256"] in (None, entry["new_sha256"]):
                 continue
             backup = resolve_inside(self.folder, entry["backup"])
@@ -210,6 +224,21 @@ class Transaction:
                 os.fsync(writer.fileno())
         fsync_dir(self.folder / "backup")
 
+    def _back_up_tail(self, entry: dict) -> None:
+        """Copy the bytes a tail edit cuts (streamed: a torn line may be large)."""
+        backup = resolve_inside(self.folder, entry["backup"])
+        if sha256_file(backup) == entry["cut_sha256"]:
+            return
+        if self._state(entry) != "old":
+            raise JournalError(f"no backup of {entry['path']} and it was already changed")
+        source, _ = self._paths(entry)
+        with open(os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as reader, \
+                open(os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "wb") as writer:
+            reader.seek(entry["keep"])
+            shutil.copyfileobj(reader, writer)
+            writer.flush()
+            os.fsync(writer.fileno())
+
     def complete(self) -> None:
         """Bring the tree to the transaction's new state (idempotent; also after a crash)."""
         self.check_paths()
@@ -224,7 +253,10 @@ class Transaction:
 
     def _apply(self, entry: dict) -> None:
         """Put one operation's new state in place (durably)."""
-        if entry["kind"] == "write":
+        if entry["kind"] == "tail":
+            path, new = self._paths(entry)
+            _put_tail(path, entry["keep"], self._verified(new, entry["tail_sha256"]))
+        elif entry["kind"] == "write":
             path, _ = self._paths(entry)
             content = self._bytes(entry["new"], entry["new_sha256"])
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -254,7 +286,10 @@ class Transaction:
 
     def _revert(self, entry: dict) -> None:
         """Put one operation's old state back (durably)."""
-        if entry["kind"] == "write":
+        if entry["kind"] == "tail":
+            path, _ = self._paths(entry)
+            _put_tail(path, entry["keep"], self._verified(resolve_inside(self.folder, entry["backup"]), entry["cut_sha256"]))
+        elif entry["kind"] == "write":
             path, _ = self._paths(entry)
             if entry["old_sha256"] is None:
                 os.unlink(path)  # a file this transaction created; its bytes stay in new/
@@ -287,6 +322,11 @@ def _entries(output_dir: Path, folder: Path, transaction_id: str, operations: li
             if entry is None:
                 continue  # the file already holds these bytes: nothing to change, back up or undo
             (folder / entry["new"]).write_bytes(operation.content)
+        elif isinstance(operation, ReplaceTail):
+            entry = _tail_entry(output_dir, operation, len(entries))
+            if entry is None:
+                continue
+            (folder / entry["new"]).write_bytes(operation.tail)
         else:
             source = _confined(output_dir, operation.path, folder=True)
             destination = quarantine_root / f"{operation.path.name}.{transaction_id}"
@@ -337,6 +377,67 @@ def _write_entry(output_dir: Path, transaction_id: str, operation: WriteFile, in
         return None
     entry["old_sha256"] = old_sha256
     return entry
+
+
+def _tail_entry(output_dir: Path, operation: ReplaceTail, index: int) -> dict | None:
+    """The journal entry of a tail edit (inside the output_dir only); None when it changes nothing."""
+    relative = _confined(output_dir, operation.path)
+    path = resolve_inside(output_dir, relative)
+    digests = _tail_digests(path, operation.keep)
+    if digests is None:
+        raise ConfinementError(f"{path} is shorter than {operation.keep} bytes: the planned cut no longer fits it")
+    prefix, old_sha256, cut_sha256, old_size = digests
+    new = prefix.copy()
+    new.update(operation.tail)
+    if new.hexdigest() == old_sha256:
+        return None
+    return {"kind": "tail", "path": relative, "keep": operation.keep, "old_size": old_size,
+            "prefix_sha256": prefix.hexdigest(), "old_sha256": old_sha256, "new_sha256": new.hexdigest(),
+            "cut_sha256": cut_sha256, "tail_sha256": sha256_bytes(operation.tail),
+            "new": f"new/{index}", "backup": f"backup/{index}"}
+
+
+def _tail_digests(path: Path, keep: int):
+    """(hasher of the first KEEP bytes, sha256 of the file, sha256 of the bytes after KEEP, size) in one
+    streamed pass; None when the file is shorter than KEEP."""
+    prefix, cut = new_hasher("sha256"), new_hasher("sha256")
+    with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as handle:
+        left = keep
+        while left and (block := handle.read(min(left, 1 << 20))):
+            prefix.update(block)
+            left -= len(block)
+        if left:
+            return None
+        whole = prefix.copy()
+        size = keep
+        while block := handle.read(1 << 20):
+            whole.update(block)
+            cut.update(block)
+            size += len(block)
+    return prefix, whole.hexdigest(), cut.hexdigest(), size
+
+
+def _tail_state(path: Path, entry: dict) -> str:
+    """'new', 'old', 'partial' (the first `keep` bytes intact, the tail cut short by a crash), else JournalError."""
+    current = sha256_file(path)
+    if current == entry["new_sha256"]:
+        return "new"
+    if current == entry["old_sha256"]:
+        return "old"
+    digests = _tail_digests(path, entry["keep"]) if current is not None else None
+    if digests is not None and digests[0].hexdigest() == entry["prefix_sha256"]:
+        return "partial"
+    raise JournalError(f"{path} changed since fix planned it; resolve by hand")
+
+
+def _put_tail(path: Path, keep: int, source: Path) -> None:
+    """Cut PATH to KEEP bytes and append SOURCE's bytes, durably (crash-safe: state 'partial' redoes it)."""
+    with open(os.open(path, os.O_RDWR | os.O_NOFOLLOW), "r+b") as writer, open(source, "rb") as reader:
+        writer.truncate(keep)
+        writer.seek(keep)
+        shutil.copyfileobj(reader, writer)
+        writer.flush()
+        os.fsync(writer.fileno())
 
 
 def new_id() -> str:

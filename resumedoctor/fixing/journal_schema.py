@@ -24,6 +24,8 @@ JOURNAL_REQUIRED = frozenset({"version", "id", "status", "operations"})
 LABELS = ("reason", "code", "fixer")
 WRITE_KEYS = frozenset({"kind", "path", "old_sha256", "new_sha256", "new", "backup", "mac", *LABELS})
 MOVE_KEYS = frozenset({"kind", "src", "dst", *LABELS})
+TAIL_KEYS = frozenset({"kind", "path", "keep", "old_size", "prefix_sha256", "old_sha256", "new_sha256", "cut_sha256",
+                       "tail_sha256", "new", "backup", *LABELS})
 # Inside .resumedoctor/ a fix writes its own files (wandb.json, datasets/), never the journals or quarantine.
 RESERVED = ("transactions", "quarantine", "lock")
 MAX_OPERATIONS = 100_000
@@ -79,6 +81,20 @@ def _write(entry: dict, index: int, what: str) -> None:
           f"{what}: new/backup must be new/{index} and backup/{index}")
 
 
+def _tail(entry: dict, index: int, what: str) -> None:
+    """A tail edit: inside the output_dir only, its sizes whole numbers, every hash a sha256."""
+    _keys(entry, TAIL_KEYS, TAIL_KEYS, what)
+    _need("mac" not in entry, f"{what}: a tail edit never leaves the output_dir")
+    _write_path(entry, what)
+    for key in ("keep", "old_size"):
+        _need(type(entry[key]) is int and entry[key] >= 0, f"{what}.{key} is not a whole number")
+    _need(entry["keep"] <= entry["old_size"], f"{what}.keep is beyond old_size")
+    for key in ("prefix_sha256", "old_sha256", "new_sha256", "cut_sha256", "tail_sha256"):
+        _need(isinstance(entry[key], str) and bool(SHA256.match(entry[key])), f"{what}.{key} is not a sha256")
+    _need(entry["new"] == f"new/{index}" and entry["backup"] == f"backup/{index}",
+          f"{what}: new/backup must be new/{index} and backup/{index}")
+
+
 def _move(entry: dict, what: str) -> None:
     _keys(entry, MOVE_KEYS, MOVE_KEYS, what)
     source = _relative(entry["src"], f"{what}.src")
@@ -95,9 +111,9 @@ def _operations(operations: Any) -> None:
     for index, entry in enumerate(operations):
         what = f"operations[{index}]"
         _need(isinstance(entry, dict), f"{what} is not an object")
-        _need(entry.get("kind") in ("write", "move"), f"{what}.kind is not 'write' or 'move'")
-        if entry["kind"] == "write":
-            _write(entry, index, what)
+        _need(entry.get("kind") in ("write", "move", "tail"), f"{what}.kind is not 'write', 'move' or 'tail'")
+        if entry["kind"] in ("write", "tail"):
+            (_write if entry["kind"] == "write" else _tail)(entry, index, what)
             paths = [entry["path"]]
         else:
             _move(entry, what)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from resumedoctor.engine.context import Options, RunContext
 from resumedoctor.engine.findings import Finding, FixSafety
-from resumedoctor.engine.operations import Operation, Quarantine, WriteFile
+from resumedoctor.engine.operations import Operation, Quarantine, ReplaceTail, WriteFile
 from resumedoctor.engine.registry import Fixer, Registry, load_registry
 from resumedoctor.engine.runner import Report, new_context, run_checks
 from resumedoctor.engine.settings import Settings, user_settings
@@ -99,7 +99,7 @@ def plan_fixes(ctx: RunContext, report: Report, registry: Registry, *, unsafe: b
                 continue
             operations = fixer.changes(ctx, finding)
             if operations:
-                paths = {os.path.abspath(op.path) for op in operations if isinstance(op, WriteFile)}
+                paths = {os.path.abspath(op.path) for op in operations if not isinstance(op, Quarantine)}
                 if paths & written:
                     break  # next round
                 written |= paths
@@ -297,7 +297,7 @@ def _preview(path: Path, unsafe: bool, settings: Settings, options: Options, reg
     result.planned, result.operations = list(safe.planned), list(safe.operations)
     if unsafe:
         both = plan_fixes(ctx, before, registry, unsafe=True)
-        written = [op.path for op in safe.operations if isinstance(op, WriteFile)]
+        written = [op.path for op in safe.operations if not isinstance(op, Quarantine)]
         for plan in both.planned:
             if plan.fixer.safety is FixSafety.UNSAFE:
                 result.planned.append(plan)
@@ -398,6 +398,8 @@ def describe_operation(operation: Operation, output_dir: Path) -> str:
     where = _shown_path(operation.path, output_dir)
     if isinstance(operation, Quarantine):
         return f"quarantine {where}/ -> .resumedoctor/quarantine/ ({operation.code}: {operation.reason})"
+    if isinstance(operation, ReplaceTail):
+        return f"edit the end of {where} ({operation.code}: {operation.reason})"
     verb = "rewrite" if operation.path.exists() else "create"
     return f"{verb} {where} ({operation.code}: {operation.reason})"
 
@@ -407,6 +409,8 @@ def preview(operations: list[Operation], output_dir: Path) -> str:
     chunks = []
     for operation in operations:
         chunks.append(f"# {describe_operation(operation, output_dir)}")
+        if isinstance(operation, ReplaceTail):
+            chunks.append(_tail_preview(operation, output_dir))
         if isinstance(operation, WriteFile) and b"\0" in operation.content:
             chunks.append(f"  (binary, {len(operation.content)} bytes)")  # a Parquet copy: no text diff to read
         elif isinstance(operation, WriteFile):
@@ -418,3 +422,19 @@ def preview(operations: list[Operation], output_dir: Path) -> str:
                 fromfile=f"a/{where}" if old else "/dev/null", tofile=f"b/{where}", n=2,
             )).rstrip("\n"))
     return "\n".join(chunks) + "\n"
+
+
+def _tail_preview(operation: ReplaceTail, output_dir: Path, shown: int = 2000) -> str:
+    """The bytes a tail edit cuts and adds, each cut to SHOWN characters (a torn line may be huge)."""
+    where = _shown_path(operation.path, output_dir)
+    with open(operation.path, "rb") as handle:
+        size = handle.seek(0, 2)
+        handle.seek(operation.keep)
+        cut = handle.read(shown)
+    lines = [f"--- a/{where} (bytes {operation.keep}-{size} of {size})", f"+++ b/{where}"]
+    if size > operation.keep:
+        more = f" ... ({size - operation.keep - shown} more bytes)" if size - operation.keep > shown else ""
+        lines.append("-" + cut.decode("utf-8", errors="replace") + more)
+    if operation.tail:
+        lines.append("+" + operation.tail[:shown].decode("utf-8", errors="replace").replace("\n", "\\n"))
+    return "\n".join(lines)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from resumedoctor.engine.operations import Quarantine
+from resumedoctor.engine.operations import Quarantine, ReplaceTail
 from resumedoctor.fixing.planner import FixResult, describe_operation, preview
 from resumedoctor.io.printable import printable
 from resumedoctor.report import render
@@ -48,7 +48,8 @@ def _as_dict(result: FixResult) -> dict:
         "dry_run": result.dry_run,
         "recovered": result.recovered,
         "changes": [
-            {"kind": "quarantine" if isinstance(op, Quarantine) else "write", "path": str(op.path),
+            {"kind": "quarantine" if isinstance(op, Quarantine) else "tail" if isinstance(op, ReplaceTail) else "write",
+             "path": str(op.path),
              "code": op.code, "fixer": op.fixer, "reason": op.reason}
             for op in result.operations
         ],

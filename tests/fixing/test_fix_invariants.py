@@ -359,6 +359,59 @@ def compiled_state_dict(ws: Workspace) -> Setup:
     return Setup(run)
 
 
+# -- GEN (result ledgers: tests/ledger/g3_ledgers.py)
+
+
+def ledger_folder(ws: Workspace) -> Path:
+    folder = ws.root / "ledger"
+    folder.mkdir()
+    return folder
+
+
+def writer_killed_mid_record(ws: Workspace) -> Setup:
+    from g3_ledgers import killed_writer, ledger_options
+
+    results = ledger_folder(ws) / "results.jsonl"
+    killed_writer(results, records=10)
+    return Setup(results, ledger_options())
+
+
+def failures_in_processed_ids(ws: Workspace) -> Setup:
+    from g3_ledgers import (
+        INFERENCE_SUCCESS,
+        inference_inputs,
+        inference_loop,
+        ledger_options,
+    )
+
+    checkpoint = ledger_folder(ws) / "checkpoint.json"
+    inference_loop(checkpoint, inference_inputs(20), attempt=0, bug=True)
+    return Setup(checkpoint, ledger_options(success=INFERENCE_SUCCESS))
+
+
+def tasks_below_quota(ws: Workspace) -> Setup:
+    from g3_ledgers import QUOTA, generation_job, ledger_options
+
+    inputs, results = generation_job(ledger_folder(ws))
+    return Setup(results, ledger_options(task_field="task_id", inputs=str(inputs), quota=QUOTA))
+
+
+def shards_not_merged(ws: Workspace) -> Setup:
+    from g3_ledgers import csv_shards, ledger_options
+
+    folder = ledger_folder(ws)
+    csv_shards(folder)
+    return Setup(folder, ledger_options())
+
+
+def failure_records_in_results(ws: Workspace) -> Setup:
+    from g3_ledgers import ledger_options, run_writer
+
+    results = ledger_folder(ws) / "results.jsonl"
+    run_writer(results, 0, 10)
+    return Setup(results, ledger_options())
+
+
 FIXERS = {fixer.name: fixer for fixer in load_registry(fixers_now=True).fixers}
 
 
@@ -404,6 +457,11 @@ CASES = [
     Case("record-wandb-decision", wandb_run_ahead),
     Case("record-wandb-decision", stale_wandb_run_id),
     Case("strip-wrapper-prefix", compiled_state_dict),
+    Case("cut-torn-record", writer_killed_mid_record),
+    Case("rebuild-processed-ids", failures_in_processed_ids),
+    Case("write-remaining-work", tasks_below_quota),
+    Case("merge-shards", shards_not_merged),
+    Case("drop-failure-records", failure_records_in_results),
 ]
 
 
