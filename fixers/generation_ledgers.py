@@ -7,7 +7,6 @@ checkpoint fixes; the inputs file is only read. A torn tail is cut by a tail edi
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -40,6 +39,7 @@ from resumedoctor.integrations.ledger.layout import (
     WORKER_STATE_NAME,
     is_ledger_file_name,
 )
+from resumedoctor.integrations.ledger.merge import encode_records, merge_records
 from resumedoctor.integrations.ledger.success import compile_success
 from resumedoctor.integrations.ledger.tally import (
     Tally,
@@ -115,7 +115,7 @@ def finding_file(ctx: RunContext, finding: Finding) -> Path | None:
     return None
 
 
-# --- reading and writing records (the stand-in for integrations/ledger/merge.py, engineer g4) ----------
+# --- reading records ----------------------------------------------------------------------------------
 def read_rows(path: Path, fmt: str | None = None) -> Iterator[tuple[int, dict]]:
     """(number, record) of every usable record; Parquet through pyarrow."""
     fmt = fmt or detect_format(path)
@@ -139,48 +139,6 @@ def _records(path: Path, config: LedgerConfig) -> Iterator[dict]:
         yield from inference_checkpoint(path, config)[0]
     else:
         yield from (record for _, record in read_rows(path))
-
-
-def merge_records(shards: list[Path], config: LedgerConfig) -> Iterator[dict]:
-    """One record per id over the shards in order: the first success, else the first failure; records
-    without an id all kept. Two streamed passes: only id -> winner is held."""
-    is_success = compile_success(config.success)
-    winners: dict[str, tuple[int, int, bool]] = {}
-    for index, shard in enumerate(shards):
-        for number, record in read_rows(shard):
-            key = unit_key(record.get(config.id_field))
-            if key is None:
-                continue
-            best, success = winners.get(key), is_success(record)
-            if best is None or (success and not best[2]):
-                winners[key] = (index, number, success)
-    for index, shard in enumerate(shards):
-        for number, record in read_rows(shard):
-            key = unit_key(record.get(config.id_field))
-            if key is None or winners.get(key, (index, number))[:2] == (index, number):
-                yield record
-
-
-def write_records(records: Iterable[dict], fmt: str) -> bytes:
-    """RECORDS as a file of format FMT (JSONL, JSON array, CSV with the union of the fields, Parquet)."""
-    if fmt == JSONL:
-        return b"".join(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n" for record in records)
-    records = list(records)
-    if fmt == JSON_ARRAY:
-        return (json.dumps(records, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
-    if fmt == PARQUET:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        buffer = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(records), buffer)
-        return buffer.getvalue()
-    fields = list(dict.fromkeys(key for record in records for key in record))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fields, restval="", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(records)
-    return text.getvalue().encode("utf-8")
 
 
 # --- cut-torn-record (GEN001) ---------------------------------------------------------------------
@@ -337,7 +295,7 @@ def remaining_rows(inputs: Path, fmt: str, tally: Tally, config: LedgerConfig) -
     field = remaining_field(rows[0][0].value if rows else ())
     if fmt == CSV:
         return _remaining_csv(inputs, rows, field), len(rows), without, field
-    return write_records(({**entry.value, field: need} for entry, need in rows), fmt), len(rows), without, field
+    return encode_records(({**entry.value, field: need} for entry, need in rows), fmt), len(rows), without, field
 
 
 def _remaining_csv(inputs: Path, rows: list, field: str) -> bytes:
@@ -389,7 +347,7 @@ def _units_below_quota(ctx: RunContext, tally: Tally, config: LedgerConfig) -> t
             spelled.setdefault(unit_key(value), value)
     rows = [{config.unit_field: spelled.get(key, key), REMAINING_FIELD: need} for key, need in short.items()]
     suffix = {JSONL: ".jsonl", CSV: ".csv", PARQUET: ".parquet"}[fmt]
-    return write_records(rows, fmt), suffix, len(rows)
+    return encode_records(rows, fmt), suffix, len(rows)
 
 
 def plan_write_remaining_work(ctx: RunContext, finding: Finding) -> list[Operation]:
@@ -425,7 +383,7 @@ def plan_merge_shards(ctx: RunContext, finding: Finding) -> list[Operation]:
     merged = folder / f"{_ledger_stem(ctx)}_merged{shards[0].suffix}"
     try:
         fmt = detect_format(shards[0])
-        content = write_records(merge_records(shards, config_of(ctx)), fmt)
+        content = encode_records(merge_records(shards, config_of(ctx)), fmt)
     except UNREADABLE:
         return []
     return [WriteFile(merged, content, f"{len(shards)} worker shards merged, one record per "
