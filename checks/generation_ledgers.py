@@ -202,6 +202,12 @@ def _file_findings(ctx: RunContext, ft: FileTally) -> Iterator[Finding]:
     if ft.unreadable is not None:
         yield from _unreadable(name, ft)
         return
+    if ft.records == 0 and ft.problem_count > 1:  # a log, a renamed CSV: no results file at all
+        yield _finding(NOT_JUDGED, f"{name}: none of its {ft.problem_count} {_where(ft)}s is a record (the first: "
+                       f"{ft.problems[0].problem}): not a results file in this format; not judged", path=name,
+                       hint="give a results file (JSON Lines, JSON, CSV, Parquet or an inference checkpoint.json)",
+                       file=str(ft.path))
+        return
     if (torn := ft.torn) is not None:
         yield _torn(name, ft, torn)
     if ft.inner_problems:
@@ -256,7 +262,7 @@ def _without_key(ctx: RunContext, name: str, ft: FileTally) -> Finding:
     unit = config_of(ctx).unit_field
     option = "--task-field" if config_of(ctx).task_field else "--id-field"
     if ft.without_key == ft.records:
-        message = (f"{name}: none of its {ft.records} records has the field `{unit}`; the first has "
+        message = (f"{name}: none of its {ft.records} records has the field `{unit}`; the first has the fields "
                    f"{', '.join(map(repr, ft.first_fields or []))}")
         hint = f"name the field that says which input or task a record answers ({option} or [tool.resumedoctor.ledger])"
     else:
@@ -360,7 +366,7 @@ def _work_findings(ctx: RunContext, tally: Tally) -> Iterator[Finding]:
     unit, quota = _units_word(config), config.quota
     if inputs is None:
         yield NOT_JUDGED.finding(f"no work list given: {unit} that no record names (never started) are not "
-                                 f"counted; judged: the {work.units} the results name",
+                                 f"counted; judged: only the {work.units} the results name",
                                  hint="give the inputs file (--inputs or `inputs` in [tool.resumedoctor.ledger])")
     elif inputs.unreadable is not None:
         yield NOT_JUDGED.finding(f"the inputs file {inputs.path} {inputs.unreadable}: inputs never started are "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,28 +117,32 @@ def _iter(path: Path, fmt: str, plain: bool) -> Iterator[tuple[int, dict] | Entr
     raise RecordsError(f"{fmt} files are not read record by record")
 
 
-def _lines(path: Path, limit: int) -> Iterator[tuple[int, int, bytes | None, bool]]:
-    """(offset, size with the newline, line without its newline or None when over `limit`, terminated).
-
-    Read in blocks and split: a line costs one slice, and a line longer than `limit` is passed over
-    without being held (only its size is counted).
+def _line_runs(path: Path, limit: int) -> Iterator[tuple]:
+    """The file's lines, read in blocks and split: runs `(offset, [line, ...])` of whole lines (without
+    their newlines) starting at `offset`, and single lines `(offset, size, line or None, terminated)`
+    where a line spans blocks, is longer than `limit` (None: passed over, only its size counted) or is
+    the last one without a newline. A run costs one slice per line and no tuple.
     """
     offset, pending, pending_size, too_long = 0, [], 0, False
     with open_regular(path) as handle:
-        while block := _read_block(handle):
+        while block := (_skip_hole(handle) if too_long else 0) or _read_block(handle):
+            if isinstance(block, int):  # a hole skipped inside an over-long line: counted, not read
+                pending_size += block
+                continue
             parts = block.split(b"\n")
             tail = parts.pop()
-            first = 0
             if parts and (pending_size or too_long):
-                size = pending_size + len(parts[0]) + 1
-                line = None if too_long or size > limit else b"".join(pending) + parts[0]
-                yield offset, size, line, True
-                offset, pending, pending_size, too_long, first = offset + size, [], 0, False, 1
-            for index in range(first, len(parts)):
-                part = parts[index]
-                size = len(part) + 1
-                yield offset, size, part if size <= limit else None, True
-                offset += size
+                first = parts.pop(0)
+                size = pending_size + len(first) + 1
+                yield offset, size, None if too_long or size > limit else b"".join(pending) + first, True
+                offset, pending, pending_size, too_long = offset + size, [], 0, False
+            if parts and limit < BLOCK:  # a limit below the block size: every line on its own
+                for part in parts:
+                    yield offset, len(part) + 1, part if len(part) < limit else None, True
+                    offset += len(part) + 1
+            elif parts:
+                yield offset, parts
+                offset += sum(map(len, parts)) + len(parts)
             pending_size += len(tail)
             if too_long or pending_size > limit:
                 pending, too_long = [], True
@@ -147,7 +152,48 @@ def _lines(path: Path, limit: int) -> Iterator[tuple[int, int, bytes | None, boo
         yield offset, pending_size, None if too_long else b"".join(pending), False
 
 
+def _lines(path: Path, limit: int) -> Iterator[tuple[int, int, bytes | None, bool]]:
+    """(offset, size with the newline, line without its newline or None when over `limit`, terminated)."""
+    for run in _line_runs(path, limit):
+        if len(run) == 4:
+            yield run
+            continue
+        offset, parts = run
+        for part in parts:
+            yield offset, len(part) + 1, part, True
+            offset += len(part) + 1
+
+
 BLOCK = 4 * MiB
+
+
+def _skip_hole(handle) -> int:
+    """Inside a line too long to hold, skip a sparse file's hole (zero bytes: never a newline) without
+    reading it; the bytes skipped (0: none, or the system cannot tell)."""
+    if not hasattr(os, "SEEK_DATA"):
+        return 0
+    fd, position = handle.fileno(), handle.tell()
+    raw = os.lseek(fd, 0, os.SEEK_CUR)  # the buffered reader's idea of the descriptor's offset: kept
+    try:
+        data = _next_data(fd, position)
+    finally:
+        os.lseek(fd, raw, os.SEEK_SET)
+    if data <= position:
+        return 0
+    handle.seek(data)
+    return data - position
+
+
+def _next_data(fd: int, position: int) -> int:
+    """Where the next data at or after `position` starts (the file's end when only a hole is left)."""
+    try:
+        return os.lseek(fd, position, os.SEEK_DATA)
+    except OSError:  # ENXIO: nothing but a hole up to the end (or at the end); EINVAL: not supported
+        pass
+    try:
+        return os.fstat(fd).st_size if os.lseek(fd, position, os.SEEK_HOLE) == position else position
+    except OSError:
+        return position
 
 
 def _read_block(handle) -> bytes:
@@ -189,28 +235,44 @@ def iter_jsonl(path: Path) -> Iterator[Entry]:
 def _iter_jsonl(path: Path, plain: bool) -> Iterator[tuple[int, dict] | Entry]:
     loads = _json_loads()
     number = 0
-    for offset, size, line, terminated in _lines(path, MAX_RECORD):
-        number += 1
-        if line is None:
-            yield Entry(number, offset, size, problem=f"{TOO_LONG}: {size} bytes")
+    for run in _line_runs(path, MAX_RECORD):
+        if len(run) == 4:
+            number += 1
+            yield from _jsonl_entry(number, *run, plain=plain)
             continue
-        try:
-            value = loads(line)
-        except ValueError:
-            if not line.strip():
-                continue
+        offset, parts = run
+        for line in parts:  # the hot loop: whole lines, the common case of a well-formed record inline
+            number += 1
             try:
-                value = _parse(json.loads, line)
-            except (ValueError, RecursionError) as exc:
-                kind = UNPARSEABLE if terminated else TORN
-                yield Entry(number, offset, size, problem=f"{kind}: {_reason(exc)}")
-                continue
-        if type(value) is dict and terminated:
-            yield (number, value) if plain else Entry(number, offset, size, value)
-        elif not terminated:
-            yield Entry(number, offset, size, value if isinstance(value, dict) else None, problem=UNTERMINATED)
-        else:
-            yield Entry(number, offset, size, problem=f"{NOT_AN_OBJECT}: a JSON {type(value).__name__}")
+                value = loads(line)
+            except ValueError:
+                value = None
+            if type(value) is dict:
+                yield (number, value) if plain else Entry(number, offset, len(line) + 1, value)
+            else:
+                yield from _jsonl_entry(number, offset, len(line) + 1, line, True, plain=plain)
+            offset += len(line) + 1
+
+
+def _jsonl_entry(number: int, offset: int, size: int, line: bytes | None, terminated: bool, *,
+                 plain: bool) -> Iterator[tuple[int, dict] | Entry]:
+    """One line outside the common case: too long, blank, json's reading, unparseable, unterminated."""
+    if line is None:
+        yield Entry(number, offset, size, problem=f"{TOO_LONG}: {size} bytes")
+        return
+    if not line.strip():
+        return
+    try:
+        value = _parse(_json_loads(), line)
+    except (ValueError, RecursionError) as exc:
+        yield Entry(number, offset, size, problem=f"{UNPARSEABLE if terminated else TORN}: {_reason(exc)}")
+        return
+    if not terminated:
+        yield Entry(number, offset, size, value if isinstance(value, dict) else None, problem=UNTERMINATED)
+    elif isinstance(value, dict):
+        yield (number, value) if plain else Entry(number, offset, size, value)
+    else:
+        yield Entry(number, offset, size, problem=f"{NOT_AN_OBJECT}: a JSON {type(value).__name__}")
 
 
 def _reason(exc: BaseException) -> str:

@@ -49,14 +49,31 @@ def compile_success(expression: str) -> Callable[[Any], bool]:
     except _NotCompiled:
         evaluate = compiled.search
         errors = (JMESPathError, TypeError)
+    if evaluate is not compiled.search and returns_bool(compiled.parsed):
+        def is_success(record: Any) -> bool:
+            try:
+                return evaluate(record)
+            except errors:  # a function given a value of the wrong type (starts_with on a number)
+                return False
+        return is_success
 
-    def is_success(record: Any) -> bool:
+    def is_truthy(record: Any) -> bool:
         try:
             return truthy(evaluate(record))
-        except errors:  # a function given a value of the wrong type (starts_with on a number)
+        except errors:
             return False
 
-    return is_success
+    return is_truthy
+
+
+BOOL_FUNCTIONS = ("starts_with", "ends_with", "contains")
+
+
+def returns_bool(node: dict) -> bool:
+    """Is the node's value always true or false (so its truth needs no test)?"""
+    kind = node["type"]
+    return (kind == "not_expression" or (kind == "comparator" and node["value"] in ("eq", "ne"))
+            or (kind == "function_expression" and node["value"] in BOOL_FUNCTIONS))
 
 
 def truthy(value: Any) -> bool:
@@ -95,13 +112,15 @@ def compile_node(node: dict) -> Callable[[Any], Any]:
         return _chain(children)
     if kind == "not_expression":
         (child,) = children
+        if returns_bool(node["children"][0]):
+            return lambda value: not child(value)
         return lambda value: not truthy(child(value))
     if kind in ("and_expression", "or_expression"):
         return _logic(kind == "and_expression", *children)
     if kind == "comparator":
         return _comparator(node["value"], *children)
     if kind == "function_expression":
-        return _function(node["value"], children)
+        return _affix_of_field(node) or _function(node["value"], children)
     raise _NotCompiled(kind)
 
 
@@ -161,6 +180,26 @@ def _comparator(op: str, left: Callable, right: Callable) -> Callable[[Any], Any
         return order(a, b)  # a string against a number raises TypeError, as in jmespath
 
     return compare
+
+
+def _affix_of_field(node: dict) -> Callable[[Any], bool] | None:
+    """`starts_with(field, 'literal')` (and ends_with) in one closure: the common success test."""
+    args = node["children"]
+    if (node["value"] not in ("starts_with", "ends_with") or len(args) != 2 or args[0]["type"] != "field"
+            or args[1]["type"] != "literal" or not isinstance(args[1]["value"], str)):
+        return None
+    name, affix, starts = args[0]["value"], args[1]["value"], node["value"] == "starts_with"
+
+    def affixed(value: Any) -> bool:
+        try:
+            text = value.get(name)
+        except AttributeError:
+            text = None
+        if not isinstance(text, str):
+            raise _WrongType(node["value"])
+        return text.startswith(affix) if starts else text.endswith(affix)
+
+    return affixed
 
 
 def _function(name: str, args: list[Callable]) -> Callable[[Any], Any]:
