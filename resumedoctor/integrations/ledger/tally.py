@@ -146,11 +146,8 @@ def tally_files(paths: Iterable[Path], config: LedgerConfig) -> Tally:
 
 def _count_stream(tally: Tally, ft: FileTally, items: Iterator, is_success,
                   samples: tuple[set[str], dict[str, int]]) -> None:
-    """The hot loop: a million records pass here, so it keeps to locals and two ints per unit.
-
-    `samples`: the (task, id) pairs with a success so far, and those with more than one (as one string
-    each, `task\\0id`: a tuple would keep two strings and itself alive, ~2x the memory).
-    """
+    """The hot loop (a million records): locals, two ints per unit. `samples`: the (task, id) pairs with a
+    success, and those with more (one string each, `task\\0id`: a tuple keeps three objects alive)."""
     seen, duplicates = samples
     unit_field, units = tally.config.unit_field, tally.units
     id_field = tally.config.id_field if tally.config.task_field is not None else None
