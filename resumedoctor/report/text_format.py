@@ -105,7 +105,7 @@ LEDGER_ROWS = 20  # rows of the per-task table; the JSON report lists more
 def _print_ledger(console: Console, ledger: dict) -> None:
     """The per-task table (units below quota first) and the total work left: plain data, no checks."""
     rows = ledger.get("tasks") or []
-    if rows:
+    if rows and ledger.get("work_left"):  # nothing left: the finished units need no table
         console.print()
         table = Table(box=None, padding=(0, 2), show_edge=False, header_style="bold")
         table.add_column(printable(str(ledger.get("unit") or "unit")), overflow="fold")
@@ -124,13 +124,17 @@ def _print_ledger(console: Console, ledger: dict) -> None:
 
 def _work_left_line(ledger: dict) -> Text:
     needed, left, units = ledger.get("work_left"), ledger.get("units_left"), ledger.get("units")
-    if needed is None:
+    if needed is None or not units:
         return Text("Work left: not judged (no readable results and no work list).", style="yellow")
-    scope = "" if ledger.get("all_units_known") else " seen in the results (give --inputs to count the rest)"
+    unit = f"{ledger.get('unit')} values"
+    if not ledger.get("all_units_known"):
+        unit += " seen in the results"
+    rest = "" if ledger.get("all_units_known") else "; give --inputs to count those never started"
     if not needed:
-        return Text(f"Work left: none: all {units} reached the quota of {ledger.get('quota')}{scope}.", style="green")
-    return Text(f"Work left: {needed} successes for {left} of {units} {ledger.get('unit')} values{scope} "
-                f"(quota {ledger.get('quota')}).", style="bold")
+        return Text(f"Work left: none: all {units} {unit} reached the quota of {ledger.get('quota')}{rest}.",
+                    style="green")
+    return Text(f"Work left: {needed} successes for {left} of {units} {unit} (quota {ledger.get('quota')}){rest}.",
+                style="bold")
 
 
 def render(report: Report, *, color: bool = False, width: int | None = None) -> str:
