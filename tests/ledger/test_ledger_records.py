@@ -100,6 +100,12 @@ def test_generation_killed_mid_record_is_torn_at_its_offset_and_the_table_counts
     assert report.ledger["work_left"] == sum(6 - expected[f"t{t}"] for t in range(6))
     failures = sum(1 for line in data.split(b"\n") if b"[ERROR]" in line)
     assert f"{failures} of {failures + sum(expected.values())} results are failures" in found["GEN018"][0].message
+    # Cut where the torn record starts (what the fix does): a clean ledger mid-run, nothing above info.
+    with results.open("r+b") as out:
+        out.truncate(torn_at)
+    clean = api.diagnose(results, ledger={"task_field": "task_id", "quota": 6, "success": SUCCESS})
+    assert {f.severity.value for f in clean.findings} == {"info"} and clean.exit_code == 0
+    assert clean.ledger["work_left"] == report.ledger["work_left"]
 
 
 def write_issue_example(folder: Path) -> dict[str, int]:
