@@ -7,9 +7,11 @@ the LedgerConfig (flags over `[tool.resumedoctor.ledger]`). Only successes count
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from resumedoctor.engine.context import LEDGER_SUMMARY, RunContext
@@ -17,17 +19,35 @@ from resumedoctor.engine.findings import Finding, Rule, Severity
 from resumedoctor.engine.registry import CheckFamily
 from resumedoctor.errors import ReasonError
 from resumedoctor.integrations.ledger.config import LedgerConfig
-from resumedoctor.integrations.ledger.layout import SHARD_RANGE_NAME
-from resumedoctor.integrations.ledger.tally import Tally, tally_files
+from resumedoctor.integrations.ledger.inputs import InputList, over_budget, read_inputs
+from resumedoctor.integrations.ledger.layout import (
+    SHARD_RANGE_NAME,
+    WORKER_STATE_NAME,
+    is_ledger_file_name,
+)
+from resumedoctor.integrations.ledger.tally import (
+    FileTally,
+    Tally,
+    tally_files,
+    unit_key,
+)
 from resumedoctor.integrations.ledger.workers import (
     DONE,
     Worker,
     WorkerLayout,
+    inside,
     read_layout,
 )
+from resumedoctor.io.bounded_read import MiB
 from resumedoctor.io.printable import printable
 from resumedoctor.io.records import (
+    CSV,
     JSON_OBJECT,
+    JSONL,
+    MAX_RECORD,
+    TOO_LONG,
+    UNTERMINATED,
+    Entry,
     RecordsError,
     detect_format,
     iter_entries,
@@ -35,7 +55,7 @@ from resumedoctor.io.records import (
 
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 
-# --- the records of one file (GEN001-007, GEN014-016, GEN018-019; GEN020-029 free for more) ---------
+# --- the records of one file (GEN001-007, GEN014-016, GEN018-020; GEN021-029 free for more) ---------
 TORN_LAST_RECORD = Rule(
     "GEN001", "torn-last-record", ERROR,
     "The last record was cut off by a killed writer: the next append glues onto it.",
@@ -120,6 +140,298 @@ ERRORS_COUNTED_AS_SUCCESS = Rule(
     "`success` (e.g. `!starts_with(prediction, '[ERROR]')`).",
 )
 
+PARQUET_WITHOUT_FOOTER = Rule(
+    "GEN020", "parquet-without-footer", ERROR,
+    "A Parquet results file has no footer: its writer was killed before closing it, and no row can be read.",
+    "Parquet writes where every row group lies and the schema only when the writer closes the file. A "
+    "job killed before that leaves a file that starts as Parquet and ends without its footer: pyarrow "
+    "and pandas refuse it, so a resume that reads it fails, and its rows are lost. Move it aside and rerun "
+    "the inputs it held; write Parquet in row groups that are closed as they go, or write JSON Lines.",
+)
+
+# --- helpers of the records part (record_findings, ledger_summary) ---------------------------------
+MAX_NAMED = 10  # ids or lines named in one message; every one is in the finding's extra
+MAX_LISTED_UNITS = 1000  # units listed in the report's ledger table (JSON); the rest are counted
+
+
+def ledger_files(ctx: RunContext) -> list[Path]:
+    """The results files to count: the file given, or the folder's shards (else its results files).
+
+    A folder's merged file repeats its shards, and its state files and work list are no results.
+    """
+    target = ctx.target
+    if target.listing is None:
+        return [target.path]
+    inputs = config_of(ctx).inputs
+    # Links leading out of the folder are never read; a remaining-work file a fix wrote is no results.
+    names = sorted(name for name, is_dir in target.listing.items()
+                   if not is_dir and is_ledger_file_name(name) and not WORKER_STATE_NAME.match(name)
+                   and ".remaining." not in name and inside(target.path, name)
+                   and not (inputs is not None and _same_file(target.path / name, inputs)))
+    shards = [name for name in names if SHARD_RANGE_NAME.search(name)]
+    return [target.path / name for name in (shards or names)]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def ledger_tally(ctx: RunContext) -> Tally:
+    """The one streaming pass over the ledger's results, once per run."""
+    return ctx.memo(("ledger-tally",), lambda: tally_files(ledger_files(ctx), config_of(ctx)), "tally_files")
+
+
+def ledger_inputs(ctx: RunContext) -> InputList | None:
+    return ctx.memo(("ledger-inputs",), lambda: read_inputs(config_of(ctx)), "read_inputs")
+
+
+def _name(ctx: RunContext, path: Path) -> str:
+    """A file as findings name it: relative to the folder that holds the ledger."""
+    try:
+        return str(path.relative_to(ctx.target.output_dir))
+    except ValueError:
+        return str(path)
+
+
+def _listed(items: list, total: int | None = None) -> str:
+    """`a, b, c` or `a, b, c ... (N in all)`: a message names at most MAX_NAMED."""
+    total = len(items) if total is None else total
+    shown = ", ".join(str(item) for item in items[:MAX_NAMED])
+    return shown + (f" ... ({total} in all)" if total > min(len(items), MAX_NAMED) else "")
+
+
+def _where(ft: FileTally) -> str:
+    """What a record's number counts in this format."""
+    return "line" if ft.format in (JSONL, CSV) else "record"
+
+
+def _finding(rule: Rule, message: str, *, path: str | None, hint: str, **extra) -> Finding:
+    return dataclasses.replace(rule.finding(message, path=path, hint=hint), extra=extra)
+
+
+def _file_findings(ctx: RunContext, ft: FileTally) -> Iterator[Finding]:
+    """GEN001, GEN002, GEN015, GEN016, GEN020 for one results file."""
+    name = _name(ctx, ft.path)
+    if ft.unreadable is not None:
+        yield from _unreadable(name, ft)
+        return
+    if ft.records == 0 and ft.problem_count > 1:  # a log, a renamed CSV: no results file at all
+        yield _finding(NOT_JUDGED, f"{name}: none of its {ft.problem_count} {_where(ft)}s is a record (the first: "
+                       f"{ft.problems[0].problem}): not a results file in this format; not judged", path=name,
+                       hint="give a results file (JSON Lines, JSON, CSV, Parquet or an inference checkpoint.json)",
+                       file=str(ft.path))
+        return
+    if (torn := ft.torn) is not None:
+        yield _torn(name, ft, torn)
+    if ft.inner_problems:
+        yield _unparseable(name, ft)
+    if ft.without_key:
+        yield _without_key(ctx, name, ft)
+
+
+def _unreadable(name: str, ft: FileTally) -> Iterator[Finding]:
+    if ft.no_footer:
+        yield _finding(PARQUET_WITHOUT_FOOTER, f"{name} {ft.unreadable}; none of its rows can be read", path=name,
+                       hint="move it aside and rerun the inputs it held (its rows are lost)", file=str(ft.path))
+    elif ft.damaged:
+        yield _finding(UNPARSEABLE_RECORDS, f"{name}: the JSON document does not parse ({ft.unreadable}); none "
+                       "of its records can be read", path=name, file=str(ft.path),
+                       hint="a writer killed mid-dump leaves a cut document: restore it from a copy, or move "
+                            "it aside and rerun its inputs")
+    else:
+        yield _finding(NOT_JUDGED, f"{name} {ft.unreadable}: not judged", path=name, file=str(ft.path),
+                       hint="give a results file (JSON Lines, JSON, CSV, Parquet or an inference checkpoint.json)")
+
+
+def _torn(name: str, ft: FileTally, torn: Entry) -> Finding:
+    kind = torn.problem.split(":")[0]
+    where = f"line {torn.number} (byte offset {torn.offset}, {torn.size} bytes)"
+    if kind == UNTERMINATED:
+        message = f"{name}: the last record, {where}, parses but has no newline: the next append glues onto it"
+        hint = "run `resumedoctor fix --auto` to add the newline, or append one yourself before resuming"
+    else:
+        detail = torn.problem.split(": ", 1)[-1]
+        message = f"{name}: the last record, {where}, is cut off mid-record (no newline, does not parse: {detail})"
+        hint = (f"run `resumedoctor fix --auto` to cut its {torn.size} bytes (kept in the backup), or truncate "
+                f"the file to {torn.offset} bytes; its input is then run again")
+    return _finding(TORN_LAST_RECORD, message, path=name, hint=hint, file=str(ft.path), line=torn.number,
+                    offset=torn.offset, size=torn.size, problem=kind)
+
+
+def _unparseable(name: str, ft: FileTally) -> Finding:
+    inner = [entry for entry in ft.problems if entry is not ft.torn]
+    too_long = sum(1 for entry in inner if entry.problem.startswith(TOO_LONG))
+    numbers = _listed([entry.number for entry in inner], ft.inner_problems)
+    first = inner[0].problem if inner else ""
+    longer = f"; {too_long} of them longer than {MAX_RECORD // MiB} MiB" if too_long else ""
+    return _finding(UNPARSEABLE_RECORDS, f"{name}: {ft.inner_problems} {_where(ft)}s are not records "
+                    f"({_where(ft)}s {numbers}; the first: {first}){longer}", path=name,
+                    hint="a resume that reads every record fails on them: repair or remove those lines (one JSON "
+                         "object per line), then rerun the inputs they held",
+                    file=str(ft.path), lines=[entry.number for entry in inner], count=ft.inner_problems)
+
+
+def _without_key(ctx: RunContext, name: str, ft: FileTally) -> Finding:
+    unit = config_of(ctx).unit_field
+    option = "--task-field" if config_of(ctx).task_field else "--id-field"
+    if ft.without_key == ft.records:
+        message = (f"{name}: none of its {ft.records} records has the field `{unit}`; the first has the fields "
+                   f"{', '.join(map(repr, ft.first_fields or []))}")
+        hint = f"name the field that says which input or task a record answers ({option} or [tool.resumedoctor.ledger])"
+    else:
+        message = (f"{name}: {ft.without_key} of {ft.records} records have no `{unit}` field ({_where(ft)}s "
+                   f"{_listed(ft.without_key_examples, ft.without_key)}): they count for no {unit}")
+        hint = "mixed schemas (a writer that changed its fields mid-run): fix those records or their writer"
+    return _finding(RECORDS_WITHOUT_ID, message, path=name, hint=hint, file=str(ft.path), count=ft.without_key)
+
+
+def _outcome_findings(ctx: RunContext, tally: Tally) -> Iterator[Finding]:
+    """GEN018 failures, GEN019 error-like successes, GEN003 duplicates, over all files."""
+    config = config_of(ctx)
+    for ft in tally.files:
+        name = _name(ctx, ft.path)
+        if ft.failures:
+            yield _finding(FAILURE_RECORDS, f"{name}: {ft.failures} of {ft.records} results are failures under "
+                           f"the success expression {config.success!r}; they count as not done and run again", path=name,
+                           hint="nothing to do: the resume reruns them (`fix --unsafe` drops them from the file)",
+                           file=str(ft.path), count=ft.failures)
+        if ft.error_like:
+            yield _finding(ERRORS_COUNTED_AS_SUCCESS, f"{name}: {ft.error_like} results that count as successes "
+                           f"under {config.success!r} hold a value that starts like an error ({_where(ft)}s "
+                           f"{_listed(ft.error_like_examples, ft.error_like)}): the resume skips their inputs",
+                           path=name, file=str(ft.path), count=ft.error_like,
+                           hint="set the success expression to exclude them, e.g. --success "
+                                "\"!starts_with(prediction, '[ERROR]')\" (with your field)")
+    if tally.duplicate_successes:
+        yield _duplicates(ctx, tally)
+
+
+def _duplicates(ctx: RunContext, tally: Tally) -> Finding:
+    dups = tally.duplicate_successes
+    shown = [f"{key.replace(chr(0), '/')} x{count}" for key, count in list(dups.items())[:MAX_NAMED]]
+    extra = sum(dups.values()) - len(dups)
+    field = config_of(ctx).id_field + (f" within {config_of(ctx).task_field}" if config_of(ctx).task_field else "")
+    return _finding(DUPLICATE_RESULTS, f"{len(dups)} ids ({field}) have more than one successful result, "
+                    f"{extra} extra in all: {_listed(shown, len(dups))}", path=None, count=len(dups),
+                    hint="a range run twice or a resume that redid finished inputs: count and train on one "
+                         "result per id (`fix --auto` merges keeping one)",
+                    ids=[key.replace(chr(0), "/") for key in list(dups)[:MAX_LISTED_UNITS]])
+
+
+def _checkpoint_findings(ctx: RunContext, ft: FileTally) -> Iterator[Finding]:
+    """GEN004 / GEN005: an inference checkpoint.json's processed_ids against its results."""
+    if ft.processed_ids is None or ft.outcomes is None:
+        return
+    name, outcomes = _name(ctx, ft.path), ft.outcomes
+    processed = list(dict.fromkeys(key for key in map(unit_key, ft.processed_ids) if key is not None))
+    done = set(processed)
+    failed = [key for key in processed if outcomes.get(key) is False]
+    missing = [key for key in processed if key not in outcomes]
+    if failed or missing:
+        ids = failed + missing
+        yield _finding(FAILURES_MARKED_DONE, f"{name}: {len(ids)} of the {len(processed)} ids in processed_ids have "
+                       f"no successful result ({len(failed)} failed, {len(missing)} without any result): "
+                       f"{_listed(ids)}", path=name, file=str(ft.path), ids=ids,
+                       hint="a resume skips them forever: `fix --auto` rebuilds processed_ids from the successful "
+                            "results (or remove those ids from processed_ids)")
+    unmarked = [key for key, ok in outcomes.items() if ok and key not in done]
+    if unmarked:
+        yield _finding(SUCCESSES_NOT_MARKED_DONE, f"{name}: {len(unmarked)} successful results are not in "
+                       f"processed_ids: {_listed(unmarked)}; a resume computes them again", path=name,
+                       file=str(ft.path), ids=unmarked,
+                       hint="`fix --auto` rebuilds processed_ids from the successful results")
+
+
+@dataclass
+class Work:
+    """Every unit against its quota: the units of the work list (or those seen, without one)."""
+
+    keys: Iterable[str]
+    units: int
+    left: int  # units below quota
+    not_started: int  # units with no success at all and no record (never attempted)
+    needed: int  # successes still needed
+    all_known: bool  # the work list was read: units never started are counted too
+
+
+def ledger_work(ctx: RunContext) -> Work:
+    return ctx.memo(("ledger-work",), lambda: _work(ctx), "ledger_work")
+
+
+def _work(ctx: RunContext) -> Work:
+    tally, inputs, quota = ledger_tally(ctx), ledger_inputs(ctx), config_of(ctx).quota
+    known = inputs is not None and inputs.unreadable is None
+    keys = inputs.keys if known else tally.units
+    left = not_started = needed = 0
+    for key in keys:
+        counts = tally.units.get(key)
+        done = counts[0] if counts else 0
+        if done < quota:
+            left += 1
+            needed += quota - done
+            not_started += counts is None
+    return Work(keys, len(keys), left, not_started, needed, known)
+
+
+def _work_findings(ctx: RunContext, tally: Tally) -> Iterator[Finding]:
+    """GEN006 work left, GEN007 inputs never attempted, GEN016 when the work list is unknown."""
+    config, work, inputs = config_of(ctx), ledger_work(ctx), ledger_inputs(ctx)
+    unit, quota = _units_word(config), config.quota
+    if inputs is None:
+        yield NOT_JUDGED.finding(f"no work list given: {unit} that no record names (never started) are not "
+                                 f"counted; judged: only the {work.units} the results name",
+                                 hint="give the inputs file (--inputs or `inputs` in [tool.resumedoctor.ledger])")
+    elif inputs.unreadable is not None:
+        yield NOT_JUDGED.finding(f"the inputs file {inputs.path} {inputs.unreadable}: inputs never started are "
+                                 "not counted", hint="give a readable inputs file (JSON Lines, JSON, CSV, Parquet)")
+    if work.left:
+        seen = "" if work.all_known else " seen"
+        yield _finding(WORK_LEFT, f"{work.left} of the {work.units} {unit}{seen} are below the quota of {quota} "
+                       f"success{'es' if quota != 1 else ''}: {work.needed} successes still needed "
+                       f"({work.left - work.not_started} partly done or failed, {work.not_started} not started)",
+                       path=None, hint="resume the job for these (`fix --auto` writes them as a remaining-work "
+                                       "file); the report's table lists each", units_left=work.left,
+                       work_left=work.needed)
+    if work.all_known and work.not_started:
+        never = [key for key in work.keys if key not in tally.units]
+        yield _finding(NEVER_ATTEMPTED, f"{len(never)} of the {work.units} inputs have no record at all (never "
+                       f"attempted): {_listed(never)}", path=None, ids=never[:MAX_LISTED_UNITS], count=len(never),
+                       hint="they are part of the work left: resume the job (or run the remaining-work file)")
+    if inputs is not None and inputs.without_key:
+        yield NOT_JUDGED.finding(f"{inputs.without_key} of the {inputs.rows} rows of {inputs.path} have no "
+                                 f"`{config.input_key}` field: they name no unit and are not counted",
+                                 hint="set input_id_field to the inputs' field that names a unit")
+
+
+def _units_word(config: LedgerConfig) -> str:
+    return f"tasks (by `{config.task_field}`)" if config.task_field else f"inputs (by `{config.id_field}`)"
+
+
+def _budget_findings(ctx: RunContext) -> Iterator[Finding]:
+    """GEN014: inputs over the token budget, counted with the local tokenizer given."""
+    config = config_of(ctx)
+    if config.token_budget is None:
+        return
+    budget = over_budget(config)
+    if budget is None:
+        missing = "a tokenizer (--tokenizer)" if config.tokenizer is None else "the inputs file (--inputs)"
+        yield NOT_JUDGED.finding(f"token budget {config.token_budget} given without {missing}: input lengths "
+                                 "not judged", hint="give a local tokenizer folder and the inputs file")
+    elif budget.not_counted is not None:
+        yield NOT_JUDGED.finding(f"input lengths not judged: {budget.not_counted}",
+                                 hint="give a local tokenizer folder holding tokenizer.json")
+    elif budget.over:
+        shown = [f"{key} ({tokens} tokens)" for key, tokens in budget.examples]
+        yield _finding(OVER_TOKEN_BUDGET, f"{budget.over} of {budget.counted} inputs are longer than the budget of "
+                       f"{config.token_budget} tokens in `{config.text_field}` (longest {budget.longest}): "
+                       f"{_listed(shown, budget.over)}", path=None, count=budget.over,
+                       hint="truncate or drop them before the resume: they fail every retry or are answered from "
+                            "a cut prompt")
+
+
 # --- worker shards and their state files (GEN008-013, GEN017; GEN030-039 free for more) --------------
 RANGE_GAP = Rule(
     "GEN008", "worker-range-gap", ERROR,
@@ -190,7 +502,7 @@ FINISHED_WORKER_FAILURES = Rule(
 RULES = (TORN_LAST_RECORD, UNPARSEABLE_RECORDS, DUPLICATE_RESULTS, FAILURES_MARKED_DONE,
          SUCCESSES_NOT_MARKED_DONE, WORK_LEFT, NEVER_ATTEMPTED, RANGE_GAP, RANGE_OVERLAP, DONE_SHARD_MISSING,
          DONE_SHARD_SHORT, SHARDS_NOT_MERGED, MERGED_STALE, OVER_TOKEN_BUDGET, RECORDS_WITHOUT_ID, NOT_JUDGED,
-         WORKER_NOT_FINISHED, FAILURE_RECORDS, ERRORS_COUNTED_AS_SUCCESS)
+         WORKER_NOT_FINISHED, FAILURE_RECORDS, ERRORS_COUNTED_AS_SUCCESS, PARQUET_WITHOUT_FOOTER)
 RULES += (WORKER_STATE_DAMAGED, SHARD_WITHOUT_STATE, FINISHED_WORKER_FAILURES)
 
 
@@ -200,8 +512,14 @@ def config_of(ctx: RunContext) -> LedgerConfig:
 
 
 def record_findings(ctx: RunContext) -> Iterator[Finding]:
-    """GEN001-007, GEN014-016, GEN018-019: the records of the results file(s)."""
-    return iter(())
+    """GEN001-007, GEN014-016, GEN018-020: the records of the results file(s)."""
+    tally = ledger_tally(ctx)
+    for ft in tally.files:
+        yield from _file_findings(ctx, ft)
+        yield from _checkpoint_findings(ctx, ft)
+    yield from _outcome_findings(ctx, tally)
+    yield from _work_findings(ctx, tally)
+    yield from _budget_findings(ctx)
 
 
 def worker_findings(ctx: RunContext) -> Iterator[Finding]:
@@ -219,8 +537,26 @@ def worker_findings(ctx: RunContext) -> Iterator[Finding]:
 
 
 def ledger_summary(ctx: RunContext) -> dict:
-    """The work left as plain data for the report: the per-task table and the totals."""
-    return {"unit": config_of(ctx).unit_field, "quota": config_of(ctx).quota, "tasks": [], "work_left": None}
+    """The work left as plain data for the report: the per-task table and the totals.
+
+    `tasks` lists the units below quota first (in work-list order), then the finished ones, at most
+    MAX_LISTED_UNITS of them; `tasks_not_listed` counts the rest.
+    """
+    config, tally, work = config_of(ctx), ledger_tally(ctx), ledger_work(ctx)
+    rows: list[dict] = []
+    for below in (True, False):
+        for key in work.keys:
+            done = tally.successes(key)
+            if (done < config.quota) is below and len(rows) < MAX_LISTED_UNITS:
+                rows.append({"task": key, "done": done, "quota": config.quota,
+                             "remaining": max(config.quota - done, 0)})
+    readable = [ft for ft in tally.files if ft.unreadable is None]
+    return {"unit": config.unit_field, "quota": config.quota, "tasks": rows,
+            "tasks_not_listed": work.units - len(rows), "units": work.units, "units_left": work.left,
+            "work_left": work.needed if readable or work.all_known else None,
+            "all_units_known": work.all_known, "records": tally.records,
+            "successes": sum(ft.successes for ft in tally.files), "failures": sum(ft.failures for ft in tally.files),
+            "files": [_name(ctx, ft.path) for ft in tally.files]}
 
 
 def run(ctx: RunContext) -> Iterator[Finding]:
@@ -337,7 +673,7 @@ def _range_findings(ctx: RunContext, layout: WorkerLayout) -> Iterator[Finding]:
     unknown = [w.label for w in layout.workers if not w.has_range]
     if gaps and unknown:
         yield NOT_JUDGED.finding(
-            f"rows {_rows(gaps)} are in no known range, but the range of {_listed(unknown)} is not known: "
+            f"rows {_rows(gaps)} are in no known range, but the range of {_listed_names(unknown)} is not known: "
             f"the gaps are not judged", path=str(layout.folder))
     elif gaps:
         yield _gap_finding(layout, gaps, total, inputs)
@@ -415,7 +751,7 @@ def _rows(gaps: list[tuple[int, int]]) -> str:
     return named + (f" and {len(gaps) - MAX_LISTED} more gaps" if len(gaps) > MAX_LISTED else "")
 
 
-def _listed(names: list[str]) -> str:
+def _listed_names(names: list[str]) -> str:
     return ", ".join(names[:MAX_LISTED]) + (f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
 
 
@@ -433,7 +769,7 @@ def _finished_worker_findings(layout: WorkerLayout, worker: Worker, shards: _Wor
         if worker.declared_shard is None and near:  # another naming of the same rows: not a missing shard
             yield NOT_JUDGED.finding(
                 f"{worker.label}{_span(worker)} {_says_done(worker)}; no shard is named for exactly its rows, and "
-                f"which of {_listed([printable(n) for n in near])} is its own is not judged", path=path,
+                f"which of {_listed_names([printable(n) for n in near])} is its own is not judged", path=path,
                 hint="name the shard in the worker's state file (\"shard\": \"<file name>\")")
             return
         expected = (f"its shard {printable(worker.declared_shard)} is not" if worker.declared_shard is not None
@@ -453,7 +789,7 @@ def _finished_worker_findings(layout: WorkerLayout, worker: Worker, shards: _Wor
     if failed:
         yield FINISHED_WORKER_FAILURES.finding(
             f"{worker.label}{_span(worker)} says done but {len(failed)} `{shards.config.unit_field}` values of its "
-            f"shard have only failed results (e.g. {_listed([printable(k) for k in failed])}): a resume that "
+            f"shard have only failed results (e.g. {_listed_names([printable(k) for k in failed])}): a resume that "
             f"skips finished workers never retries them", path=path,
             hint="mark the worker not done, or write the remaining work (`resumedoctor fix --auto`) and run it")
 
@@ -471,7 +807,7 @@ def _short_shard(layout: WorkerLayout, worker: Worker, shards: _WorkerShards,
         return
     lines = f" and {unusable} unusable lines" if unusable else ""
     yield DONE_SHARD_SHORT.finding(
-        f"{worker.label} {_says_done(worker)} but {_listed([printable(n) for n in worker.shards])} "
+        f"{worker.label} {_says_done(worker)} but {_listed_names([printable(n) for n in worker.shards])} "
         f"holds {answered} {counted}{lines} for the {worker.size} inputs of its range [{worker.start}, "
         f"{worker.end}): {worker.size - answered} inputs have no result, and a resume that skips finished "
         f"workers never runs them", path=str(layout.folder / worker.state_files[0]),
@@ -525,19 +861,19 @@ def _stale_merged(layout: WorkerLayout, shards: _WorkerShards, name: str, names:
         yield NOT_JUDGED.finding(f"the merged file {merged}; whether it holds the shards' results is not judged",
                                  path=str(path))
         return
-    older = f" and is older than {_listed([printable(n) for n in newer])}" if newer else ""
+    older = f" and is older than {_listed_names([printable(n) for n in newer])}" if newer else ""
     hint = "merge the shards again (`resumedoctor fix --auto`) before anything reads the merged file"
     held = shards.units(names)
     if isinstance(held, str):
         if newer:
-            yield MERGED_STALE.finding(f"{printable(name)} is older than {_listed(newer)} (records not compared: "
+            yield MERGED_STALE.finding(f"{printable(name)} is older than {_listed_names(newer)} (records not compared: "
                                        f"{held}): it may lack their newer results", path=str(path), hint=hint)
         return
     lacking = [key for key, (successes, _) in held.items() if successes and not merged.get(key, (0, 0))[0]]
     if lacking:
         yield MERGED_STALE.finding(
             f"{printable(name)} lacks a successful result for {len(lacking)} `{shards.config.unit_field}` values "
-            f"the shards hold (e.g. {_listed([printable(k) for k in lacking])}){older}: whatever reads it "
+            f"the shards hold (e.g. {_listed_names([printable(k) for k in lacking])}){older}: whatever reads it "
             f"(training, a dataset build) runs without them", path=str(path), hint=hint)
 
 

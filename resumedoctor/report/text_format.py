@@ -99,6 +99,44 @@ def _verdict_line(report: Report, resume: str) -> Text:
     return Text(f"✔ Safe to resume from {resume}.", style="bold green")
 
 
+LEDGER_ROWS = 20  # rows of the per-task table; the JSON report lists more
+
+
+def _print_ledger(console: Console, ledger: dict) -> None:
+    """The per-task table (units below quota first) and the total work left: plain data, no checks."""
+    rows = ledger.get("tasks") or []
+    if rows and ledger.get("work_left"):  # nothing left: the finished units need no table
+        console.print()
+        table = Table(box=None, padding=(0, 2), show_edge=False, header_style="bold")
+        table.add_column(printable(str(ledger.get("unit") or "unit")), overflow="fold")
+        for column in ("done", "quota", "remaining"):
+            table.add_column(column, justify="right", no_wrap=True)
+        for row in rows[:LEDGER_ROWS]:
+            style = "" if row.get("remaining") else "dim"
+            table.add_row(printable(str(row.get("task")), limit=60), str(row.get("done")), str(row.get("quota")),
+                          str(row.get("remaining")), style=style)
+        console.print(table)
+        more = len(rows) - LEDGER_ROWS + (ledger.get("tasks_not_listed") or 0)
+        if more > 0:
+            console.print(Text(f"  ... {more} more (--format json lists up to {len(rows)})", style="dim"))
+    console.print(_work_left_line(ledger))
+
+
+def _work_left_line(ledger: dict) -> Text:
+    needed, left, units = ledger.get("work_left"), ledger.get("units_left"), ledger.get("units")
+    if needed is None or not units:
+        return Text("Work left: not judged (no readable results and no work list).", style="yellow")
+    unit = f"{ledger.get('unit')} values"
+    if not ledger.get("all_units_known"):
+        unit += " seen in the results"
+    rest = "" if ledger.get("all_units_known") else "; give --inputs to count those never started"
+    if not needed:
+        return Text(f"Work left: none: all {units} {unit} reached the quota of {ledger.get('quota')}{rest}.",
+                    style="green")
+    return Text(f"Work left: {needed} successes for {left} of {units} {unit} (quota {ledger.get('quota')}){rest}.",
+                style="bold")
+
+
 def render(report: Report, *, color: bool = False, width: int | None = None) -> str:
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=color, no_color=not color, width=width or 100,
@@ -133,6 +171,8 @@ def render(report: Report, *, color: bool = False, width: int | None = None) -> 
             findings.add_row(Text(f" {severity}", style=STYLE[severity]), body)
         console.print(findings)
 
+    if report.ledger is not None:
+        _print_ledger(console, report.ledger)
     console.print()
     console.print(_verdict_line(report, resume))
     return "\n".join(line.rstrip() for line in buffer.getvalue().split("\n"))

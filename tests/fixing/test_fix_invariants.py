@@ -359,7 +359,7 @@ def compiled_state_dict(ws: Workspace) -> Setup:
     return Setup(run)
 
 
-# -- GEN (result ledgers: tests/ledger/g3_ledgers.py)
+# -- GEN (result ledgers: tests/ledger/ledger_fixer_inputs.py)
 
 
 def ledger_folder(ws: Workspace) -> Path:
@@ -369,7 +369,7 @@ def ledger_folder(ws: Workspace) -> Path:
 
 
 def writer_killed_mid_record(ws: Workspace) -> Setup:
-    from g3_ledgers import killed_writer, ledger_options
+    from ledger_fixer_inputs import killed_writer, ledger_options
 
     results = ledger_folder(ws) / "results.jsonl"
     killed_writer(results, records=10)
@@ -377,7 +377,7 @@ def writer_killed_mid_record(ws: Workspace) -> Setup:
 
 
 def failures_in_processed_ids(ws: Workspace) -> Setup:
-    from g3_ledgers import (
+    from ledger_fixer_inputs import (
         INFERENCE_SUCCESS,
         inference_inputs,
         inference_loop,
@@ -390,14 +390,14 @@ def failures_in_processed_ids(ws: Workspace) -> Setup:
 
 
 def tasks_below_quota(ws: Workspace) -> Setup:
-    from g3_ledgers import QUOTA, generation_job, ledger_options
+    from ledger_fixer_inputs import QUOTA, generation_job, ledger_options
 
     inputs, results = generation_job(ledger_folder(ws))
     return Setup(results, ledger_options(task_field="task_id", inputs=str(inputs), quota=QUOTA))
 
 
 def shards_not_merged(ws: Workspace) -> Setup:
-    from g3_ledgers import csv_shards, ledger_options
+    from ledger_fixer_inputs import csv_shards, ledger_options
 
     folder = ledger_folder(ws)
     csv_shards(folder)
@@ -405,7 +405,7 @@ def shards_not_merged(ws: Workspace) -> Setup:
 
 
 def failure_records_in_results(ws: Workspace) -> Setup:
-    from g3_ledgers import ledger_options, run_writer
+    from ledger_fixer_inputs import ledger_options, run_writer
 
     results = ledger_folder(ws) / "results.jsonl"
     run_writer(results, 0, 10)

@@ -11,9 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-import g3_standin_checks
 import pytest
-from g3_ledgers import (
+from ledger_fixer_inputs import (
     FAILS,
     INFERENCE_SUCCESS,
     QUOTA,
@@ -30,7 +29,6 @@ from g3_ledgers import (
 from resumedoctor import api
 from resumedoctor.engine.target import STATE_DIR
 
-STANDIN = g3_standin_checks.install()  # only while this branch lacks the real GEN checks
 TESTS = Path(__file__).resolve().parent
 
 
@@ -44,11 +42,11 @@ def codes(report) -> set[str]:
 
 
 def cli(*args) -> object:
-    """The CLI in a subprocess (with the stand-in checks while they are stubs)."""
+    """The CLI in a subprocess."""
     import subprocess
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-c", g3_standin_checks.WRAPPED_CLI, *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "resumedoctor", *map(str, args)],
                           capture_output=True, text=True, env=env)
 
 
@@ -229,13 +227,6 @@ def test_drop_failure_records_is_unsafe_keeps_the_successes_bytes_and_undoes(tmp
     assert results.read_bytes() == b"".join(kept) and len(kept) == 16
     api.undo(results)
     assert results.read_bytes() == original
-
-
-@pytest.mark.skipif(not STANDIN, reason="the real GEN checks are in: the stand-in is not used")
-def test_the_stand_in_is_only_used_while_the_checks_are_stubs():
-    import resumedoctor.checks.generation_ledgers as gen
-
-    assert gen.record_findings.__module__ == "g3_standin_checks"
 
 
 # -- damaged and crafted input: no plan, never a crash ----------------------------------------------------

@@ -122,7 +122,7 @@ def read_layout(folder: Path, listing: dict[str, bool]) -> WorkerLayout:
     layout = WorkerLayout(folder)
     files = sorted(name for name, is_dir in listing.items() if not is_dir)
     shards = _range_shards(folder, files, layout)
-    layout.merged = [name for name in files if _is_merged(name) and inside(folder, name)]
+    layout.merged = [name for name in files if is_merged(name) and inside(folder, name)]
     states = _state_files(files)
     if len(states) > MAX_STATE_FILES:
         layout.unread_states = len(states) - MAX_STATE_FILES
@@ -147,7 +147,7 @@ def shard_range(name: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def _is_merged(name: str) -> bool:
+def is_merged(name: str) -> bool:
     return is_ledger_file_name(name) and not SHARD_RANGE_NAME.search(name) and bool(
         MERGED_NAME.search(name.rsplit(".", 1)[0]))
 

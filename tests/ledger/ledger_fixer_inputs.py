@@ -133,11 +133,8 @@ def csv_shards(folder: Path) -> dict[str, list[dict]]:
 
 
 def ledger_options(**flags):
-    """The Options the CLI's ledger flags give (the stand-in GEN checks installed while they are stubs)."""
-    import g3_standin_checks
-
+    """The Options the CLI's ledger flags give."""
     from resumedoctor.engine.context import Options
     from resumedoctor.integrations.ledger.config import ledger_config
 
-    g3_standin_checks.install()
     return Options(ledger=ledger_config({key: value for key, value in flags.items()}), ledger_asked=bool(flags))
