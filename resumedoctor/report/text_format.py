@@ -17,6 +17,7 @@ from rich.text import Text
 from resumedoctor.io.printable import printable
 from resumedoctor.report.verdict import (
     DO_NOT_RESUME,
+    LEDGER_NOT_READ,
     NOTHING_CHECKED,
     NOTHING_TO_RESUME,
     READ_WARNINGS,
@@ -79,6 +80,8 @@ def _verdict_line(report: Report, resume: str) -> Text:
         flags += " --deep" if report.deep else ""
         tail = f" ({len(fixable)} fixable: resumedoctor fix {printable(shlex.quote(str(report.target)))} {flags})" if fixable else ""
         return Text(f"✖ Do not resume: {counts}{tail}.", style="bold red")
+    if verdict.kind == NOTHING_CHECKED and report.ledger is not None:
+        return Text(f"○ Nothing was judged: {LEDGER_NOT_READ}. This is no verdict on the resume.", style="bold yellow")
     if verdict.kind == NOTHING_CHECKED:
         return Text(f"○ Nothing was checked: every check was skipped ({skip_reasons(verdict.skipped)}). "
                     "This is no verdict on the resume.", style="bold yellow")

@@ -45,7 +45,7 @@ def judge(report: Report) -> Verdict:
     summary = report.summary
     if summary["error"]:
         kind = DO_NOT_RESUME
-    elif not ran:
+    elif not ran or ledger_not_read(report):
         kind = NOTHING_CHECKED
     elif summary["warning"]:
         kind = READ_WARNINGS
@@ -56,6 +56,14 @@ def judge(report: Report) -> Verdict:
     else:
         kind = SAFE_TO_RESUME
     return Verdict(kind, ran, skipped, target_skipped)
+
+
+def ledger_not_read(report: Report) -> bool:
+    """A result ledger none of whose results could be read: its silence judges nothing."""
+    return report.ledger is not None and report.ledger.get("work_left") is None
+
+
+LEDGER_NOT_READ = "the ledger's results could not be read (GEN016 says why)"
 
 
 def skip_reasons(families: tuple[FamilyResult, ...]) -> str:
@@ -79,5 +87,5 @@ def not_checked_note(verdict: Verdict) -> str:
 def caveat(verdict: Verdict) -> str:
     """What a machine format must say beside a clean result: nothing checked, or not the checkpoint; else ''."""
     if verdict.kind == NOTHING_CHECKED:
-        return f"nothing was checked: {skip_reasons(verdict.skipped)}"
+        return f"nothing was checked: {skip_reasons(verdict.skipped) if verdict.skipped else LEDGER_NOT_READ}"
     return not_checked_note(verdict)

@@ -91,3 +91,13 @@ def test_ledger_settings_and_flags_are_checked(results, tmp_path):
     (tmp_path / "pyproject.toml").write_text('[tool.resumedoctor.ledger]\nid_field = "id"\nquota = 2\n')
     good = run_cli("diagnose", results, "--format", "json", cwd=tmp_path)
     assert good.returncode in (0, 1), good.stderr
+
+
+def test_a_ledger_whose_results_cannot_be_read_gets_no_verdict(tmp_path):
+    garbage = tmp_path / "results.jsonl"
+    garbage.write_bytes(bytes(range(256)) * 16)
+    result = run_cli("diagnose", garbage, "--format", "json")
+    report = json.loads(result.stdout)
+    assert report["verdict"] == "nothing_checked" and report["ledger"]["work_left"] is None
+    text = run_cli("diagnose", garbage).stdout
+    assert "Nothing was judged" in text and "Safe to resume" not in text
