@@ -127,7 +127,7 @@ NOT_JUDGED = Rule(
 )
 FAILURE_RECORDS = Rule(
     "GEN018", "failure-records", INFO,
-    "Failed results (errors) in the file: they count as not done and are run again.",
+    "Failed results (errors) in the file: they count for nothing; what is still short of its quota runs again.",
     "Only successes count as done, so a resume redoes these inputs; the failure records stay in the file "
     "as history. `fix --unsafe` drops them (a consumer that reads the file as a dataset then sees no "
     "error rows; the backup keeps them).",
@@ -295,8 +295,10 @@ def _outcome_findings(ctx: RunContext, tally: Tally) -> Iterator[Finding]:
         name = _name(ctx, ft.path)
         if ft.failures:
             yield _finding(FAILURE_RECORDS, f"{name}: {ft.failures} of {ft.records} results are failures under "
-                           f"the success expression {config.success!r}; they count as not done and run again", path=name,
-                           hint="nothing to do: the resume reruns them (`fix --unsafe` drops them from the file)",
+                           f"the success expression {config.success!r}: they count for nothing (only successes count toward "
+                           "the quota; an input or task still short of it runs again)", path=name,
+                           hint="nothing to do: the resume reruns what is still short (`fix --unsafe` drops the "
+                                "failure records from the file)",
                            file=str(ft.path), count=ft.failures)
         if ft.error_like:
             yield _finding(ERRORS_COUNTED_AS_SUCCESS, f"{name}: {ft.error_like} results that count as successes "
