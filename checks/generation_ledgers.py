@@ -18,7 +18,7 @@ from resumedoctor.engine.context import LEDGER_SUMMARY, RunContext
 from resumedoctor.engine.findings import Finding, Rule, Severity
 from resumedoctor.engine.registry import CheckFamily
 from resumedoctor.errors import ReasonError
-from resumedoctor.integrations.ledger.config import LedgerConfig
+from resumedoctor.integrations.ledger.config import LedgerConfig, command_line
 from resumedoctor.integrations.ledger.inputs import InputList, over_budget, read_inputs
 from resumedoctor.integrations.ledger.layout import (
     SHARD_RANGE_NAME,
@@ -558,7 +558,9 @@ def ledger_summary(ctx: RunContext) -> dict:
             "work_left": work.needed if readable or work.all_known else None,
             "all_units_known": work.all_known, "records": tally.records,
             "successes": sum(ft.successes for ft in tally.files), "failures": sum(ft.failures for ft in tally.files),
-            "files": [_name(ctx, ft.path) for ft in tally.files]}
+            "files": [_name(ctx, ft.path) for ft in tally.files],
+            "options": command_line(config) + (["--ledger"] if ctx.options.ledger_asked and ctx.target.path.is_dir()
+                                               else [])}
 
 
 def run(ctx: RunContext) -> Iterator[Finding]:
@@ -596,20 +598,22 @@ class _WorkerShards:
     def __init__(self, ctx: RunContext, layout: WorkerLayout):
         self.ctx, self.layout, self.config = ctx, layout, config_of(ctx)
 
-    def tally(self, name: str) -> Tally | str:
-        """The tally of one file of the folder, or why it cannot be read."""
+    def tally(self, name: str, by_id: bool = False) -> Tally | str:
+        """The tally of one file of the folder (`by_id`: per id, not per task), or why it cannot be read."""
+        config = dataclasses.replace(self.config, task_field=None) if by_id else self.config
+
         def read() -> Tally | str:
             try:
-                return tally_files([self.layout.folder / name], self.config)
+                return tally_files([self.layout.folder / name], config)
             except (ReasonError, OSError) as exc:
                 return exc.reason if isinstance(exc, ReasonError) else str(exc)
-        return self.ctx.memo(("ledger-shard-tally", self.layout.folder, name), read, "tally_files")
+        return self.ctx.memo(("ledger-shard-tally", self.layout.folder, name, by_id), read, "tally_files")
 
-    def units(self, names: Iterable[str]) -> dict[str, list[int]] | str:
-        """unit key -> [successes, failures] over these files, or why one cannot be read."""
+    def units(self, names: Iterable[str], by_id: bool = False) -> dict[str, list[int]] | str:
+        """unit key (or id) -> [successes, failures] over these files, or why one cannot be read."""
         units: dict[str, list[int]] = {}
         for name in names:
-            tally = self.tally(name)
+            tally = self.tally(name, by_id)
             if isinstance(tally, str):
                 return f"{printable(name)}: {tally}"
             for key, (successes, failures) in tally.units.items():
@@ -858,14 +862,18 @@ def _merge_findings(layout: WorkerLayout, shards: _WorkerShards) -> Iterator[Fin
 def _stale_merged(layout: WorkerLayout, shards: _WorkerShards, name: str, names: list[str]) -> Iterator[Finding]:
     path = layout.folder / name
     newer = [shard for shard in names if _mtime(layout.folder / shard) > _mtime(path)]
-    merged = shards.units([name])
+    # Per id when the records carry one: a task the merged file has one success of may still lack samples.
+    by_id = shards.config.task_field is not None
+    merged = shards.units([name], by_id)
+    if by_id and not isinstance(merged, str) and not merged:
+        by_id, merged = False, shards.units([name])
     if isinstance(merged, str):
         yield NOT_JUDGED.finding(f"the merged file {merged}; whether it holds the shards' results is not judged",
                                  path=str(path))
         return
     older = f" and is older than {_listed_names([printable(n) for n in newer])}" if newer else ""
     hint = "merge the shards again (`resumedoctor fix --auto`) before anything reads the merged file"
-    held = shards.units(names)
+    held = shards.units(names, by_id)
     if isinstance(held, str):
         if newer:
             yield MERGED_STALE.finding(f"{printable(name)} is older than {_listed_names(newer)} (records not compared: "
@@ -874,7 +882,8 @@ def _stale_merged(layout: WorkerLayout, shards: _WorkerShards, name: str, names:
     lacking = [key for key, (successes, _) in held.items() if successes and not merged.get(key, (0, 0))[0]]
     if lacking:
         yield MERGED_STALE.finding(
-            f"{printable(name)} lacks a successful result for {len(lacking)} `{shards.config.unit_field}` values "
+            f"{printable(name)} lacks a successful result for {len(lacking)} "
+            f"`{shards.config.id_field if by_id else shards.config.unit_field}` values "
             f"the shards hold (e.g. {_listed_names([printable(k) for k in lacking])}){older}: whatever reads it "
             f"(training, a dataset build) runs without them", path=str(path), hint=hint)
 

@@ -26,6 +26,8 @@ from resumedoctor.checks.generation_ledgers import (
     WORK_LEFT,
     WORKER_NOT_FINISHED,
     config_of,
+    ledger_files,
+    ledger_tally,
 )
 
 from resumedoctor.engine.context import RunContext
@@ -36,7 +38,6 @@ from resumedoctor.errors import ReasonError
 from resumedoctor.integrations.ledger.config import LedgerConfig
 from resumedoctor.integrations.ledger.layout import (
     SHARD_RANGE_NAME,
-    WORKER_STATE_NAME,
     is_ledger_file_name,
 )
 from resumedoctor.integrations.ledger.merge import encode_records, merge_records
@@ -44,7 +45,6 @@ from resumedoctor.integrations.ledger.success import compile_success
 from resumedoctor.integrations.ledger.tally import (
     Tally,
     inference_checkpoint,
-    tally_files,
     unit_key,
 )
 from resumedoctor.io.records import (
@@ -87,20 +87,6 @@ def shard_files(folder: Path) -> list[Path]:
     shards = [folder / name for name in names if is_ledger_file_name(name) and SHARD_RANGE_NAME.search(name)
               and (folder / name).is_file()]
     return sorted(shards, key=_shard_order)
-
-
-def results_files(ctx: RunContext) -> list[Path]:
-    """The files whose records the ledger's work is counted from: the file, else the shards, else the
-    folder's results files (never a worker state file or a remaining-work file of ours)."""
-    target = ctx.target
-    if not target.path.is_dir():
-        return [target.path]
-    shards = shard_files(target.path)
-    if shards:
-        return shards
-    return sorted(target.path / name for name, is_dir in (target.listing or {}).items()
-                  if not is_dir and is_ledger_file_name(name) and not WORKER_STATE_NAME.match(name)
-                  and REMAINING_INFIX + "." not in name)
 
 
 def finding_file(ctx: RunContext, finding: Finding) -> Path | None:
@@ -243,7 +229,7 @@ def plan_rebuild_processed_ids(ctx: RunContext, finding: Finding) -> list[Operat
         records, processed = inference_checkpoint(path, config)
     except UNREADABLE:
         return []
-    if processed is None:
+    if processed is None or _counts_errors_as_successes(ctx, path):
         return []
     rebuilt = rebuilt_processed_ids(records, processed, config, isinstance(data.get("results"), dict))
     if rebuilt == processed:
@@ -256,12 +242,12 @@ def plan_rebuild_processed_ids(ctx: RunContext, finding: Finding) -> list[Operat
                       f"{len(rebuilt)} ids ({dropped} failed or unanswered removed, {added} answered added)")]
 
 
+def _counts_errors_as_successes(ctx: RunContext, path: Path) -> bool:
+    """GEN019 fires for the file: a rebuild would put those errors' ids back into processed_ids."""
+    return any(ft.error_like for ft in ledger_tally(ctx).files if ft.path == path)
+
+
 # --- write-remaining-work (GEN006, GEN007, GEN017) ---------------------------------------------------
-def _tally(ctx: RunContext) -> Tally:
-    config = config_of(ctx)
-    return ctx.memo(("gen-fix-tally",), lambda: tally_files(results_files(ctx), config))
-
-
 def _ledger_stem(ctx: RunContext) -> str:
     if not ctx.target.path.is_dir():
         return ctx.target.path.stem
@@ -336,7 +322,7 @@ def _remaining_parquet(inputs: Path, tally: Tally, config: LedgerConfig) -> tupl
 def _units_below_quota(ctx: RunContext, tally: Tally, config: LedgerConfig) -> tuple[bytes, str, int]:
     """Without an inputs file: the units the results name that are below the quota, each spelled as
     its first record spells it (an id 12 stays a number)."""
-    files = results_files(ctx)
+    files = ledger_files(ctx)
     fmt = detect_format(files[0]) if files else JSONL
     fmt = fmt if fmt in (JSONL, CSV, PARQUET) else JSONL
     short = {key: config.quota - counts[0] for key, counts in tally.units.items() if counts[0] < config.quota}
@@ -354,7 +340,7 @@ def plan_write_remaining_work(ctx: RunContext, finding: Finding) -> list[Operati
     """A file beside the ledger, in the inputs' format: the input rows still short, each with `remaining`."""
     config = config_of(ctx)
     try:
-        tally = _tally(ctx)
+        tally = ledger_tally(ctx)
         if config.inputs is not None:
             fmt = detect_format(config.inputs)
             content, rows, without, field = remaining_rows(config.inputs, fmt, tally, config)
@@ -426,7 +412,7 @@ def plan_drop_failure_records(ctx: RunContext, finding: Finding) -> list[Operati
     config = config_of(ctx)
     given = finding_file(ctx, finding)
     operations: list[Operation] = []
-    for path in [given] if given is not None else results_files(ctx):
+    for path in [given] if given is not None else ledger_files(ctx):
         try:
             fmt = detect_format(path)
             if fmt in (JSONL, CSV):

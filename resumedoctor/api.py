@@ -179,6 +179,10 @@ def _ledger_options(flags: Mapping[str, Any] | None, settings: Settings) -> dict
         config = ledger_config(flags, settings.ledger, settings.source)
     except LedgerConfigError as exc:
         raise ResumeDoctorError(str(exc)) from None
+    for key in ("inputs", "tokenizer"):  # named by the user: a typo is a usage error, not a finding
+        named = getattr(config, key)
+        if named is not None and not os.path.lexists(named):
+            raise ResumeDoctorError(f"{config.sources.get(key, key)}: {key} {named}: no such file or directory")
     return {"ledger": config, "ledger_asked": flags is not None}
 
 

@@ -78,6 +78,7 @@ def _verdict_line(report: Report, resume: str) -> Text:
         fixable = [f for f in report.findings if f.fix and f.severity.value == "error"]
         flags = "--auto --unsafe" if any(f.fix.safety.value == "unsafe" for f in fixable) else "--auto"
         flags += " --deep" if report.deep else ""
+        flags += "".join(f" {shlex.quote(str(arg))}" for arg in (report.ledger or {}).get("options", ()))
         tail = f" ({len(fixable)} fixable: resumedoctor fix {printable(shlex.quote(str(report.target)))} {flags})" if fixable else ""
         return Text(f"✖ Do not resume: {counts}{tail}.", style="bold red")
     if verdict.kind == NOTHING_CHECKED and report.ledger is not None:
@@ -145,8 +146,11 @@ def render(report: Report, *, color: bool = False, width: int | None = None) -> 
     console = Console(file=buffer, force_terminal=color, no_color=not color, width=width or 100,
                       highlight=False, emoji=False, soft_wrap=False)
     resume = printable(report.resume_from or "no checkpoint")
-    console.print(Text.assemble(("resumedoctor", "bold"), f" · {printable(str(report.target))} → resumes from ",
-                                (resume, "bold")))
+    if report.ledger is not None or report.resume_from == report.target:  # a result ledger resumes from itself
+        console.print(Text.assemble(("resumedoctor", "bold"), f" · {printable(str(report.target))} (result ledger)"))
+    else:
+        console.print(Text.assemble(("resumedoctor", "bold"), f" · {printable(str(report.target))} → resumes from ",
+                                    (resume, "bold")))
     console.print()
     table = Table.grid(padding=(0, 1))
     table.add_column(no_wrap=True)

@@ -261,3 +261,15 @@ def test_crafted_files_give_every_fixer_no_plan_or_a_sane_one_never_an_exception
             for operation in fixer.changes(ctx, finding):
                 assert operation.path.parent == tmp_path  # inside the ledger's folder
                 assert fixer.name != "write-remaining-work" or operation.path != path  # never the inputs
+
+
+def test_processed_ids_are_not_rebuilt_while_errors_count_as_successes(tmp_path):
+    """Under the default expression `[ERROR]` answers are successes (GEN019): a rebuild would mark them done."""
+    checkpoint = tmp_path / "checkpoint.json"
+    results = {"q0": "answer 0", "q1": "[ERROR] OOM", "q2": "answer 2"}
+    checkpoint.write_text(json.dumps({"results": results, "processed_ids": ["q0"]}))
+    before = checkpoint.read_bytes()
+    result = api.fix(checkpoint)
+    assert "GEN019" in codes(result.final) and checkpoint.read_bytes() == before
+    result = api.fix(checkpoint, ledger={"success": "!starts_with(prediction, '[ERROR]')"})
+    assert json.loads(checkpoint.read_text())["processed_ids"] == ["q0", "q2"]

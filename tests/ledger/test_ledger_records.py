@@ -148,7 +148,7 @@ def test_cli_issue_example_prints_remaining_per_task_and_the_total(tmp_path):
 
 INFERENCE = """
 import json, os, sys, time
-path, bug = sys.argv[1], set(sys.argv[2].split(","))
+path, bug, stop = sys.argv[1], set(sys.argv[2].split(",")), int(sys.argv[3])
 errors = {"q3", "q7", "q11", "q12", "q18"}
 state = {"results": {}, "processed_ids": []}
 for i in range(24):
@@ -162,13 +162,15 @@ for i in range(24):
             json.dump(state, out)
         os.replace(path + ".tmp", path)
         print("ready", flush=True)
+        if (i + 1) // 4 == stop:
+            time.sleep(60)  # killed here, after its `stop`-th save, however slow the machine
 time.sleep(60)
 """
 
 
 def test_inference_checkpoint_names_exactly_the_failed_ids_marked_processed(tmp_path):
     checkpoint = tmp_path / "checkpoint.json"
-    run_until_ready(INFERENCE, str(checkpoint), "q7,q12", ready=4)  # killed after its 4th save (16 inputs)
+    run_until_ready(INFERENCE, str(checkpoint), "q7,q12", "4", ready=4)  # killed after its 4th save (16 inputs)
     state = json.loads(checkpoint.read_text())
     bugged = [qid for qid in state["processed_ids"] if state["results"][qid].startswith("[ERROR]")]
     assert bugged == ["q7", "q12"]

@@ -101,3 +101,17 @@ def test_a_ledger_whose_results_cannot_be_read_gets_no_verdict(tmp_path):
     assert report["verdict"] == "nothing_checked" and report["ledger"]["work_left"] is None
     text = run_cli("diagnose", garbage).stdout
     assert "Nothing was judged" in text and "Safe to resume" not in text
+
+
+def test_a_missing_inputs_file_is_a_usage_error(results):
+    result = run_cli("diagnose", results, "--inputs", results.parent / "nope.jsonl")
+    assert result.returncode == 2 and "--inputs: inputs" in result.stderr and "no such file" in result.stderr
+
+
+def test_the_suggested_fix_repeats_the_ledger_options(tmp_path):
+    results = tmp_path / "results.jsonl"
+    results.write_bytes(b'{"id": 1, "prediction": "a"}\n{"id": 2, "pre')
+    text = run_cli("diagnose", results, "--quota", "2", "--success", "!starts_with(prediction, '[ERROR]')").stdout
+    text = " ".join(text.split())  # rich wraps long lines
+    assert "(result ledger)" in text
+    assert "--auto --quota 2 --success '!starts_with(prediction, '\"'\"'[ERROR]'\"'\"')'" in " ".join(text.split())

@@ -364,3 +364,20 @@ def write_results(path: Path, ids) -> None:
         write_csv(path, ids)
     else:
         path.write_text("".join(json.dumps({"id": i, "output": f"answer {i}"}) + "\n" for i in ids))
+
+
+def test_merged_file_lacking_a_sample_of_a_task_it_has_other_samples_of(tmp_path):
+    """With a task field, the merged file is compared per id: a task with one success there may lack samples."""
+    def write(path, rows):
+        path.write_text("".join(json.dumps({"id": f"t{task}/{n}", "task_id": f"t{task}", "output": "x"}) + "\n"
+                                for task, n in rows))
+    (tmp_path / "worker_args_0.json").write_text(json.dumps(
+        {"worker": 0, "start": 0, "end": 2, "status": "done", "shard": "out_data_0_to_2_w0.jsonl"}))
+    rows = [(task, n) for task in range(2) for n in range(3)]
+    write(tmp_path / "out_data_0_to_2_w0.jsonl", rows)
+    write(tmp_path / "out_merged.jsonl", rows)
+    report, _ = diagnose(tmp_path, task_field="task_id", quota=3)
+    assert mine(report) == []
+    write(tmp_path / "out_data_0_to_2_w0.jsonl", rows + [(1, 3)])  # topped up after the merge
+    report, found = diagnose(tmp_path, task_field="task_id", quota=3)
+    assert "GEN013" in found and "t1/3" in found["GEN013"].message

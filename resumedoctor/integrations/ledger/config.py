@@ -79,6 +79,16 @@ def ledger_config(flags: Mapping[str, Any] | None = None, table: Mapping[str, An
     return LedgerConfig(**{key: _checked(key, value, sources[key]) for key, value in values.items()}, sources=sources)
 
 
+def command_line(config: LedgerConfig) -> list[str]:
+    """The ledger options that were given on the command line, as arguments that give them again."""
+    arguments = []
+    for key in KEYS:
+        source = config.sources.get(key, "")
+        if source.startswith("--"):
+            arguments += [source, str(getattr(config, key))]
+    return arguments
+
+
 def _unknown(key: str, where: str) -> str:
     import difflib
 
