@@ -41,6 +41,7 @@ from resumedoctor.integrations.ledger.layout import (
 )
 from resumedoctor.integrations.ledger.merge import encode_records, merge_records
 from resumedoctor.integrations.ledger.success import compile_success
+from resumedoctor.integrations.ledger.workers import inside
 from resumedoctor.integrations.ledger.tally import (
     Tally,
     inference_checkpoint,
@@ -85,22 +86,23 @@ def shard_files(folder: Path) -> list[Path]:
     except OSError:
         return []
     shards = [folder / name for name in names if is_ledger_file_name(name) and SHARD_RANGE_NAME.search(name)
-              and (folder / name).is_file()]
+              and (folder / name).is_file() and inside(folder, name)]
     return sorted(shards, key=_shard_order)
 
 
 def results_files(ctx: RunContext) -> list[Path]:
     """The files whose records the ledger's work is counted from: the file, else the shards, else the
-    folder's results files (never a worker state file or a remaining-work file of ours)."""
+    folder's results files (never a worker state file or a remaining-work file of ours). Records are
+    never read through a link leading out of the folder, nor through a results file given as a link."""
     target = ctx.target
     if not target.path.is_dir():
-        return [target.path]
+        return [] if target.path.is_symlink() else [target.path]
     shards = shard_files(target.path)
     if shards:
         return shards
     return sorted(target.path / name for name, is_dir in (target.listing or {}).items()
                   if not is_dir and is_ledger_file_name(name) and not WORKER_STATE_NAME.match(name)
-                  and REMAINING_INFIX + "." not in name)
+                  and REMAINING_INFIX + "." not in name and inside(target.path, name))
 
 
 def finding_file(ctx: RunContext, finding: Finding) -> Path | None:
@@ -353,6 +355,8 @@ def _units_below_quota(ctx: RunContext, tally: Tally, config: LedgerConfig) -> t
 def plan_write_remaining_work(ctx: RunContext, finding: Finding) -> list[Operation]:
     """A file beside the ledger, in the inputs' format: the input rows still short, each with `remaining`."""
     config = config_of(ctx)
+    if not ctx.target.path.is_dir() and not results_files(ctx):
+        return []  # a results file given as a link: its records are not read, so nothing is known
     try:
         tally = _tally(ctx)
         if config.inputs is not None:
