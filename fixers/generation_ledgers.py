@@ -41,13 +41,13 @@ from resumedoctor.integrations.ledger.layout import (
 )
 from resumedoctor.integrations.ledger.merge import encode_records, merge_records
 from resumedoctor.integrations.ledger.success import compile_success
-from resumedoctor.integrations.ledger.workers import inside
 from resumedoctor.integrations.ledger.tally import (
     Tally,
     inference_checkpoint,
     tally_files,
     unit_key,
 )
+from resumedoctor.integrations.ledger.workers import inside
 from resumedoctor.io.records import (
     CSV,
     JSON_ARRAY,
