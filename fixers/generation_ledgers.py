@@ -47,6 +47,7 @@ from resumedoctor.integrations.ledger.tally import (
     inference_checkpoint,
     unit_key,
 )
+from resumedoctor.integrations.ledger.workers import inside
 from resumedoctor.io.records import (
     CSV,
     JSON_ARRAY,
@@ -85,7 +86,7 @@ def shard_files(folder: Path) -> list[Path]:
     except OSError:
         return []
     shards = [folder / name for name in names if is_ledger_file_name(name) and SHARD_RANGE_NAME.search(name)
-              and (folder / name).is_file()]
+              and (folder / name).is_file() and inside(folder, name)]
     return sorted(shards, key=_shard_order)
 
 
@@ -339,6 +340,8 @@ def _units_below_quota(ctx: RunContext, tally: Tally, config: LedgerConfig) -> t
 def plan_write_remaining_work(ctx: RunContext, finding: Finding) -> list[Operation]:
     """A file beside the ledger, in the inputs' format: the input rows still short, each with `remaining`."""
     config = config_of(ctx)
+    if ctx.target.path.is_symlink():
+        return []  # a results file given as a link: `fix` refuses it (fixing.planner.refuse_linked_ledger)
     try:
         tally = ledger_tally(ctx)
         if config.inputs is not None:

@@ -25,8 +25,11 @@ Importing this module is light: no torch, numpy or pandas.
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -127,7 +130,7 @@ class Ledger:
         if last is not None and last.problem and last.problem.startswith(TORN) and last.offset >= 0:
             torn = _read_at(self.path, last.offset, size - last.offset)
             side = self.path.with_name(self.path.name + ".torn")
-            with open(side, "ab") as handle:  # several tears over several restarts: all kept
+            with _open_side_file(side) as handle:  # several tears over several restarts: all kept
                 handle.write(torn + b"\n")
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -197,7 +200,7 @@ class Ledger:
             raise ValueError(f"record {_short(record)}: success={success}, but the ledger's success test "
                              f"({self.success_expression or 'the callable'}) reads it as {derived}; the file "
                              "would say otherwise on the next open")
-        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        data = (_json_line(record) + "\n").encode("utf-8")
         self._write(data)
         self._count(record, derived)
         return record
@@ -366,6 +369,36 @@ def _read_at(path: Path, offset: int, size: int) -> bytes:
     with open(path, "rb") as handle:
         handle.seek(offset)
         return handle.read(size)
+
+
+def _json_line(record: dict) -> str:
+    """RECORD as one line of standard JSON: NaN and Infinity are refused (json.loads elsewhere, jq, pandas
+    with other parsers read `NaN` as an error), naming the fields that hold them."""
+    try:
+        return json.dumps(record, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        fields = [key for key, value in record.items() if isinstance(value, float) and not math.isfinite(value)]
+        where = f"field(s) {', '.join(map(repr, fields))}" if fields else "a nested value"
+        raise ValueError(f"record {_short(record)}: {where} is NaN or Infinity, which standard JSON cannot "
+                         "hold; record None or a string instead") from None
+
+
+def _open_side_file(path: Path):
+    """PATH for appending, only as a regular file of its own: a link (or a FIFO) there is refused, never
+    written through."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if os.path.islink(path) or exc.errno in (errno.ELOOP, errno.ENXIO):
+            raise OSError(exc.errno, f"{path} is a symbolic link or not a regular file: the torn tail is not "
+                                     "written through it; move it away and open the ledger again") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"{path} is not a regular file: the torn tail is not written into it; "
+                                    "move it away and open the ledger again")
+    return open(fd, "ab")
 
 
 def _short(value: Any) -> str:

@@ -19,7 +19,7 @@ from resumedoctor.engine.operations import Operation, Quarantine, ReplaceTail, W
 from resumedoctor.engine.registry import Fixer, Registry, load_registry
 from resumedoctor.engine.runner import Report, new_context, run_checks
 from resumedoctor.engine.settings import Settings, user_settings
-from resumedoctor.engine.target import resolve_target, state_dir
+from resumedoctor.engine.target import Target, resolve_target, state_dir
 from resumedoctor.fixing.confinement import ConfinementError, state_folder
 from resumedoctor.fixing.journal import (
     JournalError,
@@ -227,6 +227,15 @@ def recover_interrupted(output_dir: Path) -> list[str]:
     return finished
 
 
+def _changed_so_far(result: FixResult) -> str:
+    """What a refused or failed round leaves: nothing, or the rounds this run applied before it."""
+    if not result.transactions:
+        return "nothing was changed"
+    ids = ", ".join(transaction.id for transaction in result.transactions)
+    return (f"this step changed nothing, but the {len(result.transactions)} fix(es) applied before it stand "
+            f"({ids}; `resumedoctor undo` rolls them back)")
+
+
 def _said(exc: BaseException) -> str:
     return getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
 
@@ -238,7 +247,7 @@ def _apply(output_dir: Path, result: FixResult, planned: FixResult, run_id: str,
     try:
         transaction = Transaction.prepare(output_dir, planned.operations, description, run_id, outside)
     except ConfinementError as exc:
-        raise FixError(f"refusing to fix: {exc.reason}; nothing was changed") from None
+        raise FixError(f"refusing to fix: {exc.reason}; {_changed_so_far(result)}") from None
     except OSError as exc:
         raise FixError(f"cannot prepare the fix under {state_dir(output_dir)}: {exc.strerror or exc}") from None
     descriptions = [describe_operation(op, output_dir) for op in planned.operations]  # before the tree changes
@@ -250,7 +259,7 @@ def _apply(output_dir: Path, result: FixResult, planned: FixResult, run_id: str,
         except (OSError, JournalError, ConfinementError) as undo_exc:
             raise FixError(f"fix failed ({exc}) and so did rolling it back ({undo_exc}); "
                            f"the journal is {transaction.folder}") from None
-        raise FixError(f"fix failed and was rolled back: {exc}") from None
+        raise FixError(f"fix failed and was rolled back: {exc}; {_changed_so_far(result)}") from None
     result.transactions.append(transaction)
     result.planned += planned.planned
     result.operations += planned.operations
@@ -276,6 +285,7 @@ def fix(
     path = Path(path)
     options = options or Options()
     target = resolve_target(path, ledger=options.ledger_asked)
+    refuse_linked_ledger(target)
     settings = settings if settings is not None else user_settings(path)
     registry = registry or load_registry()
     if dry_run:
@@ -285,6 +295,15 @@ def fix(
             return _fix_locked(path, target.output_dir, unsafe, settings, options, registry, environ)
     except REFUSALS as exc:
         raise FixError(exc.reason) from None
+
+
+def refuse_linked_ledger(target: Target) -> None:
+    """A results file given as a symbolic link is refused before anything is planned: its records lie
+    wherever the link leads (often outside the folder the fixes may write), and no fix writes through it."""
+    if target.is_ledger and target.path.is_symlink():
+        leads = os.path.realpath(target.path)
+        raise FixError(f"refusing to fix: {target.path} is a symbolic link (to {leads}); a ledger is fixed "
+                       f"where its records are: run fix on {leads}; nothing was changed")
 
 
 def _preview(path: Path, unsafe: bool, settings: Settings, options: Options, registry: Registry,
