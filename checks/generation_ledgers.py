@@ -148,6 +148,14 @@ PARQUET_WITHOUT_FOOTER = Rule(
     "and pandas refuse it, so a resume that reads it fails, and its rows are lost. Move it aside and rerun "
     "the inputs it held; write Parquet in row groups that are closed as they go, or write JSON Lines.",
 )
+SUCCESS_NOT_JUDGED = Rule(
+    "GEN021", "success-not-judged", WARNING,
+    "The success expression fails on every record: no result was judged a success or a failure.",
+    "A JMESPath function given a value of a type it does not take (`abs(text)`, `length(id)` on a "
+    "number, `sort_by` on one record) fails on the record. Such a record is neither a success nor a "
+    "failure (never dropped as a failure); when that is every record, the work left is not known. Fix the "
+    "`success` expression for the records' fields and types. (On some records only: GEN016 says how many.)",
+)
 
 # --- helpers of the records part (record_findings, ledger_summary) ---------------------------------
 MAX_NAMED = 10  # ids or lines named in one message; every one is in the finding's extra
@@ -300,6 +308,8 @@ def _outcome_findings(ctx: RunContext, tally: Tally) -> Iterator[Finding]:
                            hint="nothing to do: the resume reruns what is still short (`fix --unsafe` drops the "
                                 "failure records from the file)",
                            file=str(ft.path), count=ft.failures)
+        if ft.unjudged:
+            yield _unjudged(ft, name, config.success)
         if ft.error_like:
             yield _finding(ERRORS_COUNTED_AS_SUCCESS, f"{name}: {ft.error_like} results that count as successes "
                            f"under {config.success!r} hold a value that starts like an error ({_where(ft)}s "
@@ -311,6 +321,21 @@ def _outcome_findings(ctx: RunContext, tally: Tally) -> Iterator[Finding]:
         yield _duplicates(ctx, tally)
 
 
+def _unjudged(ft: FileTally, name: str, success: str) -> Finding:
+    every = not ft.successes and not ft.failures
+    rule = SUCCESS_NOT_JUDGED if every else NOT_JUDGED
+    return _finding(rule, f"{name}: success not judged for {ft.unjudged} of {ft.records} records: the success "
+                    f"expression {success!r} fails on them ({ft.unjudged_error}); they count neither as "
+                    "successes nor as failures" + (": the work left is not known" if every else ""), path=name,
+                    hint="fix the success expression for these records' fields (--success or `success` in "
+                         "[tool.resumedoctor.ledger])", file=str(ft.path), count=ft.unjudged)
+
+
+def ledger_judged(tally: Tally) -> bool:
+    """Was any record judged a success or a failure (or were there none to judge)?"""
+    return any(ft.successes or ft.failures for ft in tally.files) or not any(ft.unjudged for ft in tally.files)
+
+
 def _duplicates(ctx: RunContext, tally: Tally) -> Finding:
     dups = tally.duplicate_successes
     shown = [f"{key.replace(chr(0), '/')} x{count}" for key, count in list(dups.items())[:MAX_NAMED]]
@@ -318,8 +343,9 @@ def _duplicates(ctx: RunContext, tally: Tally) -> Finding:
     field = config_of(ctx).id_field + (f" within {config_of(ctx).task_field}" if config_of(ctx).task_field else "")
     return _finding(DUPLICATE_RESULTS, f"{len(dups)} ids ({field}) have more than one successful result, "
                     f"{extra} extra in all: {_listed(shown, len(dups))}", path=None, count=len(dups),
-                    hint="a range run twice or a resume that redid finished inputs: count and train on one "
-                         "result per id (`fix --auto` merges keeping one)",
+                    hint="a range run twice or a resume that redid finished inputs: keep one result per id "
+                         "when you count or train on the file (no fix rewrites it: deduplicate it yourself, e.g. "
+                         "keep the first record of each id)",
                     ids=[key.replace(chr(0), "/") for key in list(dups)[:MAX_LISTED_UNITS]])
 
 
@@ -389,7 +415,7 @@ def _work_findings(ctx: RunContext, tally: Tally) -> Iterator[Finding]:
     elif inputs.unreadable is not None:
         yield NOT_JUDGED.finding(f"the inputs file {inputs.path} {inputs.unreadable}: inputs never started are "
                                  "not counted", hint="give a readable inputs file (JSON Lines, JSON, CSV, Parquet)")
-    if work.left:
+    if work.left and ledger_judged(tally):  # (not judged at all: GEN021 says the work left is unknown)
         seen = "" if work.all_known else " seen"
         yield _finding(WORK_LEFT, f"{work.left} of the {work.units} {unit}{seen} are below the quota of {quota} "
                        f"success{'es' if quota != 1 else ''}: {work.needed} successes still needed "
@@ -504,7 +530,8 @@ FINISHED_WORKER_FAILURES = Rule(
 RULES = (TORN_LAST_RECORD, UNPARSEABLE_RECORDS, DUPLICATE_RESULTS, FAILURES_MARKED_DONE,
          SUCCESSES_NOT_MARKED_DONE, WORK_LEFT, NEVER_ATTEMPTED, RANGE_GAP, RANGE_OVERLAP, DONE_SHARD_MISSING,
          DONE_SHARD_SHORT, SHARDS_NOT_MERGED, MERGED_STALE, OVER_TOKEN_BUDGET, RECORDS_WITHOUT_ID, NOT_JUDGED,
-         WORKER_NOT_FINISHED, FAILURE_RECORDS, ERRORS_COUNTED_AS_SUCCESS, PARQUET_WITHOUT_FOOTER)
+         WORKER_NOT_FINISHED, FAILURE_RECORDS, ERRORS_COUNTED_AS_SUCCESS, PARQUET_WITHOUT_FOOTER,
+         SUCCESS_NOT_JUDGED)
 RULES += (WORKER_STATE_DAMAGED, SHARD_WITHOUT_STATE, FINISHED_WORKER_FAILURES)
 
 
@@ -555,9 +582,10 @@ def ledger_summary(ctx: RunContext) -> dict:
     readable = [ft for ft in tally.files if ft.unreadable is None]
     return {"unit": config.unit_field, "quota": config.quota, "tasks": rows,
             "tasks_not_listed": work.units - len(rows), "units": work.units, "units_left": work.left,
-            "work_left": work.needed if readable or work.all_known else None,
+            "work_left": work.needed if (readable or work.all_known) and ledger_judged(tally) else None,
             "all_units_known": work.all_known, "records": tally.records,
             "successes": sum(ft.successes for ft in tally.files), "failures": sum(ft.failures for ft in tally.files),
+            "not_judged": sum(ft.unjudged for ft in tally.files),
             "files": [_name(ctx, ft.path) for ft in tally.files],
             "options": command_line(config) + (["--ledger"] if ctx.options.ledger_asked and ctx.target.path.is_dir()
                                                else [])}

@@ -41,7 +41,7 @@ from resumedoctor.integrations.ledger.layout import (
     is_ledger_file_name,
 )
 from resumedoctor.integrations.ledger.merge import encode_records, merge_records
-from resumedoctor.integrations.ledger.success import compile_success
+from resumedoctor.integrations.ledger.success import compile_judge, compile_success
 from resumedoctor.integrations.ledger.tally import (
     Tally,
     inference_checkpoint,
@@ -381,28 +381,35 @@ def plan_merge_shards(ctx: RunContext, finding: Finding) -> list[Operation]:
 
 # --- drop-failure-records (GEN018, unsafe) ----------------------------------------------------------
 def _without_failures_lines(path: Path, fmt: str, config: LedgerConfig) -> tuple[bytes, int]:
-    is_success = compile_success(config.success)
-    failed = {entry.offset for entry in iter_entries(path, fmt)
-              if isinstance(entry.value, dict) and not is_success(entry.value)}
-    kept = []
+    # Only records judged failures: one the success expression fails on (not judged) is kept.
+    is_failure = _judged_failure(config)
+    failed = {entry.offset: entry.offset + entry.size for entry in iter_entries(path, fmt)
+              if isinstance(entry.value, dict) and is_failure(entry.value)}
+    kept, dropping_to = [], -1
     for offset, _, line, _ in iter_lines(path):
         if line is None:
             raise ValueError("a line too long to rewrite")
-        if offset not in failed:
+        dropping_to = failed.get(offset, dropping_to)  # a CSV row may span lines: every line of it goes
+        if offset >= dropping_to:
             kept.append(line)
     return b"".join(kept), len(failed)
 
 
+def _judged_failure(config: LedgerConfig):
+    judge = compile_judge(config.success)
+    return lambda record: judge(record) is False
+
+
 def _without_failures_document(path: Path, fmt: str, config: LedgerConfig) -> tuple[bytes, int]:
-    is_success = compile_success(config.success)
+    is_failure = _judged_failure(config)
     raw = _read_document(path)
     data = json.loads(raw)
     results = data if fmt == JSON_ARRAY else data["results"]
     if isinstance(results, dict):
         records = dict(zip(results, inference_checkpoint(path, config)[0]))
-        kept: Any = {key: value for key, value in results.items() if key not in records or is_success(records[key])}
+        kept: Any = {key: value for key, value in results.items() if key not in records or not is_failure(records[key])}
     else:
-        kept = [value for value in results if not isinstance(value, dict) or is_success(value)]
+        kept = [value for value in results if not isinstance(value, dict) or not is_failure(value)]
     if fmt == JSON_ARRAY:
         data = kept
     else:

@@ -245,7 +245,7 @@ def _iter_jsonl(path: Path, plain: bool) -> Iterator[tuple[int, dict] | Entry]:
             number += 1
             try:
                 value = loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):  # the slow path below says why (deep nesting too)
                 value = None
             if type(value) is dict:
                 yield (number, value) if plain else Entry(number, offset, len(line) + 1, value)

@@ -63,7 +63,7 @@ def ledger_not_read(report: Report) -> bool:
     return report.ledger is not None and report.ledger.get("work_left") is None
 
 
-LEDGER_NOT_READ = "the ledger's results could not be read (GEN016 says why)"
+LEDGER_NOT_READ = "the ledger's results could not be read or judged (GEN016 / GEN021 say why)"
 
 
 def skip_reasons(families: tuple[FamilyResult, ...]) -> str:

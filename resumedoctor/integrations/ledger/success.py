@@ -2,7 +2,8 @@
 
 `success` (a field), `!starts_with(prediction, '[ERROR]')`, `status == 'ok' && score > \\`0\\``: the
 record is a success when the expression's value is truthy in JMESPath's sense (not false, null, "",
-[] or {}; 0 is truthy). A function given a value of the wrong type makes the record a failure.
+[] or {}; 0 is truthy). Where the expression fails on a record (a function given a value of the wrong
+type) that record is not judged: neither a success nor a failure (`compile_judge`).
 
 A ledger has millions of records and jmespath's interpreter costs ~6 us per record, more than reading
 it. The common subset (fields, `a.b`, `@`, literals, `!`, `&&`, `||`, comparisons, `starts_with`,
@@ -33,37 +34,62 @@ class _NotCompiled(Exception):
     """Outside the compiled subset: jmespath evaluates the expression."""
 
 
+MAX_EXPRESSION = 4096  # characters: a success test is a line; jmespath's parser recurses per operator
+
+
 def compile_success(expression: str) -> Callable[[Any], bool]:
-    """record -> is it a success; raises SuccessExpressionError for an expression that does not parse."""
+    """record -> is it a success (False also where the expression fails on the record: see
+    `compile_judge`); raises SuccessExpressionError for an expression that does not parse."""
+    judge = compile_judge(expression)
+    return lambda record: judge(record) is True
+
+
+def compile_judge(expression: str) -> Callable[[Any], bool | str]:
+    """record -> True (a success), False (a failure) or, where the expression fails on the record (a
+    function given a value of a type it does not take: `abs(text)`, `length(id)` on a number), the
+    error as a string: that record's success was not judged, it is neither."""
+    evaluate, errors, is_bool = _compiled(expression)
+
+    def judge(record: Any) -> bool | str:
+        try:
+            value = evaluate(record)
+        except errors as exc:
+            return _error_text(exc)
+        return value if is_bool else truthy(value)
+
+    return judge
+
+
+def _compiled(expression: str) -> tuple[Callable[[Any], Any], tuple[type[BaseException], ...], bool]:
+    """(evaluate, the errors it raises on a record, does it always return a bool)."""
     import jmespath
     from jmespath.exceptions import JMESPathError
 
+    if len(expression) > MAX_EXPRESSION:
+        raise SuccessExpressionError(f"success expression ({len(expression)} characters) is not JMESPath "
+                                     f"this tool reads: too long (at most {MAX_EXPRESSION})")
     try:
         compiled = jmespath.compile(expression)
     except JMESPathError as exc:
         raise SuccessExpressionError(f"success expression {expression!r} is not JMESPath: "
                                      f"{' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise SuccessExpressionError(f"success expression ({len(expression)} characters) is not JMESPath "
+                                     "this tool reads: too deeply nested") from None
     try:
         evaluate = compile_node(compiled.parsed)
-        errors: tuple[type[Exception], ...] = (_WrongType, TypeError)
-    except _NotCompiled:
-        evaluate = compiled.search
-        errors = (JMESPathError, TypeError)
-    if evaluate is not compiled.search and returns_bool(compiled.parsed):
-        def is_success(record: Any) -> bool:
-            try:
-                return evaluate(record)
-            except errors:  # a function given a value of the wrong type (starts_with on a number)
-                return False
-        return is_success
+        errors: tuple[type[BaseException], ...] = (_WrongType, TypeError, RecursionError)
+    except (_NotCompiled, RecursionError):
+        return compiled.search, (JMESPathError, TypeError, ValueError, RecursionError), False
+    return evaluate, errors, returns_bool(compiled.parsed)
 
-    def is_truthy(record: Any) -> bool:
-        try:
-            return truthy(evaluate(record))
-        except errors:
-            return False
 
-    return is_truthy
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, _WrongType):
+        return f"{exc.args[0]}() given a value of another type"
+    if isinstance(exc, RecursionError):
+        return "a value nested too deeply"
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 BOOL_FUNCTIONS = ("starts_with", "ends_with", "contains")

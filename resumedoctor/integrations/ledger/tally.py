@@ -15,7 +15,7 @@ from typing import Any
 
 from resumedoctor.errors import ReasonError
 from resumedoctor.integrations.ledger.config import LedgerConfig
-from resumedoctor.integrations.ledger.success import compile_success
+from resumedoctor.integrations.ledger.success import compile_judge
 from resumedoctor.io.records import (
     JSON_OBJECT,
     TOO_LONG,
@@ -64,6 +64,10 @@ class FileTally:
     records: int = 0  # usable records
     successes: int = 0
     failures: int = 0
+    # records on which the success expression fails (a function given a value of another type): their
+    # success was not judged, they are neither successes nor failures; the first error, for the message
+    unjudged: int = 0
+    unjudged_error: str | None = None
     without_key: int = 0  # records without the unit field
     without_key_examples: list[int] = field(default_factory=list)  # their record numbers (lines in JSONL)
     problems: list[Entry] = field(default_factory=list)  # the first MAX_EXAMPLES unusable entries
@@ -75,7 +79,7 @@ class FileTally:
     # An inference checkpoint.json's `processed_ids` (None: the file has none), and per id whether any
     # of its results succeeded.
     processed_ids: list[Any] | None = None
-    outcomes: dict[str, bool] | None = None
+    outcomes: dict[str, bool | None] | None = None
     # Why the file could not be read as records at all (then nothing of it is counted).
     unreadable: str | None = None
     no_footer: bool = False  # a Parquet file whose writer was killed before writing its footer
@@ -120,7 +124,7 @@ class Tally:
 def tally_files(paths: Iterable[Path], config: LedgerConfig) -> Tally:
     """Read every results file once; a file that cannot be read is kept with its reason (`unreadable`)."""
     tally = Tally(config)
-    is_success = compile_success(config.success)
+    is_success = compile_judge(config.success)
     seen: set[str] = set()
     duplicates: dict[str, int] = {}
     for path in paths:
@@ -151,7 +155,7 @@ def _count_stream(tally: Tally, ft: FileTally, items: Iterator, is_success,
     seen, duplicates = samples
     unit_field, units = tally.config.unit_field, tally.units
     id_field = tally.config.id_field if tally.config.task_field is not None else None
-    records = successes = error_like = 0
+    records = successes = error_like = unjudged = 0
     for item in items:
         if type(item) is not tuple:
             _problem(ft, item)
@@ -169,8 +173,14 @@ def _count_stream(tally: Tally, ft: FileTally, items: Iterator, is_success,
         counts = units.get(key)
         if counts is None:
             counts = units[key] = [0, 0]
-        if not is_success(record):
-            counts[1] += 1
+        verdict = is_success(record)
+        if verdict is not True:
+            if verdict is False:
+                counts[1] += 1
+            else:
+                unjudged += 1
+                if ft.unjudged_error is None:
+                    ft.unjudged_error = verdict
             continue
         counts[0] += 1
         successes += 1
@@ -191,7 +201,8 @@ def _count_stream(tally: Tally, ft: FileTally, items: Iterator, is_success,
                 seen.add(pair)
     ft.records += records
     ft.successes += successes
-    ft.failures += records - successes - ft.without_key
+    ft.failures += records - successes - ft.without_key - unjudged
+    ft.unjudged += unjudged
     ft.error_like += error_like
 
 
@@ -214,11 +225,14 @@ def _count_checkpoint(tally: Tally, ft: FileTally, is_success, samples: tuple[se
     """An inference checkpoint.json: its results counted as a stream, and per id whether one succeeded."""
     records, ft.processed_ids = inference_checkpoint(ft.path, tally.config)
     _count_stream(tally, ft, ((number, record) for number, record in enumerate(records, 1)), is_success, samples)
-    outcomes: dict[str, bool] = {}
+    outcomes: dict[str, bool | None] = {}
     for record in records:
         key = unit_key(record.get(tally.config.id_field))
-        if key is not None:
-            outcomes[key] = outcomes.get(key, False) or is_success(record)
+        if key is not None:  # True: a success; False: failures only; None: only results not judged
+            verdict = is_success(record)
+            verdict = verdict if type(verdict) is bool else None
+            before = outcomes.get(key, None)
+            outcomes[key] = True if True in (before, verdict) else (False if False in (before, verdict) else None)
     ft.outcomes = outcomes
 
 
