@@ -169,6 +169,8 @@ def plan_cut_torn_record(ctx: RunContext, finding: Finding) -> list[Operation]:
         if fmt not in (JSONL, CSV):
             return []
         size, start = last_line(path)
+        if fmt == CSV:
+            start = _torn_csv_row(finding, size, start)
         if start is None or (start == 0 and fmt == CSV):
             return []  # nothing unfinished, or a CSV of one unfinished line: its header
         if fmt == JSONL and _complete_object(path, start, size):
@@ -177,6 +179,15 @@ def plan_cut_torn_record(ctx: RunContext, finding: Finding) -> list[Operation]:
         return []
     return [ReplaceTail(path, start, b"", f"cut the torn last record ({size - start} bytes at offset {start}; "
                                            "kept in the fix's backup)")]
+
+
+def _torn_csv_row(finding: Finding, size: int, start: int | None) -> int | None:
+    """Where the torn CSV row starts: a quoted field may hold line ends, so the check's offset of the
+    row (when it reaches the end of the file as it is now) comes before the last line's."""
+    offset, length = finding.extra.get("offset"), finding.extra.get("size")
+    if isinstance(offset, int) and isinstance(length, int) and 0 < offset and offset + length == size:
+        return offset
+    return start
 
 
 # --- rebuild-processed-ids (GEN004, GEN005) ---------------------------------------------------------

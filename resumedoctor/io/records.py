@@ -284,12 +284,16 @@ def iter_csv(path: Path) -> Iterator[Entry]:
 
 
 def _iter_csv(path: Path, plain: bool) -> Iterator[tuple[int, dict] | Entry]:
-    """CSV rows as dicts keyed by the header; a last row cut off mid-line is TORN."""
-    lines = _lines(path, MAX_RECORD)
+    """CSV rows as dicts keyed by the header; a last row cut off mid-line is TORN.
+
+    A quoted field may hold line ends (pandas writes multi-line completions so): a row goes on while
+    its quotes are open, bounded by MAX_RECORD. A UTF-8 byte-order mark before the header is dropped.
+    """
+    lines = _csv_rows(_lines(path, MAX_RECORD))
     header_line = next(lines, None)
     if header_line is None or header_line[2] is None:
         return
-    header = next(csv.reader([header_line[2].decode("utf-8", "replace")]), [])
+    header = next(csv.reader([header_line[2].decode("utf-8", "replace").removeprefix("\ufeff")]), [])
     number = 1
     for offset, size, line, terminated in lines:
         number += 1
@@ -298,9 +302,7 @@ def _iter_csv(path: Path, plain: bool) -> Iterator[tuple[int, dict] | Entry]:
             continue
         if not line.strip():
             continue
-        # Quoted fields may hold newlines; a row is read line by line here, which real result shards
-        # (one record per line) satisfy.
-        row = next(csv.reader([line.decode("utf-8", "replace")]), [])
+        row = next(csv.reader(io.StringIO(line.decode("utf-8", "replace"), newline="")), [])
         if len(row) != len(header):
             kind = UNPARSEABLE if terminated else TORN
             yield Entry(number, offset, size, problem=f"{kind}: {len(row)} fields, the header has {len(header)}")
@@ -309,6 +311,29 @@ def _iter_csv(path: Path, plain: bool) -> Iterator[tuple[int, dict] | Entry]:
         else:
             record = dict(zip(header, row))
             yield (number, record) if plain else Entry(number, offset, size, record)
+
+
+def _csv_rows(lines: Iterator[tuple[int, int, bytes | None, bool]]) -> Iterator[tuple[int, int, bytes | None, bool]]:
+    """Lines joined into CSV rows: a line with its quotes still open goes on into the next one."""
+    pending: list[bytes] = []
+    start = size = 0
+    for offset, length, line, terminated in lines:
+        if line is None:
+            if pending:
+                yield start, size, None, True  # a quoted field longer than a record can be
+                pending = []
+            yield offset, length, None, terminated
+            continue
+        if not pending:
+            start, size = offset, 0
+        pending.append(line)
+        size += length
+        if sum(part.count(b'"') for part in pending) % 2 == 0 or not terminated or size > MAX_RECORD:
+            joined = b"".join(pending) if size <= MAX_RECORD else None
+            pending = []
+            yield start, size, joined, terminated
+    if pending:  # the file ended inside a quoted field: the last row was cut off
+        yield start, size, b"".join(pending), False
 
 
 class DamagedDocument(RecordsError):
