@@ -75,6 +75,9 @@ def detect_format(path: Path) -> str:
         return JSON_ARRAY
     if suffix == ".json" and first == b"{" and not _one_object_per_line(path):
         return JSON_OBJECT
+    if suffix == ".json" and first != b"{":  # `42`, `"text"`, `null`: a JSON value, not records
+        raise RecordsError("holds a single JSON value, not records (a JSON array, JSON Lines objects or an "
+                           "inference checkpoint.json)" if first else "is empty")
     return JSONL
 
 

@@ -115,3 +115,12 @@ def test_the_suggested_fix_repeats_the_ledger_options(tmp_path):
     text = " ".join(text.split())  # rich wraps long lines
     assert "(result ledger)" in text
     assert "--auto --quota 2 --success '!starts_with(prediction, '\"'\"'[ERROR]'\"'\"')'" in " ".join(text.split())
+
+
+def test_a_json_value_that_holds_no_records_is_not_judged_and_offers_no_fix(tmp_path):
+    for text in ("42", '"text"'):
+        value = tmp_path / "results.json"
+        value.write_text(text)
+        report = json.loads(run_cli("diagnose", value, "--format", "json").stdout)
+        assert report["verdict"] == "nothing_checked"
+        assert {finding["code"] for finding in report["findings"]} == {"GEN016"}
