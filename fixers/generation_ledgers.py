@@ -338,12 +338,7 @@ def _units_below_quota(ctx: RunContext, tally: Tally, config: LedgerConfig) -> t
     fmt = detect_format(files[0]) if files else JSONL
     fmt = fmt if fmt in (JSONL, CSV, PARQUET) else JSONL
     short = {key: config.quota - counts[0] for key, counts in tally.units.items() if counts[0] < config.quota}
-    spelled: dict[str, Any] = {}
-    for record in (record for path in files for record in _records(path, config)):
-        value = record.get(config.unit_field)
-        if unit_key(value) in short:
-            spelled.setdefault(unit_key(value), value)
-    rows = [{config.unit_field: spelled.get(key, key), REMAINING_FIELD: need} for key, need in short.items()]
+    rows = [{config.unit_field: tally.spelled.get(key, key), REMAINING_FIELD: need} for key, need in short.items()]
     suffix = {JSONL: ".jsonl", CSV: ".csv", PARQUET: ".parquet"}[fmt]
     return encode_records(rows, fmt), suffix, len(rows)
 
@@ -449,6 +444,18 @@ def plan_drop_failure_records(ctx: RunContext, finding: Finding) -> list[Operati
     return operations
 
 
+# What `diagnose` asks to show a finding's fix, answered from the one tally without building the rewrite.
+def offers_merge(ctx: RunContext, finding: Finding) -> bool:
+    shards = shard_files(ctx.target.path) if ctx.target.path.is_dir() else []
+    return bool(shards) and len({shard.suffix.lower() for shard in shards}) == 1
+
+
+def offers_drop_failures(ctx: RunContext, finding: Finding) -> bool:
+    given = finding_file(ctx, finding)
+    return any(ft.failures and ft.format in (JSONL, CSV, JSON_ARRAY, JSON_OBJECT) and given in (None, ft.path)
+               for ft in ledger_tally(ctx).files)
+
+
 FIXERS = (
     Fixer("cut-torn-record", FAMILY, (TORN_LAST_RECORD,), FixSafety.SAFE,
           "cut the torn last record a killed writer left (its bytes kept in the backup), or add the newline a "
@@ -462,8 +469,8 @@ FIXERS = (
           "written", plan_write_remaining_work),
     Fixer("merge-shards", FAMILY, (SHARDS_NOT_MERGED, MERGED_STALE), FixSafety.SAFE,
           "merge the worker shards into `<stem>_merged.<suffix>`, one record per id (a success wins over an "
-          "error), ordered by worker range then record order", plan_merge_shards),
+          "error), ordered by worker range then record order", plan_merge_shards, offers=offers_merge),
     Fixer("drop-failure-records", FAMILY, (FAILURE_RECORDS,), FixSafety.UNSAFE,
           "rewrite the results without their failure records (by the success expression); the backup keeps "
-          "them", plan_drop_failure_records),
+          "them", plan_drop_failure_records, offers=offers_drop_failures),
 )

@@ -81,6 +81,10 @@ class Fixer:
     plan: Callable[..., Any] | None = None
     # ALWAYS only when every finding of these rules gets a change from `plan`.
     availability: FixAvailability = FixAvailability.SOMETIMES
+    # Whether `plan` would change something for the finding, answered without planning: for fixers whose
+    # plan reads or builds a whole large file (a ledger's rewrite), so that `diagnose`, which only shows
+    # the fix a finding has, does not pay for it. None: `diagnose` plans to find out.
+    offers: Callable[..., bool] | None = None
 
     @property
     def codes(self) -> tuple[str, ...]:

@@ -122,6 +122,8 @@ def fix_info_of(registry: Registry, finding: Finding, ctx: RunContext) -> FixInf
 
 
 def _plans_a_change(fixer, ctx: RunContext, finding: Finding) -> bool:
+    if fixer.offers is not None:  # the fixer answers without planning (its plan rewrites a large file)
+        return bool(fixer.offers(ctx, finding))
     return bool(fixer.changes(ctx, finding))
 
 

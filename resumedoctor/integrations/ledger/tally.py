@@ -109,6 +109,9 @@ class Tally:
     # id key -> successes, for ids with more than one success (duplicates); with a task field an id is
     # counted within its task (ids 0..31 per task are no duplicates)
     duplicate_successes: dict[str, int] = field(default_factory=dict)
+    # unit key -> the value as the records spell it, for units named by something else than a string
+    # (an id 12 stays a number where the remaining work is written)
+    spelled: dict[str, Any] = field(default_factory=dict)
 
     def successes(self, key: str) -> int:
         return self.units.get(key, (0, 0))[0]
@@ -169,7 +172,9 @@ def _count_stream(tally: Tally, ft: FileTally, items: Iterator, is_success,
             _without_key(ft, number, record)
             continue
         if type(key) is not str:
-            key = unit_key(key)
+            spelled, key = key, unit_key(key)
+            if key not in units:
+                tally.spelled[key] = spelled
         counts = units.get(key)
         if counts is None:
             counts = units[key] = [0, 0]
@@ -177,10 +182,8 @@ def _count_stream(tally: Tally, ft: FileTally, items: Iterator, is_success,
         if verdict is not True:
             if verdict is False:
                 counts[1] += 1
-            else:
-                unjudged += 1
-                if ft.unjudged_error is None:
-                    ft.unjudged_error = verdict
+            else:  # the expression failed on this record: neither a success nor a failure
+                unjudged, ft.unjudged_error = unjudged + 1, ft.unjudged_error or verdict
             continue
         counts[0] += 1
         successes += 1
@@ -190,15 +193,23 @@ def _count_stream(tally: Tally, ft: FileTally, items: Iterator, is_success,
         else:
             value = None
         if value is not None:
-            error_like += 1
-            if len(ft.error_like_examples) < MAX_EXAMPLES:
-                ft.error_like_examples.append(number)
+            error_like += _error_like_example(ft, number)
         if id_field is not None and (sample := record.get(id_field)) is not None:
             pair = key + "\0" + (sample if type(sample) is str else unit_key(sample))
             if pair in seen:
                 duplicates[pair] = duplicates.get(pair, 1) + 1
             else:
                 seen.add(pair)
+    _add_counts(ft, records, successes, unjudged, error_like)
+
+
+def _error_like_example(ft: FileTally, number: int) -> int:
+    if len(ft.error_like_examples) < MAX_EXAMPLES:
+        ft.error_like_examples.append(number)
+    return 1
+
+
+def _add_counts(ft: FileTally, records: int, successes: int, unjudged: int, error_like: int) -> None:
     ft.records += records
     ft.successes += successes
     ft.failures += records - successes - ft.without_key - unjudged
