@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import io
 from pathlib import Path
 
@@ -10,15 +9,18 @@ from resumedoctor.checks.data_position import IGNORE_DATA_SKIP, ROWS_ADDED, ROWS
 
 from resumedoctor.engine.context import RunContext
 from resumedoctor.engine.findings import Finding, FixSafety
-from resumedoctor.engine.operations import Operation, WriteFile
+from resumedoctor.engine.operations import Operation
 from resumedoctor.engine.registry import Fixer
-from resumedoctor.engine.target import state_dir
 from resumedoctor.integrations.trl.prompt_lengths import (
     DatasetError,
     load_local_dataset,
 )
-from resumedoctor.integrations.trl.recipe import RecipeError, dump_yaml
-from resumedoctor.integrations.trl.recipe_edit import recipe_change, set_key
+from resumedoctor.integrations.trl.recipe import RecipeError
+from resumedoctor.integrations.trl.recipe_edit import (
+    dataset_copy_path,
+    recipe_change,
+    use_dataset_copy,
+)
 
 FAMILY = "data-position"
 
@@ -45,19 +47,11 @@ def plan_pin_dataset(ctx: RunContext, finding: Finding) -> list[Operation]:
     buffer = io.BytesIO()
     dataset.select(pin["rows"]).to_parquet(buffer)
     stem = source.stem if source.is_file() else source.name
-    folder = state_dir(ctx.target.output_dir) / "datasets" / f"{stem}-pinned-{pin['sealed']}-rows"
-    data = copy.deepcopy(recipe.data)
-    set_key(data, "dataset_name", str(folder.resolve()),
-            comment=f"resumedoctor: the {pin['sealed']} rows of {source} the run started with")
-    if "dataset_train_split" in data:
-        set_key(data, "dataset_train_split", "train")
-    if data.get("dataset_config") is not None:
-        set_key(data, "dataset_config", None)  # the copy is one plain Parquet split: no configuration to pick
-    return [
-        WriteFile(folder / "train.parquet", buffer.getvalue(),
-                  f"the {pin['sealed']} rows {source.name} held when the run started, in their order"),
-        WriteFile(recipe.path, dump_yaml(data), f"dataset_name -> {folder.name}", key="dataset_name"),
-    ]
+    folder = dataset_copy_path(ctx.target.output_dir, f"{stem}-pinned-{pin['sealed']}-rows")
+    return use_dataset_copy(recipe, folder / "train.parquet", buffer.getvalue(),
+                            f"the {pin['sealed']} rows {source.name} held when the run started, in their order",
+                            dataset=folder, comment=f"resumedoctor: the {pin['sealed']} rows of {source} the run "
+                            "started with", clear_config=True)
 
 
 FIXERS = (

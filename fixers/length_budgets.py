@@ -16,10 +16,13 @@ from resumedoctor.engine.context import RunContext
 from resumedoctor.engine.findings import Finding, FixSafety
 from resumedoctor.engine.operations import Operation, WriteFile
 from resumedoctor.engine.registry import Fixer
-from resumedoctor.engine.target import state_dir
 from resumedoctor.integrations.trl.prompt_lengths import load_local_dataset
 from resumedoctor.integrations.trl.recipe import REMOVED_KEYS, RecipeError, dump_yaml
-from resumedoctor.integrations.trl.recipe_edit import recipe_change, set_key
+from resumedoctor.integrations.trl.recipe_edit import (
+    dataset_copy_path,
+    recipe_change,
+    use_dataset_copy,
+)
 
 FAMILY = "length-budgets"
 STRATEGIES = ("balanced", "completion_heavy", "prompt_heavy", "data")
@@ -95,17 +98,12 @@ def plan_filter_dataset(ctx: RunContext, finding: Finding) -> list[Operation]:
     buffer = io.BytesIO()
     dataset.select(keep).to_json(buffer, lines=True)
     stem = source.stem if source.is_file() else source.name
-    target = state_dir(ctx.target.output_dir) / "datasets" / f"{stem}-fits-{room}-tokens.jsonl"
-    data = copy.deepcopy(recipe.data)
-    set_key(data, "dataset_name", str(target.resolve()),
-             comment=f"resumedoctor: {len(keep)} of {len(lengths.lengths)} prompts of {source} fit {room} tokens")
-    if "dataset_train_split" in data:
-        set_key(data, "dataset_train_split", "train")
+    target = dataset_copy_path(ctx.target.output_dir, f"{stem}-fits-{room}-tokens.jsonl")
     dropped = len(lengths.lengths) - len(keep)
-    return [
-        WriteFile(target, buffer.getvalue(), f"filtered copy of {source.name}: {dropped} over-long prompts left out"),
-        WriteFile(recipe.path, dump_yaml(data), f"dataset_name -> {target.name}"),
-    ]
+    return use_dataset_copy(recipe, target, buffer.getvalue(),
+                            f"filtered copy of {source.name}: {dropped} over-long prompts left out", dataset=target,
+                            comment=f"resumedoctor: {len(keep)} of {len(lengths.lengths)} prompts of {source} fit "
+                            f"{room} tokens")
 
 
 FIXERS = (
