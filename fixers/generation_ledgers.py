@@ -40,7 +40,11 @@ from resumedoctor.integrations.ledger.layout import (
     SHARD_RANGE_NAME,
     is_ledger_file_name,
 )
-from resumedoctor.integrations.ledger.merge import encode_records, merge_records
+from resumedoctor.integrations.ledger.merge import (
+    encode_records,
+    merge_records,
+    shard_order,
+)
 from resumedoctor.integrations.ledger.success import compile_judge, compile_success
 from resumedoctor.integrations.ledger.tally import (
     Tally,
@@ -59,6 +63,7 @@ from resumedoctor.io.records import (
     detect_format,
     iter_entries,
     iter_lines,
+    object_records,
 )
 
 FAMILY = "generation-ledgers"
@@ -74,11 +79,6 @@ def _inside(path: Path, folder: Path) -> bool:
     return Path(os.path.abspath(folder)) in Path(os.path.abspath(path)).parents
 
 
-def _shard_order(path: Path) -> tuple:
-    match = SHARD_RANGE_NAME.search(path.name)
-    return (int(match.group(1)), int(match.group(2)), path.name) if match else (-1, -1, path.name)
-
-
 def shard_files(folder: Path) -> list[Path]:
     """The worker shards of a folder ledger, by range then name."""
     try:
@@ -87,7 +87,7 @@ def shard_files(folder: Path) -> list[Path]:
         return []
     shards = [folder / name for name in names if is_ledger_file_name(name) and SHARD_RANGE_NAME.search(name)
               and (folder / name).is_file() and inside(folder, name)]
-    return sorted(shards, key=_shard_order)
+    return sorted(shards, key=shard_order)
 
 
 def finding_file(ctx: RunContext, finding: Finding) -> Path | None:
@@ -103,29 +103,12 @@ def finding_file(ctx: RunContext, finding: Finding) -> Path | None:
 
 
 # --- reading records ----------------------------------------------------------------------------------
-def read_rows(path: Path, fmt: str | None = None) -> Iterator[tuple[int, dict]]:
-    """(number, record) of every usable record; Parquet through pyarrow."""
-    fmt = fmt or detect_format(path)
-    if fmt == PARQUET:
-        import pyarrow.parquet as pq
-
-        number = 0
-        for batch in pq.ParquetFile(path).iter_batches():
-            for row in batch.to_pylist():
-                number += 1
-                yield number, row
-        return
-    for entry in iter_entries(path, fmt):
-        if isinstance(entry.value, dict):
-            yield entry.number, entry.value
-
-
 def _records(path: Path, config: LedgerConfig) -> Iterator[dict]:
     """The records of any results file, an inference checkpoint.json's `results` included."""
     if detect_format(path) == JSON_OBJECT:
         yield from inference_checkpoint(path, config)[0]
     else:
-        yield from (record for _, record in read_rows(path))
+        yield from (record for _, record in object_records(path))
 
 
 # --- cut-torn-record (GEN001) ---------------------------------------------------------------------

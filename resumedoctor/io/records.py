@@ -108,6 +108,14 @@ def iter_records(path: Path, fmt: str | None = None) -> Iterator[tuple[int, dict
     return _iter(path, fmt or detect_format(path), plain=True)
 
 
+def object_records(path: Path, fmt: str | None = None) -> Iterator[tuple[int, dict]]:
+    """(number, record) of every record that is an object, an unterminated last line's included: what a
+    rewrite or a merge carries over."""
+    for entry in iter_entries(path, fmt):
+        if isinstance(entry.value, dict):
+            yield entry.number, entry.value
+
+
 def _iter(path: Path, fmt: str, plain: bool) -> Iterator[tuple[int, dict] | Entry]:
     if fmt == JSONL:
         return _iter_jsonl(path, plain)

@@ -31,9 +31,7 @@ from resumedoctor.io.records import (
     JSON_ARRAY,
     JSONL,
     PARQUET,
-    RecordsError,
-    detect_format,
-    iter_entries,
+    object_records,
 )
 
 FORMAT_BY_SUFFIX = {".jsonl": JSONL, ".ndjson": JSONL, ".jsonlines": JSONL, ".json": JSON_ARRAY,
@@ -60,7 +58,7 @@ def merge_records(shards: list[Path], config: LedgerConfig,
     is_success = is_success or compile_success(config.success)
     chosen = _choose(ordered, config.id_field, is_success)
     for index, path in enumerate(ordered):
-        for number, record in _records(path):
+        for number, record in object_records(path):
             key = unit_key(record.get(config.id_field))
             if key is None or chosen[key] == (index, number):
                 yield record
@@ -71,7 +69,7 @@ def _choose(shards: list[Path], id_field: str, is_success: Callable[[Any], bool]
     chosen: dict[str, tuple[int, int]] = {}
     succeeded: set[str] = set()
     for index, path in enumerate(shards):
-        for number, record in _records(path):
+        for number, record in object_records(path):
             key = unit_key(record.get(id_field))
             if key is None or key in succeeded:
                 continue
@@ -79,30 +77,6 @@ def _choose(shards: list[Path], id_field: str, is_success: Callable[[Any], bool]
                 succeeded.add(key)
             chosen[key] = (index, number)
     return chosen
-
-
-def _records(path: Path) -> Iterator[tuple[int, dict]]:
-    """(entry number, record) for the usable records of one shard."""
-    fmt = detect_format(path)
-    if fmt == PARQUET:
-        yield from enumerate(_parquet_rows(path), 1)
-        return
-    for entry in iter_entries(path, fmt):
-        if isinstance(entry.value, dict):  # an unterminated last line still holds its record
-            yield entry.number, entry.value
-
-
-def _parquet_rows(path: Path) -> Iterator[dict]:
-    # io/records.py does not read Parquet (yet); pyarrow streams it in batches.
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise RecordsError(f"{path.name}: reading Parquet needs pyarrow (pip install pyarrow)") from None
-    try:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
-            yield from batch.to_pylist()
-    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise RecordsError(f"{path.name}: not a readable Parquet file ({exc})") from None
 
 
 def format_of(path: Path) -> str:
