@@ -304,3 +304,18 @@ def test_the_helper_process_digests_and_permutes_as_this_process_does(world, mon
     generator.manual_seed(0)
     torch.randperm(ROWS, generator=generator)
     assert list(permutation(0, ROWS, 1, in_process=False)) == torch.randperm(ROWS, generator=generator).tolist()
+
+
+def test_a_resumed_run_and_a_save_cut_off_before_its_seal_get_no_dataset_finding(world):
+    """Clean-run promise at the last two stages: resumed (SealCallback seals the new saves with the same
+    manifest) and killed mid-save (the newest checkpoint has no seal): nothing to say, no error."""
+    from demo_run import train_demo_run
+
+    from resumedoctor.integrations.seal.callback import SealCallback
+
+    train_demo_run(world["run"], dataset=load(world["data"]), max_steps=4, save_steps=1, callbacks=[SealCallback()],
+                   resume_from_checkpoint=str(world["run"] / "checkpoint-2"), **SHAPE)
+    assert findings(world, recipe(world, checkpoint=4, max_steps=6)) == []
+    (world["run"] / "checkpoint-4" / SEAL_FILE).unlink()  # what a kill before the seal write leaves
+    report = diagnose(world["run"], options=Options(recipe=recipe(world, checkpoint=3, max_steps=6)), environ={})
+    assert not [f for f in report.findings if f.code in NEW_CODES or f.code.startswith("DATA") and f.severity is Severity.ERROR]

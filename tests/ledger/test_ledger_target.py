@@ -124,3 +124,18 @@ def test_a_json_value_that_holds_no_records_is_not_judged_and_offers_no_fix(tmp_
         report = json.loads(run_cli("diagnose", value, "--format", "json").stdout)
         assert report["verdict"] == "nothing_checked"
         assert {finding["code"] for finding in report["findings"]} == {"GEN016"}
+
+
+def test_a_clean_ledger_at_every_stage_gets_no_error(tmp_path):
+    """Fresh (empty), finished (every task at its quota), extended (a higher quota): never above info."""
+    inputs = tmp_path / "tasks.jsonl"
+    inputs.write_text("".join(json.dumps({"task": f"t{t}", "prompt": "p"}) + "\n" for t in range(3)))
+    fresh = tmp_path / "fresh.jsonl"
+    fresh.write_text("")
+    done = tmp_path / "done.jsonl"
+    done.write_text("".join(json.dumps({"id": f"t{t}-{s}", "task": f"t{t}"}) + "\n" for t in range(3) for s in range(2)))
+    for path, quota, left in ((fresh, 2, 6), (done, 2, 0), (done, 4, 6)):
+        report = json.loads(run_cli("diagnose", path, "--inputs", inputs, "--task-field", "task", "--quota", quota,
+                                    "--format", "json").stdout)
+        assert {f["severity"] for f in report["findings"]} <= {"info"}, report["findings"]
+        assert report["ledger"]["work_left"] == left  # oracle: 3 tasks x quota, minus 2 successes each when done
